@@ -1,0 +1,203 @@
+"""Model specs -> nn.Module: the built-in zoo, ``package.module:callable``, torch.export files.
+
+A checkpoint is a ``torch.save``d dict of plain data (loadable with
+``weights_only=True``): the model spec as JSON text, the state_dict, and
+optionally a pruning plan as JSON text. No pickled modules anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .zoo import ZOO
+
+CHECKPOINT_FORMAT = "prunerd-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class ModelSpecError(ValueError):
+    """A model spec that does not name a loadable model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: a zoo name, ``package.module:callable`` or a ``.pt2`` export file,
+    and the input it expects (channels, classes, spatial size)."""
+
+    name: str
+    in_channels: int = 3
+    num_classes: int = 10
+    input_size: tuple[int, int] = (32, 32)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.in_channels < 1 or self.num_classes < 1:
+            raise ModelSpecError(
+                f"in_channels and num_classes must be >= 1, got {self.in_channels} and {self.num_classes}"
+            )
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ModelSpecError(f"input_size must be two positive ints (H, W), got {self.input_size}")
+
+    def input_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        return (batch_size, self.in_channels, *self.input_size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        d = json.loads(text)
+        return cls(
+            name=d["name"],
+            in_channels=int(d["in_channels"]),
+            num_classes=int(d["num_classes"]),
+            input_size=tuple(d["input_size"]),
+        )
+
+
+def builtin_models() -> list[str]:
+    return sorted(ZOO)
+
+
+def _import_callable(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelSpecError(
+            f"model {spec!r} is not a built-in ({', '.join(builtin_models())}) "
+            "nor of the form 'package.module:callable'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelSpecError(f"model {spec!r}: cannot import module {module_name!r} ({e})") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelSpecError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelSpecError(f"model {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the (untrained) model a spec names."""
+    if spec.name in ZOO:
+        return ZOO[spec.name](in_channels=spec.in_channels, num_classes=spec.num_classes)
+    if spec.name.endswith((".pt2", ".pt2e")):
+        path = Path(spec.name)
+        if not path.is_file():
+            raise ModelSpecError(f"model {spec.name!r}: no such torch.export file")
+        return torch.export.load(str(path)).module()
+    fn = _import_callable(spec.name)
+    try:
+        model = fn(in_channels=spec.in_channels, num_classes=spec.num_classes)
+    except TypeError:
+        # Callables that take neither argument (e.g. torchvision builders take num_classes only).
+        try:
+            model = fn(num_classes=spec.num_classes)
+        except TypeError:
+            model = fn()
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"model {spec.name!r}: the callable returned {type(model).__name__}, not nn.Module")
+    return model
+
+
+def save_checkpoint(path: str | Path, spec: ModelSpec, model: nn.Module, plan_json: str = "", **meta: Any) -> Path:
+    """Write a checkpoint: spec + state_dict (+ plan), plain data only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": spec.to_json(),
+        "plan": plan_json,
+        "meta": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    return path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    spec: ModelSpec
+    state_dict: dict[str, torch.Tensor]
+    plan_json: str = ""
+    meta: dict[str, Any] | None = None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelSpecError(f"checkpoint {str(path)!r} cannot be read as a prunerd checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelSpecError(
+            f"{str(path)!r} is not a prunerd checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r}); "
+            "make one with `prunerd train`"
+        )
+    return Checkpoint(
+        spec=ModelSpec.from_json(payload["spec"]),
+        state_dict=payload["state_dict"],
+        plan_json=payload.get("plan", ""),
+        meta=json.loads(payload.get("meta") or "{}"),
+    )
+
+
+def resolve_spec(
+    spec: str | ModelSpec,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    input_size: tuple[int, int] = (32, 32),
+    checkpoint: str | Path | None = None,
+) -> ModelSpec:
+    """The spec a command works with: the checkpoint's own when one is given."""
+    if checkpoint is not None:
+        stored = read_checkpoint(checkpoint).spec
+        if isinstance(spec, ModelSpec):
+            spec = spec.name
+        if spec not in ("", stored.name):
+            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} holds model {stored.name!r}, not {spec!r}")
+        return stored
+    if isinstance(spec, ModelSpec):
+        return spec
+    return ModelSpec(spec, in_channels, num_classes, tuple(input_size))
+
+
+def load_model(
+    spec: str | ModelSpec,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    input_size: tuple[int, int] = (32, 32),
+    checkpoint: str | Path | None = None,
+) -> nn.Module:
+    """Resolve a model spec (or a checkpoint) to an eval-mode module.
+
+    With ``checkpoint``, the spec stored in it wins over the keyword arguments
+    (see :func:`resolve_spec`), and its weights are loaded strictly. Checkpoints
+    of pruned models carry a plan; those are loaded with ``pruner.load_pruned``.
+    """
+    resolved = resolve_spec(spec, in_channels, num_classes, input_size, checkpoint)
+    model = build_model(resolved)
+    if checkpoint is not None:
+        ckpt = read_checkpoint(checkpoint)
+        if ckpt.plan_json:
+            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned")
+        try:
+            model.load_state_dict(ckpt.state_dict, strict=True)
+        except RuntimeError as e:
+            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}") from e
+    return model.eval()

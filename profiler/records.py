@@ -1,0 +1,340 @@
+"""Typed results of the profiler, each round-tripping through JSON.
+
+All times are in seconds. Shapes are tuples of ints in NCHW order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+TIMERS = ("perf_counter", "cuda_events")
+REPLACEMENTS = ("identity", "shortcut", "adapter", "none")
+
+
+def _quantile(sorted_samples: tuple[float, ...], q: float) -> float:
+    """Linear-interpolated quantile of already sorted samples (numpy's default method)."""
+    if not sorted_samples:
+        return math.nan
+    pos = q * (len(sorted_samples) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency samples of one piece of work, in seconds per call.
+
+    Each sample is the mean over ``number`` back-to-back calls (as in
+    ``torch.utils.benchmark``'s blocked measurements), so that short kernels are
+    not dominated by timer resolution.
+    """
+
+    samples_s: tuple[float, ...]
+    number: int = 1
+    timer: str = "perf_counter"
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.timer not in TIMERS:
+            raise ValueError(f"timer must be one of {TIMERS}, got {self.timer!r}")
+        object.__setattr__(self, "samples_s", tuple(float(s) for s in self.samples_s))
+
+    @property
+    def runs(self) -> int:
+        return len(self.samples_s)
+
+    @property
+    def _sorted(self) -> tuple[float, ...]:
+        return tuple(sorted(self.samples_s))
+
+    @property
+    def median_s(self) -> float:
+        return _quantile(self._sorted, 0.5)
+
+    @property
+    def p10_s(self) -> float:
+        return _quantile(self._sorted, 0.1)
+
+    @property
+    def p90_s(self) -> float:
+        return _quantile(self._sorted, 0.9)
+
+    @property
+    def iqr_s(self) -> float:
+        s = self._sorted
+        return _quantile(s, 0.75) - _quantile(s, 0.25)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["samples_s"] = list(self.samples_s)
+        # Derived statistics are written for readers of the JSON; from_dict ignores them.
+        d.update(median_s=self.median_s, p10_s=self.p10_s, p90_s=self.p90_s, iqr_s=self.iqr_s, runs=self.runs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        return cls(
+            samples_s=tuple(d["samples_s"]),
+            number=int(d.get("number", 1)),
+            timer=d.get("timer", "perf_counter"),
+            fingerprint=d.get("fingerprint", ""),
+        )
+
+    @classmethod
+    def exact(cls, seconds: float, fingerprint: str = "") -> Measurement:
+        """A measurement known without timing (e.g. an identity replacement costs 0 s)."""
+        return cls(samples_s=(seconds,), number=1, fingerprint=fingerprint)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the measurements were taken on.
+
+    ``fingerprint`` is a stable hash of the fields that change latency (device
+    model, threads, library versions); telemetry such as temperature is kept in
+    ``telemetry`` and does not enter the fingerprint.
+    """
+
+    kind: str  # "cpu" | "cuda"
+    name: str
+    fingerprint: str
+    threads: int = 0
+    torch_version: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    telemetry: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeviceInfo:
+        return cls(
+            kind=d["kind"],
+            name=d["name"],
+            fingerprint=d["fingerprint"],
+            threads=int(d.get("threads", 0)),
+            torch_version=d.get("torch_version", ""),
+            details=dict(d.get("details", {})),
+            telemetry={k: float(v) for k, v in d.get("telemetry", {}).items()},
+            warnings=tuple(d.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Block:
+    """A unit of the network that can be timed alone and, if removable, replaced.
+
+    ``name`` is the module's qualified path when the block is exactly one module,
+    otherwise the name of its output node in the traced graph. ``nodes`` lists the
+    traced-graph nodes the block spans, in topological order. FLOPs count a
+    multiply-add as two operations; ``macs`` counts it as one.
+    """
+
+    name: str
+    kind: str  # "residual" | "conv_bn_act" | "inverted_residual" | "unit"
+    nodes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    flops: int
+    macs: int
+    params: int
+    stage: int
+    removable: bool
+    replacement: str  # one of REPLACEMENTS
+    reason: str = ""  # why it is not removable, when it is not
+    signature: str = ""
+    shortcut_nodes: tuple[str, ...] = ()  # what stays when replacement == "shortcut"
+
+    def __post_init__(self) -> None:
+        if self.replacement not in REPLACEMENTS:
+            raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+        for name in ("nodes", "input_shape", "output_shape", "shortcut_nodes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("nodes", "input_shape", "output_shape", "shortcut_nodes"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Block:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class BlockTiming:
+    """A block with its serial latency and the latency of what replaces it."""
+
+    block: Block
+    latency: Measurement
+    replacement_latency: Measurement | None = None
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency.median_s
+
+    @property
+    def replacement_latency_s(self) -> float | None:
+        return None if self.replacement_latency is None else self.replacement_latency.median_s
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.block
+        return {
+            # The flat fields are what most readers want; "block" and the
+            # measurements carry everything needed to rebuild this object.
+            "name": b.name,
+            "kind": b.kind,
+            "latency_s": self.latency_s,
+            "p10_s": self.latency.p10_s,
+            "p90_s": self.latency.p90_s,
+            "iqr_s": self.latency.iqr_s,
+            "flops": b.flops,
+            "params": b.params,
+            "removable": b.removable,
+            "replacement": b.replacement,
+            "replacement_latency_s": self.replacement_latency_s,
+            "block": b.to_dict(),
+            "latency": self.latency.to_dict(),
+            "replacement_latency": None
+            if self.replacement_latency is None
+            else self.replacement_latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BlockTiming:
+        rep = d.get("replacement_latency")
+        return cls(
+            block=Block.from_dict(d["block"]),
+            latency=Measurement.from_dict(d["latency"]),
+            replacement_latency=None if rep is None else Measurement.from_dict(rep),
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the network outside every block (stem, head, glue), timed alone."""
+
+    name: str
+    nodes: tuple[str, ...]
+    latency: Measurement
+    flops: int = 0
+    params: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "nodes": list(self.nodes),
+            "latency_s": self.latency.median_s,
+            "flops": self.flops,
+            "params": self.params,
+            "latency": self.latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Segment:
+        return cls(
+            name=d["name"],
+            nodes=tuple(d["nodes"]),
+            latency=Measurement.from_dict(d["latency"]),
+            flops=int(d.get("flops", 0)),
+            params=int(d.get("params", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    """Per-block serial latency of one model on one device at one batch size."""
+
+    model: str
+    batch_size: int
+    input_shape: tuple[int, ...]
+    dtype: str
+    device: DeviceInfo
+    blocks: tuple[BlockTiming, ...]
+    rest: tuple[Segment, ...]
+    end_to_end: Measurement
+    fused: bool = False
+    from_table: int = 0  # how many measurements were served from the latency table
+    created_at: float = 0.0  # Unix time
+
+    @property
+    def rest_s(self) -> float:
+        return sum(s.latency.median_s for s in self.rest)
+
+    @property
+    def end_to_end_s(self) -> float:
+        return self.end_to_end.median_s
+
+    @property
+    def blocks_s(self) -> float:
+        return sum(b.latency_s for b in self.blocks)
+
+    @property
+    def additivity_error(self) -> float:
+        """(sum(blocks) + rest - end_to_end) / end_to_end."""
+        return (self.blocks_s + self.rest_s - self.end_to_end_s) / self.end_to_end_s
+
+    def block(self, name: str) -> BlockTiming:
+        for b in self.blocks:
+            if b.block.name == name:
+                return b
+        raise KeyError(f"no block named {name!r}; blocks are: {[b.block.name for b in self.blocks]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype,
+            "fused": self.fused,
+            "device": self.device.to_dict(),
+            "blocks": [b.to_dict() for b in self.blocks],
+            "rest": [s.to_dict() for s in self.rest],
+            "rest_s": self.rest_s,
+            "end_to_end_s": self.end_to_end_s,
+            "end_to_end": self.end_to_end.to_dict(),
+            "additivity_error": self.additivity_error,
+            "from_table": self.from_table,
+            "created_at": self.created_at,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BlockProfile:
+        version = d.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"profile schema_version {version} is not supported (this prunerd reads {SCHEMA_VERSION}); "
+                "re-run `prunerd profile` to produce a current one"
+            )
+        return cls(
+            model=d["model"],
+            batch_size=int(d["batch_size"]),
+            input_shape=tuple(d["input_shape"]),
+            dtype=d["dtype"],
+            fused=bool(d.get("fused", False)),
+            device=DeviceInfo.from_dict(d["device"]),
+            blocks=tuple(BlockTiming.from_dict(b) for b in d["blocks"]),
+            rest=tuple(Segment.from_dict(s) for s in d["rest"]),
+            end_to_end=Measurement.from_dict(d["end_to_end"]),
+            from_table=int(d.get("from_table", 0)),
+            created_at=float(d.get("created_at", 0.0)),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> BlockProfile:
+        return cls.from_dict(json.loads(text))
