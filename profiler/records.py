@@ -152,17 +152,23 @@ class Block:
     replacement: str  # one of REPLACEMENTS
     reason: str = ""  # why it is not removable, when it is not
     signature: str = ""
-    shortcut_nodes: tuple[str, ...] = ()  # what stays when replacement == "shortcut"
+    # Graph nodes surgery needs: where the block starts and ends, and for residual
+    # units the merge (add) node and the add operand on the shortcut side (equal to
+    # input_node for an identity shortcut).
+    input_node: str = ""
+    output_node: str = ""
+    merge_node: str = ""
+    shortcut_node: str = ""
 
     def __post_init__(self) -> None:
         if self.replacement not in REPLACEMENTS:
             raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
-        for name in ("nodes", "input_shape", "output_shape", "shortcut_nodes"):
+        for name in ("nodes", "input_shape", "output_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("nodes", "input_shape", "output_shape", "shortcut_nodes"):
+        for k in ("nodes", "input_shape", "output_shape"):
             d[k] = list(d[k])
         return d
 
