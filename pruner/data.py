@@ -1,0 +1,580 @@
+"""Built-in datasets by name, held in memory as uint8 and batched without a DataLoader.
+
+Names:
+
+- ``fashion-mnist``: the real Fashion-MNIST (1x28x28, 10 classes, 60k train /
+  10k test), read from the four idx files (``.gz`` or plain) in
+  ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``),
+  or in the directory given by ``root`` or ``$PRUNERD_FASHION_MNIST``.
+- ``digits``: scikit-learn's bundled 8x8 digits (1x8x8, 10 classes, 1797
+  images), split 80/20 into train/test with a fixed seed, so the test set is
+  the same whatever ``seed`` a run uses.
+- ``synthetic``: seeded random images whose classes differ by stripe
+  orientation and brightness (tests only; options ``channels``, ``size``,
+  ``num_classes``, ``count``).
+- ``package.module:callable``: see :func:`load_callable` for the contract.
+
+Every batch is ``(x, y)``: ``x`` float32 of shape (B, C, H, W), normalised per
+channel with the train split's mean and std; ``y`` int64 of shape (B,).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import inspect
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "PRUNERD_FASHION_MNIST"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# The train/test split of digits never depends on the run's seed: test accuracy stays comparable.
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset looks like: image shape (C, H, W), classes and split sizes (samples)."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    input_size: tuple[int, int]
+    train_size: int
+    test_size: int
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetInfo:
+        return cls(
+            name=str(d["name"]),
+            in_channels=int(d["in_channels"]),
+            num_classes=int(d["num_classes"]),
+            input_size=tuple(d["input_size"]),
+            train_size=int(d["train_size"]),
+            test_size=int(d["test_size"]),
+            root=d.get("root"),
+        )
+
+
+class Batches:
+    """Re-iterable batches over uint8 images held in memory.
+
+    ``images`` is uint8 (N, C, H, W), ``labels`` int64 (N,). Each iteration
+    converts one batch at a time to normalised float32, so memory stays at one
+    uint8 copy of the data. With ``shuffle`` each pass draws a new permutation
+    from a generator seeded once, so a run is reproducible pass by pass.
+    ``augment_pad`` > 0 enables random crops (zero padding of that many pixels)
+    and ``augment_flip`` random horizontal flips.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment_pad: int = 0,
+        augment_flip: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.augment_pad = int(augment_pad)
+        self.augment_flip = augment_flip
+        # Normalise in the uint8 scale: (x - 255 * mean) / (255 * std).
+        c = images.shape[1]
+        self._shift = torch.tensor(mean, dtype=torch.float32).mul(255).view(1, c, 1, 1)
+        self._scale = torch.tensor(std, dtype=torch.float32).mul(255).view(1, c, 1, 1)
+        self._gen = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        """Number of batches per pass."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = self.num_samples
+        order = torch.randperm(n, generator=self._gen) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                x = self.images[start : start + self.batch_size]
+                y = self.labels[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                x, y = self.images[idx], self.labels[idx]
+            if self.augment_pad or self.augment_flip:
+                x = self._augment(x)
+            yield (x.float() - self._shift) / self._scale, y
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop after zero padding and random horizontal flip, per sample, vectorised."""
+        b, _, h, w = x.shape
+        if self.augment_pad:
+            p = self.augment_pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
+            ox = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
+            rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+            cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+            batch = torch.arange(b)[:, None, None]
+            # Advanced indexing around the channel slice puts channels last: (B, H, W, C).
+            x = padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+        if self.augment_flip:
+            flip = torch.rand(b, generator=self._gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready to train on: its info and three re-iterable sources of (x, y) batches.
+
+    ``val`` is a seeded held-out part of the train split: early stopping uses it,
+    and the pruner uses it as its calibration split. ``test`` is never trained on.
+    """
+
+    info: DatasetInfo
+    train: Iterable[Batch]
+    val: Iterable[Batch]
+    test: Iterable[Batch]
+
+
+def datasets() -> list[str]:
+    """Names :func:`load_data` knows (besides ``package.module:callable``)."""
+    return ["digits", "fashion-mnist", "synthetic"]
+
+
+# ---------------------------------------------------------------------------- loading raw arrays
+
+
+def fashion_mnist_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Where Fashion-MNIST is read from: ``root``, else ``$PRUNERD_FASHION_MNIST``, else the Debian path."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_ROOT)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one idx file (gzip-compressed when the name ends in ``.gz``) of unsigned bytes.
+
+    Layout: 2 zero bytes, a type byte (0x08 = uint8), a byte with the number of
+    dimensions, one big-endian int32 per dimension, then the data in C order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = bytearray(f.read())  # writable, so torch can wrap the array without a copy
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{str(path)!r} is not an idx file (bad magic number)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{str(path)!r}: idx type 0x{raw[2]:02x} is not unsigned byte (0x08)")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise ValueError(
+            f"{str(path)!r}: header says {dims} = {expected} bytes, the file holds {len(raw) - offset}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def load_fashion_mnist_arrays(
+    root: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Path]:
+    """Fashion-MNIST as uint8 arrays: train images (60000, 28, 28), labels (60000,), test likewise (10000)."""
+    where = fashion_mnist_root(root)
+    found = {key: _find_idx(where, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    missing = [FASHION_MNIST_FILES[k] + ".gz" for k, p in found.items() if p is None]
+    if missing:
+        raise FileNotFoundError(
+            f"fashion-mnist: {str(where)!r} lacks {', '.join(missing)}. "
+            "Install it with `apt-get install dataset-fashion-mnist` "
+            f"(puts the files in {FASHION_MNIST_DEFAULT_ROOT}), or point --data-root or "
+            f"${FASHION_MNIST_ENV} at a directory holding the four idx files"
+        )
+    arrays = {k: read_idx(p) for k, p in found.items() if p is not None}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"fashion-mnist in {str(where)!r}: {split} images {images.shape} and labels "
+                f"{labels.shape} do not match"
+            )
+    return (
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        where,
+    )
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as uint8 (N, 8, 8) on the 0..255 scale, split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    bunch = load_digits()
+    # Pixel values are 0..16; 255/16 maps them onto the usual 8-bit range exactly at both ends.
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(labels))
+    n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
+    test, train = order[:n_test], order[n_test:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def make_synthetic_arrays(
+    channels: int = 1,
+    size: int | tuple[int, int] = (16, 16),
+    num_classes: int = 4,
+    count: int = 1024,
+    seed: int = 0,
+    class_seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded uint8 images (count, channels, H, W) and int64 labels with class-dependent structure.
+
+    Class k has stripes at angle pi * k / num_classes, a random phase (so the
+    class survives global average pooling of oriented filters) and its own
+    brightness per channel (drawn from ``class_seed``, so splits drawn with
+    different ``seed`` share the classes); Gaussian noise on top. A small CNN learns it in one
+    epoch and linear probes on pooled features separate the classes.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if min(channels, h, w, num_classes, count) < 1:
+        raise ValueError(
+            f"synthetic: channels, size, num_classes and count must be >= 1, got "
+            f"{channels}, {(h, w)}, {num_classes}, {count}"
+        )
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=count).astype(np.int64)
+    angle = np.pi * labels / num_classes
+    phase = rng.uniform(0, 2 * np.pi, size=count)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    freq = 2 * np.pi / 4.0  # a 4-pixel period is visible even on 8x8 images
+    proj = np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy
+    stripes = np.cos(freq * proj + phase[:, None, None])  # (count, H, W)
+    class_rng = np.random.default_rng(class_seed)
+    brightness = class_rng.uniform(-40, 40, size=(num_classes, channels))[labels]  # (count, C)
+    images = (
+        128.0
+        + 60.0 * stripes[:, None]
+        + brightness[:, :, None, None]
+        + rng.normal(0, 20, size=(count, channels, h, w))
+    )
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
+
+
+# ---------------------------------------------------------------------------- splitting and batching
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale, exactly, from a 256-bin histogram per channel."""
+    means, stds = [], []
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        total = hist.sum()
+        mean = (hist * values).sum() / total
+        var = (hist * (values - mean) ** 2).sum() / total
+        means.append(float(mean))
+        stds.append(max(float(var.sqrt()), 1e-3))  # constant images must not divide by zero
+    return tuple(means), tuple(stds)
+
+
+def _subset(n: int, limit: int | None, seed: int) -> torch.Tensor | None:
+    """Seeded random indices capping n samples at ``limit``, or None for all of them."""
+    if limit is None or limit >= n:
+        return None
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+
+
+def bundle_from_arrays(
+    name: str,
+    train_images: np.ndarray | torch.Tensor,
+    train_labels: np.ndarray | torch.Tensor,
+    test_images: np.ndarray | torch.Tensor,
+    test_labels: np.ndarray | torch.Tensor,
+    num_classes: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    augment_pad: int = 0,
+    augment_flip: bool = False,
+    limit: int | None = None,
+    root: str | None = None,
+) -> DataBundle:
+    """A DataBundle from uint8 images, (N, H, W) or (N, C, H, W), and integer labels.
+
+    ``limit`` caps the train and the test split at that many samples each (a
+    seeded random subset); the val split is then carved out of what is left of
+    train: ``round(val_fraction * n_train)`` samples, at least one when
+    ``val_fraction`` > 0.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+    def as_tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return x.contiguous(), torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    train_x, train_y = as_tensors(train_images, train_labels)
+    test_x, test_y = as_tensors(test_images, test_labels)
+    if (keep := _subset(len(train_y), limit, seed)) is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
+    if (keep := _subset(len(test_y), limit, seed + 1)) is not None:
+        test_x, test_y = test_x[keep], test_y[keep]
+
+    n = len(train_y)
+    n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 else 0
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))
+    val_idx, fit_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    fit_x, fit_y = train_x[fit_idx], train_y[fit_idx]
+    # Normalise with the statistics of what the model trains on, never of val or test.
+    mean, std = _channel_stats(fit_x)
+
+    common = {"mean": mean, "std": std, "batch_size": batch_size}
+    info = DatasetInfo(
+        name=name,
+        in_channels=int(train_x.shape[1]),
+        num_classes=int(num_classes),
+        input_size=(int(train_x.shape[2]), int(train_x.shape[3])),
+        train_size=len(fit_y),
+        test_size=len(test_y),
+        root=root,
+    )
+    return DataBundle(
+        info=info,
+        train=Batches(
+            fit_x,
+            fit_y,
+            shuffle=True,
+            seed=seed,
+            augment_pad=augment_pad,
+            augment_flip=augment_flip,
+            **common,
+        ),
+        val=Batches(train_x[val_idx], train_y[val_idx], **common),
+        test=Batches(test_x, test_y, **common),
+    )
+
+
+# ---------------------------------------------------------------------------- module:callable
+
+
+class _Converted:
+    """Re-iterable view of a user's loader that yields (float32 x, int64 y)."""
+
+    def __init__(self, source: Iterable[Any]) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self.source:
+            x, y = item[0], item[1]
+            yield torch.as_tensor(x).float(), torch.as_tensor(y).long()
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+
+def _count(loader: Iterable[Any]) -> int:
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return sum(len(y) for _, y in _Converted(loader))
+
+
+def load_callable(
+    spec: str, root: str | None = None, batch_size: int = 128, seed: int = 0
+) -> DataBundle:
+    """Data from ``package.module:callable``.
+
+    Contract: the callable is called with those of the keyword arguments
+    ``batch_size``, ``seed`` and ``root`` that its signature accepts, and returns
+
+    - a :class:`DataBundle`, used as is; or
+    - a mapping with ``train``, ``test`` and optionally ``val`` and ``num_classes``; or
+    - a tuple ``(train, val, test)`` or ``(train, test)``.
+
+    Each of train/val/test must be re-iterable (a ``DataLoader`` is; a
+    generator is not) and yield ``(x, y)`` with x of shape (B, C, H, W) and y
+    integer class labels of shape (B,). Without ``val``, the test loader doubles
+    as val (early stopping then sees the test set: give a val loader to avoid
+    that). Without ``num_classes`` it is ``max(label) + 1`` over test.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(
+            f"dataset {spec!r} is not one of {', '.join(datasets())} nor of the form "
+            "'package.module:callable'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"dataset {spec!r}: cannot import module {module_name!r} ({e})") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"dataset {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"dataset {spec!r}: {attr!r} is not callable")
+
+    offered = {"batch_size": batch_size, "seed": seed, "root": root}
+    params = inspect.signature(obj).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    result = obj(**{k: v for k, v in offered.items() if takes_any or k in params})
+
+    if isinstance(result, DataBundle):
+        return result
+    num_classes = None
+    if isinstance(result, Mapping):
+        if "train" not in result or "test" not in result:
+            raise ValueError(
+                f"dataset {spec!r}: the returned mapping needs 'train' and 'test' keys"
+            )
+        train, test = result["train"], result["test"]
+        val = result.get("val", test)
+        num_classes = result.get("num_classes")
+    elif isinstance(result, tuple | list) and len(result) in (2, 3):
+        train, *rest = result
+        val, test = (rest[0], rest[0]) if len(rest) == 1 else rest
+    else:
+        raise ValueError(
+            f"dataset {spec!r}: the callable returned {type(result).__name__}; expected a "
+            "DataBundle, a mapping with 'train'/'test', or a tuple (train, [val,] test)"
+        )
+    train, val, test = _Converted(train), _Converted(val), _Converted(test)
+    first_x, _ = next(iter(train))
+    if first_x.dim() != 4:
+        raise ValueError(
+            f"dataset {spec!r}: batches must be (B, C, H, W), got {tuple(first_x.shape)}"
+        )
+    if num_classes is None:
+        num_classes = 1 + max(int(y.max()) for _, y in test)
+    info = DatasetInfo(
+        name=spec,
+        in_channels=int(first_x.shape[1]),
+        num_classes=int(num_classes),
+        input_size=(int(first_x.shape[2]), int(first_x.shape[3])),
+        train_size=_count(train.source),
+        test_size=_count(test.source),
+        root=root,
+    )
+    return DataBundle(info=info, train=train, val=val, test=test)
+
+
+# ---------------------------------------------------------------------------- the public entry
+
+
+def load_data(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    augment: bool = False,
+    limit: int | None = None,
+    **options: Any,
+) -> DataBundle:
+    """Load a dataset by name (see the module docstring) as a :class:`DataBundle`.
+
+    ``augment`` turns on the dataset's own training augmentation: random crop
+    (3 pixels of zero padding) and horizontal flip for fashion-mnist; none for
+    digits and synthetic, where a flip would change the class. ``limit`` caps
+    train and test at that many samples each for quick runs. ``options`` go to
+    the synthetic generator (``channels``, ``size``, ``num_classes``, ``count``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if options and name != "synthetic":
+        raise ValueError(f"dataset {name!r} takes no options, got {sorted(options)}")
+    split = {"batch_size": batch_size, "seed": seed, "val_fraction": val_fraction, "limit": limit}
+    if name == "fashion-mnist":
+        tr_x, tr_y, te_x, te_y, where = load_fashion_mnist_arrays(root)
+        return bundle_from_arrays(
+            name,
+            tr_x,
+            tr_y,
+            te_x,
+            te_y,
+            num_classes=10,
+            augment_pad=3 if augment else 0,
+            augment_flip=augment,
+            root=str(where),
+            **split,
+        )
+    if name == "digits":
+        tr_x, tr_y, te_x, te_y = load_digits_arrays()
+        return bundle_from_arrays(name, tr_x, tr_y, te_x, te_y, num_classes=10, **split)
+    if name == "synthetic":
+        num_classes = int(options.get("num_classes", 4))
+        count = int(options.pop("count", 1024))
+        n_test = max(1, count // 5)
+        # Train and test come from different seeds of the same generator: no shared images.
+        tr_x, tr_y = make_synthetic_arrays(count=count, seed=seed, class_seed=seed, **options)
+        te_x, te_y = make_synthetic_arrays(
+            count=n_test, seed=seed + 10_000, class_seed=seed, **options
+        )
+        return bundle_from_arrays(name, tr_x, tr_y, te_x, te_y, num_classes=num_classes, **split)
+    if ":" in name:
+        return load_callable(
+            name, root=None if root is None else str(root), batch_size=batch_size, seed=seed
+        )
+    raise ValueError(
+        f"unknown dataset {name!r}: choose one of {', '.join(datasets())} "
+        "or give 'package.module:callable'"
+    )
