@@ -20,6 +20,7 @@ channel with the train split's mean and std; ``y`` int64 of shape (B,).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib
 import inspect
@@ -262,6 +263,12 @@ def load_fashion_mnist_arrays(
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 (N, 8, 8) on the 0..255 scale, split 80/20 with a fixed seed."""
+    # Copies: callers may own and modify what they get; the cached originals stay intact.
+    return tuple(a.copy() for a in _digits_arrays())  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     bunch = load_digits()
@@ -304,8 +311,11 @@ def make_synthetic_arrays(
     freq = 2 * np.pi / 4.0  # a 4-pixel period is visible even on 8x8 images
     proj = np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy
     stripes = np.cos(freq * proj + phase[:, None, None])  # (count, H, W)
+    # Evenly spaced levels, shuffled per channel: no two classes share a brightness by chance.
     class_rng = np.random.default_rng(class_seed)
-    brightness = class_rng.uniform(-40, 40, size=(num_classes, channels))[labels]  # (count, C)
+    levels = np.linspace(-40, 40, num_classes) if num_classes > 1 else np.zeros(1)
+    table = np.stack([class_rng.permutation(levels) for _ in range(channels)], axis=1)
+    brightness = table[labels]  # (count, C)
     images = (
         128.0
         + 60.0 * stripes[:, None]
