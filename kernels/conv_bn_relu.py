@@ -7,13 +7,15 @@ Two backends behind :func:`conv2d_bias_relu`:
 - ``torch``: ``F.conv2d`` with the folded bias followed by an in-place
   activation; this is the CPU path and the fallback for grouped/depthwise convs.
 
-The Triton kernel is built on first use, not at import, so whether it runs
-compiled or interpreted follows ``TRITON_INTERPRET`` as set when the first
-Triton convolution runs (test modules set it at their top, before any call).
+Triton itself is imported on first use, not when this module is imported:
+Triton decides at its own import whether its language functions run compiled
+or interpreted (``TRITON_INTERPRET``), so importing it early from here (the
+profiler imports ``kernels``) would fix that choice before a test could set it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -23,15 +25,10 @@ from torch import nn
 
 from .fold import fold_conv_bn
 
-try:  # triton is a Linux-only dependency; the torch path works without it
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is missing
-    triton = None
-    tl = None
-    HAS_TRITON = False
+# triton is a Linux-only dependency; the torch path works without it.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+triton: Any = None  # bound by _import_triton(); the kernel body resolves ``tl`` at compile time
+tl: Any = None
 
 ACTIVATIONS = (None, "relu", "relu6")
 BACKENDS = ("auto", "triton", "torch")
@@ -59,82 +56,91 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-if HAS_TRITON:
+def _import_triton() -> None:
+    global triton, tl
+    if triton is None:
+        if not HAS_TRITON:
+            raise RuntimeError("backend='triton' needs the triton package, which is not installed")
+        import triton as _triton
+        import triton.language as _tl
 
-    def _conv_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr,
-        N, C, H, W, K, OH, OW,
-        sxn, sxc, sxh, sxw,
-        swk, swc, swh, sww,
-        syn, syk, syh, syw,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        KH: tl.constexpr, KW: tl.constexpr,
-        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        """Implicit-GEMM convolution, one (BLOCK_M x BLOCK_N) output tile per program.
+        triton, tl = _triton, _tl
 
-        GEMM view: rows are output pixels (M = N*OH*OW, index -> n, oh, ow),
-        columns are output channels (K here, the conv's Cout), and the
-        reduction runs over KH*KW*C. The reduction loops over the kernel window
-        (kh, kw) outside and input channels in BLOCK_K chunks inside, so the
-        A tile is x[n, c:c+BLOCK_K, ih, iw] for BLOCK_M pixels (masked where the
-        window falls into padding) and the B tile is w[k, c:c+BLOCK_K, kh, kw].
-        Every address comes from strides, so NCHW and channels_last tensors
-        both work unchanged. Accumulates in fp32; the epilogue adds the folded
-        BN bias, applies ReLU (ACT=1) or ReLU6 (ACT=2) and stores in y's dtype.
-        """
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        M = N * OH * OW
 
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_c = tl.arange(0, BLOCK_K)
-        mask_m = offs_m < M
-        mask_n = offs_n < K
+def _conv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, C, H, W, K, OH, OW,
+    sxn, sxc, sxh, sxw,
+    swk, swc, swh, sww,
+    syn, syk, syh, syw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Implicit-GEMM convolution, one (BLOCK_M x BLOCK_N) output tile per program.
 
-        ow = offs_m % OW
-        oh = (offs_m // OW) % OH
-        n = offs_m // (OW * OH)
-        x_base = x_ptr + n * sxn  # [BLOCK_M] pointers to each pixel's image
-        w_base = w_ptr + offs_n * swk  # [BLOCK_N] pointers to each output filter
+    GEMM view: rows are output pixels (M = N*OH*OW, index -> n, oh, ow),
+    columns are output channels (K here, the conv's Cout), and the
+    reduction runs over KH*KW*C. The reduction loops over the kernel window
+    (kh, kw) outside and input channels in BLOCK_K chunks inside, so the
+    A tile is x[n, c:c+BLOCK_K, ih, iw] for BLOCK_M pixels (masked where the
+    window falls into padding) and the B tile is w[k, c:c+BLOCK_K, kh, kw].
+    Every address comes from strides, so NCHW and channels_last tensors
+    both work unchanged. Accumulates in fp32; the epilogue adds the folded
+    BN bias, applies ReLU (ACT=1) or ReLU6 (ACT=2) and stores in y's dtype.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    M = N * OH * OW
 
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kh in range(KH):
-            ih = oh * stride_h - pad_h + kh * dil_h
-            ok_h = (ih >= 0) & (ih < H)
-            for kw in range(KW):
-                iw = ow * stride_w - pad_w + kw * dil_w
-                ok_pix = mask_m & ok_h & (iw >= 0) & (iw < W)
-                a_row = x_base + ih * sxh + iw * sxw
-                b_col = w_base + kh * swh + kw * sww
-                for c0 in range(0, C, BLOCK_K):
-                    cc = c0 + offs_c
-                    ok_c = cc < C
-                    a = tl.load(
-                        a_row[:, None] + cc[None, :] * sxc,
-                        mask=ok_pix[:, None] & ok_c[None, :],
-                        other=0.0,
-                    )
-                    b = tl.load(
-                        b_col[None, :] + cc[:, None] * swc,
-                        mask=ok_c[:, None] & mask_n[None, :],
-                        other=0.0,
-                    )
-                    acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
 
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            acc = acc + bias[None, :]
-        if ACT == 1:
-            acc = tl.maximum(acc, 0.0)
-        elif ACT == 2:
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    x_base = x_ptr + n * sxn  # [BLOCK_M] pointers to each pixel's image
+    w_base = w_ptr + offs_n * swk  # [BLOCK_N] pointers to each output filter
 
-        y_row = y_ptr + n * syn + oh * syh + ow * syw
-        y_ptrs = y_row[:, None] + offs_n[None, :] * syk
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in range(KH):
+        ih = oh * stride_h - pad_h + kh * dil_h
+        ok_h = (ih >= 0) & (ih < H)
+        for kw in range(KW):
+            iw = ow * stride_w - pad_w + kw * dil_w
+            ok_pix = mask_m & ok_h & (iw >= 0) & (iw < W)
+            a_row = x_base + ih * sxh + iw * sxw
+            b_col = w_base + kh * swh + kw * sww
+            for c0 in range(0, C, BLOCK_K):
+                cc = c0 + offs_c
+                ok_c = cc < C
+                a = tl.load(
+                    a_row[:, None] + cc[None, :] * sxc,
+                    mask=ok_pix[:, None] & ok_c[None, :],
+                    other=0.0,
+                )
+                b = tl.load(
+                    b_col[None, :] + cc[:, None] * swc,
+                    mask=ok_c[:, None] & mask_n[None, :],
+                    other=0.0,
+                )
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:
+        acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+
+    y_row = y_ptr + n * syn + oh * syh + ow * syw
+    y_ptrs = y_row[:, None] + offs_n[None, :] * syk
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 def autotune_configs() -> list[Any]:
@@ -142,6 +148,7 @@ def autotune_configs() -> list[Any]:
 
     (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps):
     """
+    _import_triton()
     table = [
         (128, 128, 32, 3, 8),
         (128, 64, 32, 4, 4),
@@ -198,8 +205,6 @@ def conv2d_triton(
     PyTorch) or ``"tf32"`` (faster fp32 on Ampere+); half inputs ignore it.
     Forward only (no autograd): this is a deploy-time kernel.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("backend='triton' needs the triton package, which is not installed")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if x.dim() != 4 or weight.dim() != 4:
@@ -212,6 +217,7 @@ def conv2d_triton(
         raise ValueError(
             f"groups=1 only: weight has {Cw} input channels, x has {C} (grouped convs use the torch backend)"
         )
+    _import_triton()
     interpret = interpreting()
     if x.device.type != "cuda" and not interpret:
         raise RuntimeError(

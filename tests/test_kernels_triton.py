@@ -1,0 +1,156 @@
+"""The Triton implicit-GEMM kernel against ``F.conv2d`` (+ ReLU), under the Triton interpreter.
+
+The interpreter runs the kernel on CPU tensors; it must be switched on before
+the first Triton call, hence the line at the very top. Sizes stay tiny
+because the interpreter executes every program instance in Python.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels import conv2d_bias_relu
+from kernels.conv_bn_relu import HAS_TRITON, INTERPRET_CONFIG, autotune_configs, interpreting
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+needs_interpreter = pytest.mark.skipif(
+    not interpreting(), reason="TRITON_INTERPRET was switched off in the environment"
+)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none present")
+
+# (rtol, atol) against an fp32 reference computed from the same (rounded) inputs.
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 2e-2), torch.bfloat16: (3e-2, 8e-2)}
+ACT = {None: lambda y: y, "relu": F.relu, "relu6": lambda y: y.clamp(0, 6)}
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn) -> dict:
+    k = draw(st.sampled_from([1, 3, 5]))
+    dil = draw(st.sampled_from([1, 2]))
+    pad = draw(st.integers(0, (k // 2) * dil))
+    span = dil * (k - 1) + 1  # receptive field of one output pixel
+    return dict(
+        n=draw(st.integers(1, 2)),
+        cin=draw(st.integers(1, 21)),  # crosses BLOCK_K=16 without being a multiple
+        cout=draw(st.integers(1, 40)),  # crosses BLOCK_N=32
+        h=draw(st.integers(max(1, span - 2 * pad), 9)),
+        w=draw(st.integers(max(1, span - 2 * pad), 9)),
+        k=k,
+        stride=draw(st.sampled_from([1, 2])),
+        pad=pad,
+        dil=dil,
+        channels_last=draw(st.booleans()),
+        activation=draw(st.sampled_from([None, "relu", "relu6"])),
+        bias=draw(st.booleans()),
+    )
+
+
+def _check(case: dict, dtype: torch.dtype, device: str = "cpu") -> None:
+    g = torch.Generator().manual_seed(case["n"] * 1000 + case["cin"] * 31 + case["cout"])
+    x = torch.randn(case["n"], case["cin"], case["h"], case["w"], generator=g)
+    fan_in = case["cin"] * case["k"] ** 2
+    w = torch.randn(case["cout"], case["cin"], case["k"], case["k"], generator=g) / fan_in**0.5
+    b = torch.randn(case["cout"], generator=g) if case["bias"] else None
+    x, w = x.to(device, dtype), w.to(device, dtype)
+    b = b.to(device, dtype) if b is not None else None
+    if case["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    conv = (case["stride"], case["pad"], case["dil"])
+    y = conv2d_bias_relu(
+        x, w, b, *conv, backend="triton", activation=case["activation"], relu=False
+    )
+    ref = F.conv2d(x.float(), w.float(), b.float() if b is not None else None, *conv)
+    ref = ACT[case["activation"]](ref)
+    assert y.dtype == dtype and y.shape == ref.shape
+    if not x.is_contiguous() and case["cout"] > 1 and y.shape[2] * y.shape[3] > 1:
+        # Unambiguously channels_last in, so channels_last out.
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(y.float(), ref, rtol=rtol, atol=atol)
+
+
+@needs_interpreter
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases())
+def test_triton_matches_conv2d_fp32(case: dict) -> None:
+    _check(case, torch.float32)
+
+
+@needs_interpreter
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases())
+def test_triton_matches_conv2d_fp16(case: dict) -> None:
+    _check(case, torch.float16)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_resnet_like_shapes(channels_last: bool) -> None:
+    # Fixed cases so the common deploy shapes are always covered, whatever hypothesis draws.
+    for k, stride, pad in ((3, 1, 1), (3, 2, 1), (1, 2, 0)):
+        case = dict(n=2, cin=16, cout=32, h=8, w=8, k=k, stride=stride, pad=pad, dil=1,
+                    channels_last=channels_last, activation="relu", bias=True)  # fmt: skip
+        _check(case, torch.float32)
+
+
+@needs_interpreter
+def test_triton_wrapper_validation() -> None:
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)
+    with pytest.raises(ValueError, match="groups=1"):
+        conv2d_bias_relu(x, w, None, backend="triton")
+    with pytest.raises(TypeError, match="bfloat16"):
+        conv2d_bias_relu(x.bfloat16(), w.repeat(1, 2, 1, 1).bfloat16(), None, backend="triton")
+    # Grouped convs take the PyTorch path even when Triton is asked for (backend auto).
+    y = conv2d_bias_relu(x, w, None, padding=1, groups=2)
+    torch.testing.assert_close(y, F.relu(F.conv2d(x, w, None, 1, 1, 1, 2)))
+
+
+@needs_interpreter
+def test_fused_model_on_triton_backend() -> None:
+    from kernels import fuse
+    from profiler import load_model
+
+    torch.manual_seed(0)
+    model = load_model("resnet20", in_channels=3, num_classes=10)
+    x = torch.randn(1, 3, 8, 8)
+    fused = fuse(model, backend="triton")
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_configs_compile_on_ampere_and_hopper() -> None:
+    # Powers of two everywhere, and dot K >= 16 so fp16/bf16 tiles are legal.
+    for cfg in [*autotune_configs(), type("C", (), {"kwargs": INTERPRET_CONFIG})()]:
+        for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            v = cfg.kwargs[key]
+            assert v >= 16 and v & (v - 1) == 0, (key, v)
+
+
+@pytest.mark.gpu
+@gpu
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_triton_on_gpu(case: dict, dtype: torch.dtype) -> None:
+    if interpreting():
+        pytest.skip("TRITON_INTERPRET=1 runs the interpreter, not the GPU compiler")
+    _check(case, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@gpu
+def test_auto_backend_uses_triton_on_cuda() -> None:
+    if interpreting():
+        pytest.skip("TRITON_INTERPRET=1 runs the interpreter, not the GPU compiler")
+    x = torch.randn(2, 16, 16, 16, device="cuda", dtype=torch.float16)
+    w = torch.randn(32, 16, 3, 3, device="cuda", dtype=torch.float16) / 12
+    y = conv2d_bias_relu(x, w, None, padding=1)
+    torch.testing.assert_close(
+        y.float(), F.relu(F.conv2d(x.float(), w.float(), None, 1, 1)), rtol=1e-2, atol=2e-2
+    )
