@@ -464,7 +464,9 @@ def load_callable(
     generator is not) and yield ``(x, y)`` with x of shape (B, C, H, W) and y
     integer class labels of shape (B,). Without ``val``, the test loader doubles
     as val (early stopping then sees the test set: give a val loader to avoid
-    that). Without ``num_classes`` it is ``max(label) + 1`` over test.
+    that). Without ``num_classes`` it is ``max(label) + 1`` over test. Batches
+    are converted to float32 / int64 as they are drawn; normalisation,
+    augmentation and ``limit`` are the callable's own business.
     """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

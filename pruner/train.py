@@ -266,7 +266,10 @@ def fit(
         _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0
     )
     # Without len() the schedule steps once per epoch instead of once per batch.
-    steps_per_epoch = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
+    try:
+        steps_per_epoch: int | None = len(train)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
     total_steps = max(1, epochs * (steps_per_epoch or 1))
 
     def set_lr(step: float) -> float:

@@ -198,3 +198,17 @@ def test_cli_train_errors(cli, tmp_path: Path, capsys) -> None:
     assert cli(["train", "nonet", "--data", "digits", "--out", str(tmp_path / "x.pt")]) == 2
     assert "unknown model 'nonet'" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_fit_steps_per_epoch_without_len() -> None:
+    class NoLen:
+        """Re-iterable batches that cannot say how many there are."""
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(3):
+                yield torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g)
+
+    result = fit(tiny_cnn(), NoLen(), NoLen(), epochs=2, lr=0.1, progress=False)
+    # The cosine schedule then steps once per epoch: 0.1, then half of it.
+    assert [e.lr for e in result.history] == pytest.approx([0.1, 0.05])
