@@ -1,0 +1,302 @@
+"""Python client of the daemon: requests over DEALER, job events over SUB.
+
+::
+
+    from service.client import Client
+
+    with Client("tcp://127.0.0.1:5750") as c:
+        job = c.submit("profile", model="resnet20", input_size=[8, 8])
+        for event in c.watch(job["id"]):
+            print(event.event, event.data)
+        profile = c.result(job["id"])["result"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .config import DEFAULT_EVENTS_PORT, DEFAULT_HOST, DEFAULT_RPC_PORT
+
+
+class DaemonUnavailable(RuntimeError):
+    """No reply within the timeout: the daemon is not running or not reachable."""
+
+
+class RequestError(RuntimeError):
+    """The daemon answered with an error (``code``, ``field`` as in service.protocol)."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (field {field})" if field else ""))
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def events_endpoint_for(rpc_endpoint: str) -> str:
+    """The daemon's default layout: events on the port after the request port."""
+    head, _, port = rpc_endpoint.rpartition(":")
+    return (
+        f"{head}:{int(port) + 1}"
+        if port.isdigit()
+        else f"tcp://{DEFAULT_HOST}:{DEFAULT_EVENTS_PORT}"
+    )
+
+
+class Client:
+    """One connection to a daemon. Not thread-safe (ZeroMQ sockets belong to one thread)."""
+
+    def __init__(
+        self,
+        connect: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_RPC_PORT}",
+        events: str | None = None,
+        timeout_s: float = 10.0,
+        server_key: str | Path | None = None,
+        client_key: str | Path | None = None,
+    ) -> None:
+        """``server_key``: the daemon's public certificate file; ``client_key``: our secret one (CurveZMQ)."""
+        self.endpoint = connect
+        self.events_endpoint = events or events_endpoint_for(connect)
+        self.timeout_s = timeout_s
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if server_key is not None:
+            from zmq.auth import load_certificate
+
+            server_public, _ = load_certificate(server_key)
+            if client_key is None:
+                raise ValueError("CurveZMQ needs the client's own key pair too (client_key)")
+            public, secret = load_certificate(client_key)
+            if secret is None:
+                raise ValueError(f"{client_key} holds no secret key; pass the .key_secret file")
+            self._curve = (server_public, public, secret)
+        self.ctx = zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._sock = self._connect(zmq.DEALER, self.endpoint)
+
+    def _connect(self, kind: int, endpoint: str) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        if self._curve is not None:
+            s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self._curve
+        s.connect(endpoint)
+        return s
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ requests
+
+    def request_raw(self, payload: bytes, req_id: str | None = None) -> dict[str, Any]:
+        """Send one frame, return the decoded reply (whatever its ``ok``).
+
+        Replies to earlier requests that timed out are skipped by their ``req_id``.
+        """
+        self._sock.send(payload)
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                break
+            reply = json.loads(self._sock.recv())
+            if req_id is None or reply.get("req_id") in (req_id, None):
+                return reply
+        # The socket may now hold a late reply; a fresh socket keeps request and reply in step.
+        self._sock.close()
+        self._sock = self._connect(zmq.DEALER, self.endpoint)
+        raise DaemonUnavailable(
+            f"no reply from {self.endpoint} within {self.timeout_s:g} s; is `prunerd serve` running?"
+        )
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a request; return its ``data`` or raise RequestError."""
+        req_id = str(next(self._ids))
+        reply = self.request_raw(p.encode_request(op, req_id, **fields), req_id)
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise RequestError(err.get("code", "unknown"), err.get("message", ""), err.get("field"))
+        return reply["data"]
+
+    def ping(self) -> dict[str, Any]:
+        return self.request("ping")
+
+    def submit(self, kind: str, **params: Any) -> dict[str, Any]:
+        """Queue a job; returns the job record (``id``, ``status``...)."""
+        return self.request("submit", kind=kind, params=params)["job"]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self.request("status", job_id=job_id)
+
+    def jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        fields: dict[str, Any] = {"limit": limit}
+        if status:
+            fields["status"] = status
+        return self.request("list", **fields)["jobs"]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.request("cancel", job_id=job_id)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        return self.request("result", job_id=job_id)
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, job_id: str | None = None) -> zmq.Socket:
+        """A SUB socket on one job's events (or every job's, with None)."""
+        sub = self._connect(zmq.SUB, self.events_endpoint)
+        sub.subscribe(p.event_topic(job_id) if job_id else b"job.")
+        return sub
+
+    def watch(
+        self, job_id: str, timeout_s: float | None = None, sub: zmq.Socket | None = None
+    ) -> Iterator[p.Event]:
+        """Yield the job's events until it finishes.
+
+        The PUB stream is lossy by design (a late subscriber misses what came before), so the
+        job's status is also asked for every second: a job that finished unseen still ends the
+        watch, with a synthetic final event carrying the stored status.
+        """
+        own = sub is None
+        sub = sub or self.subscribe(job_id)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        next_check = 0.0
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if sub.poll(200, zmq.POLLIN):
+                    event = p.decode_event(sub.recv_multipart())
+                    if event.job_id != job_id:
+                        continue
+                    yield event
+                    if event.finished:
+                        return
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + 1.0
+                    job = self.status(job_id)["job"]
+                    if job["status"] in p.FINISHED_STATUSES:
+                        # Give events already in flight a moment, then end with the stored truth.
+                        while sub.poll(300, zmq.POLLIN):
+                            event = p.decode_event(sub.recv_multipart())
+                            if event.job_id == job_id:
+                                yield event
+                                if event.finished:
+                                    return
+                        yield p.Event(
+                            job_id,
+                            job["status"],
+                            job["finished_at"] or time.time(),
+                            {"error": job["error"]},
+                        )
+                        return
+            raise TimeoutError(f"job {job_id} did not finish within {timeout_s} s")
+        finally:
+            if own:
+                sub.close()
+
+    def wait(self, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Block until the job finishes; return its stored record."""
+        for _ in self.watch(job_id, timeout_s):
+            pass
+        return self.status(job_id)["job"]
+
+
+# ---------------------------------------------------------------------- command-line helpers
+
+
+def add_client_args(parser: Any) -> None:
+    """The options every client command shares."""
+    default = os.environ.get("PRUNERD_CONNECT", f"tcp://{DEFAULT_HOST}:{DEFAULT_RPC_PORT}")
+    parser.add_argument(
+        "--connect",
+        default=default,
+        metavar="tcp://HOST:PORT",
+        help=f"the daemon's request endpoint (default {default}; env PRUNERD_CONNECT)",
+    )
+    parser.add_argument(
+        "--events",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="the daemon's event endpoint (default: request port + 1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)"
+    )
+    parser.add_argument(
+        "--server-key",
+        default=None,
+        metavar="FILE",
+        help="CurveZMQ: the daemon's public certificate (server.key)",
+    )
+    parser.add_argument(
+        "--client-key",
+        default=None,
+        metavar="FILE",
+        help="CurveZMQ: this client's secret certificate (client.key_secret)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+
+
+def client_from_args(args: Any) -> Client:
+    return Client(args.connect, args.events, args.timeout, args.server_key, args.client_key)
+
+
+def run_command(args: Any, fn: Any) -> int:
+    """Run ``fn(client) -> (exit status, data, text)`` and print ``data`` (--json) or ``text``.
+
+    Daemon errors print as ``{"ok": false, "error": {...}}`` with --json, else as a message;
+    either way the exit status is 1 (2 when the daemon cannot be reached).
+    """
+    import sys
+
+    try:
+        with client_from_args(args) as c:
+            status, data, text = fn(c)
+    except RequestError as e:
+        err = {"code": e.code, "message": e.message, "field": e.field}
+        print(
+            json.dumps({"ok": False, "error": err}) if args.json else f"prunerd: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    except DaemonUnavailable as e:
+        print(
+            json.dumps({"ok": False, "error": {"code": "unavailable", "message": str(e)}})
+            if args.json
+            else f"prunerd: {e}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif text:
+        print(text)
+    return status
+
+
+def format_event(event: p.Event) -> str:
+    """One human-readable line per job event."""
+    d = event.data
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+    if event.event == "progress":
+        what = f"{d.get('what', '')} {d.get('done', '?')}/{d.get('total', '?')}"
+    elif event.event == "block":
+        what = f"{d.get('name', '?'):<32} {1e3 * float(d.get('latency_s', 0.0)):9.4f} ms"
+    elif event.event == "started":
+        what = f"{d.get('kind', '')} in pid {d.get('pid')}"
+    elif event.event == "queued":
+        what = f"{d.get('kind', '')} {(d.get('params') or {}).get('model', '')}"
+    else:
+        err = d.get("error") or {}
+        what = err.get("message", "") if isinstance(err, dict) else str(err)
+    return f"{stamp} {event.job_id} {event.event:<11} {what}".rstrip()

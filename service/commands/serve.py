@@ -1,0 +1,107 @@
+"""`prunerd serve`: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..config import load_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the daemon (ZeroMQ requests/events/ingest + Prometheus /metrics)",
+        description="Run the prunerd daemon. Every flag can also be set in a TOML file (--config); "
+        "flags win over the file. Port 0 picks a free port; the bound endpoints are written to "
+        "STATE_DIR/daemon.json.",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="TOML settings file (see docs/service.md)"
+    )
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--rpc-port", type=int, default=None, help="ROUTER request port (default 5750)")
+    p.add_argument("--events-port", type=int, default=None, help="PUB event port (default 5751)")
+    p.add_argument(
+        "--ingest-port", type=int, default=None, help="PULL deployment-sample port (default 5752)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9750)"
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=None, help="jobs, results and latency table (SQLite)"
+    )
+    p.add_argument("--max-workers", type=int, default=None, help="jobs run at once (default 1)")
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        dest="allow_imports",
+        default=None,
+        metavar="PREFIX",
+        help="allow models/datasets under this import path (repeatable)",
+    )
+    p.add_argument(
+        "--model-dir",
+        action="append",
+        dest="model_dirs",
+        default=None,
+        metavar="DIR",
+        help="allow torch.export files under DIR (repeatable)",
+    )
+    p.add_argument(
+        "--path-root",
+        action="append",
+        dest="path_roots",
+        default=None,
+        metavar="DIR",
+        help="allow checkpoints/outputs under DIR (repeatable)",
+    )
+    p.add_argument(
+        "--server-secret-key", type=Path, default=None, help="CurveZMQ: the daemon's .key_secret"
+    )
+    p.add_argument(
+        "--authorized-keys-dir",
+        type=Path,
+        default=None,
+        help="CurveZMQ: directory of allowed client public keys (*.key)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from ..daemon import run
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(
+        args.config,
+        host=args.host,
+        rpc_port=args.rpc_port,
+        events_port=args.events_port,
+        ingest_port=args.ingest_port,
+        metrics_port=args.metrics_port,
+        state_dir=args.state_dir,
+        max_workers=args.max_workers,
+        allow_imports=args.allow_imports,
+        model_dirs=args.model_dirs,
+        path_roots=args.path_roots,
+        server_secret_key=args.server_secret_key,
+        authorized_keys_dir=args.authorized_keys_dir,
+    )
+    return run(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m service.commands.serve``: the daemon without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="prunerd-serve")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

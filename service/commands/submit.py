@@ -1,0 +1,134 @@
+"""`prunerd submit profile|prune|selftest ...`: queue a job on the daemon (optionally wait for it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..client import Client, add_client_args, format_event, run_command
+
+
+def _size(text: str) -> list[int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        size = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    return size * 2 if len(size) == 1 else size
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"option must be KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, true/false, null
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model", help="built-in name, allowed module:callable, or .pt2 file in a model dir"
+    )
+    p.add_argument("--in-channels", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--input-size", type=_size, default=None, metavar="HxW", help="input size, e.g. 32x32"
+    )
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (under a daemon path root)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("submit", help="queue a job on the daemon")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    prof = kinds.add_parser("profile", help="per-block serial latency of a model")
+    _model_args(prof)
+    prof.add_argument(
+        "--fused", action="store_true", default=None, help="time fused Conv-BN-ReLU blocks"
+    )
+    prof.add_argument(
+        "--remeasure", action="store_true", default=None, help="ignore the latency table"
+    )
+
+    prune = kinds.add_parser("prune", help="latency-budgeted pruning")
+    _model_args(prune)
+    budget = prune.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-s", type=float, default=None, help="latency budget, seconds")
+    budget.add_argument(
+        "--budget-ratio", type=float, default=None, help="budget as a fraction of measured latency"
+    )
+    prune.add_argument("--method", default=None, choices=["dbp", "hfp", "dbp+hfp"])
+    prune.add_argument("--dataset", default=None)
+    prune.add_argument(
+        "--output", default=None, help="where the pruned checkpoint goes (under a path root)"
+    )
+    prune.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+
+    self_test = kinds.add_parser(
+        "selftest", help="a job that only reports progress (checks the daemon's workers)"
+    )
+    self_test.add_argument("--seconds", type=float, default=None)
+    self_test.add_argument("--steps", type=int, default=None)
+    self_test.add_argument("--fail", action="store_true", default=None)
+
+    for sub in (prof, prune, self_test):
+        sub.add_argument(
+            "--wait", action="store_true", help="stream the job's events until it finishes"
+        )
+        add_client_args(sub)
+        sub.set_defaults(func=handler)
+
+
+_NOT_PARAMS = {
+    "command",
+    "kind",
+    "func",
+    "wait",
+    "connect",
+    "events",
+    "timeout",
+    "server_key",
+    "client_key",
+    "json",
+    "option",
+}
+
+
+def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags given: the daemon owns the defaults."""
+    params = {k: v for k, v in vars(args).items() if k not in _NOT_PARAMS and v is not None}
+    if getattr(args, "option", None):
+        params["options"] = dict(args.option)
+    return params
+
+
+def handler(args: argparse.Namespace) -> int:
+    def go(c: Client) -> tuple[int, Any, str]:
+        # Subscribe before submitting, so that no event of the new job is missed.
+        sub = c.subscribe() if args.wait else None
+        job = c.submit(args.kind, **params_from_args(args))
+        if not args.wait:
+            return 0, job, job["id"]
+        lines = []
+        for event in c.watch(job["id"], sub=sub):
+            if args.json:
+                lines.append(
+                    {
+                        "job_id": event.job_id,
+                        "event": event.event,
+                        "time": event.time,
+                        "data": event.data,
+                    }
+                )
+            else:
+                print(format_event(event), flush=True)
+        final = c.status(job["id"])["job"]
+        status = 0 if final["status"] == "done" else 1
+        return status, {"job": final, "events": lines}, ""
+
+    return run_command(args, go)

@@ -1,0 +1,50 @@
+"""`prunerd watch ID`: live progress of a job from the daemon's event stream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..client import Client, add_client_args, format_event, run_command
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("watch", help="stream a job's events until it finishes")
+    p.add_argument("job_id")
+    p.add_argument(
+        "--timeout-job",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (default: wait for the job)",
+    )
+    add_client_args(p)
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    def go(c: Client) -> tuple[int, Any, str]:
+        job = c.status(args.job_id)["job"]  # unknown ids fail here, with the daemon's message
+        last = job["status"]
+        for event in c.watch(args.job_id, args.timeout_job):
+            last = event.event
+            if args.json:
+                # One JSON object per line, as the events arrive.
+                print(
+                    json.dumps(
+                        {
+                            "job_id": event.job_id,
+                            "event": event.event,
+                            "time": event.time,
+                            "data": event.data,
+                        }
+                    ),
+                    flush=True,
+                )
+            else:
+                print(format_event(event), flush=True)
+        args.json = False  # already printed, one line per event
+        return (0 if last == "done" else 1), None, ""
+
+    return run_command(args, go)

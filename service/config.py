@@ -1,0 +1,146 @@
+"""Daemon settings: defaults, a TOML file, then command-line flags (each overriding the one before).
+
+Example ``prunerd.toml``::
+
+    host = "127.0.0.1"
+    rpc_port = 5750
+    state_dir = "/var/lib/prunerd"
+    max_workers = 1
+
+    [models]
+    allow_imports = ["torchvision.models", "mycompany.nets"]  # import-path prefixes
+    model_dirs = ["/models"]                                  # torch.export files
+    path_roots = ["/models", "/data/checkpoints"]             # checkpoints a job may read
+
+    [curve]
+    server_secret_key = "/etc/prunerd/keys/server.key_secret"
+    authorized_keys_dir = "/etc/prunerd/authorized_keys"
+
+    [budgets]  # deployment name -> latency budget in seconds
+    "resnet56-pruned" = 0.004
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the stdlib module arrived in 3.11
+    tomllib = None  # type: ignore[assignment]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_RPC_PORT = 5750
+DEFAULT_EVENTS_PORT = 5751
+DEFAULT_INGEST_PORT = 5752
+DEFAULT_METRICS_PORT = 9750
+
+
+def default_state_dir() -> Path:
+    """``$PRUNERD_STATE_DIR``, else ``$XDG_STATE_HOME/prunerd``, else ``~/.local/state/prunerd``."""
+    if env := os.environ.get("PRUNERD_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "prunerd"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``prunerd serve`` needs. Ports of 0 mean "any free port" (tests use that)."""
+
+    host: str = DEFAULT_HOST
+    rpc_port: int = DEFAULT_RPC_PORT
+    events_port: int = DEFAULT_EVENTS_PORT
+    ingest_port: int = DEFAULT_INGEST_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    state_dir: Path = field(default_factory=default_state_dir)
+    max_workers: int = 1  # concurrent jobs; 1 keeps latency measurements free of contention
+    # A request bigger than max_request_bytes gets a "too_large" error reply; one bigger than
+    # max_frame_bytes (ZMQ_MAXMSGSIZE) is dropped by libzmq with the connection, unanswered.
+    max_request_bytes: int = 64 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    ingest_hwm: int = 10_000  # messages queued per ingest peer before libzmq stops reading
+    max_deployments: int = 256  # bounds the cardinality of the deployment label
+    worker_grace_s: float = 5.0  # SIGTERM -> SIGKILL delay when stopping a worker
+    allow_imports: tuple[str, ...] = ()
+    model_dirs: tuple[Path, ...] = ()
+    path_roots: tuple[Path, ...] = ()
+    server_secret_key: Path | None = None
+    authorized_keys_dir: Path | None = None
+    budgets: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def curve(self) -> bool:
+        return self.server_secret_key is not None
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://{self.host}:{port}"
+
+    def __post_init__(self) -> None:
+        for name in ("rpc_port", "events_port", "ingest_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {port}")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
+        if self.max_request_bytes > self.max_frame_bytes:
+            raise ValueError("max_request_bytes must not exceed max_frame_bytes")
+        if (self.server_secret_key is None) != (self.authorized_keys_dir is None):
+            raise ValueError(
+                "CurveZMQ needs both server_secret_key and authorized_keys_dir (or neither)"
+            )
+        for name, seconds in self.budgets.items():
+            if not seconds > 0:
+                raise ValueError(
+                    f"budget for deployment {name!r} must be > 0 seconds, got {seconds}"
+                )
+
+
+_PATH_FIELDS = {"state_dir", "server_secret_key", "authorized_keys_dir"}
+_PATH_TUPLES = {"model_dirs", "path_roots"}
+
+
+def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
+    """Map the TOML tables onto Settings fields ([models] and [curve] are just grouping)."""
+    flat = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    for table in ("models", "curve"):
+        flat.update(doc.get(table, {}))
+    if "budgets" in doc:
+        flat["budgets"] = {str(k): float(v) for k, v in doc["budgets"].items()}
+    return flat
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; known: {sorted(known)}")
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if k in _PATH_FIELDS:
+            v = None if v is None else Path(v).expanduser()
+        elif k in _PATH_TUPLES:
+            v = tuple(Path(p).expanduser().resolve() for p in v)
+        elif k == "allow_imports":
+            v = tuple(str(p) for p in v)
+        out[k] = v
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then ``config_file`` (TOML), then ``overrides`` whose value is not None."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        if tomllib is None:
+            raise RuntimeError("reading a TOML config file needs Python >= 3.11 (tomllib)")
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        with path.open("rb") as f:
+            values.update(_flatten(tomllib.load(f)))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**_coerce(values))

@@ -1,0 +1,418 @@
+"""The prunerd daemon: one ZeroMQ poll loop over requests, deployment samples and job workers.
+
+Sockets (all bound on ``settings.host``, 127.0.0.1 by default):
+
+- ROUTER ``rpc_port``: requests -> exactly one reply each (service.protocol);
+- PUB ``events_port``: job events under topic ``job.<id>``;
+- PULL ``ingest_port``: deployment latency samples from service.monitor;
+- HTTP ``metrics_port``: Prometheus ``/metrics`` (service.metrics, its own thread).
+
+Jobs run one process each (service.jobs); the loop polls their pipes next to the sockets.
+SIGTERM/SIGINT stop the loop; running jobs are then stopped and marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .config import Settings
+from .jobs import JobStore, Worker, check_kind, describe_exit, start_worker
+from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
+
+log = logging.getLogger("prunerd")
+
+POLL_MS = 200  # how often the loop looks at timers (stop flag, SIGKILL escalation)
+MAX_BATCH = 200  # messages taken from one socket per loop turn, so no socket starves the others
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("prunerd")
+    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+        return "0+unknown"
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        import profiler  # imported here: the client and monitor must not pay for torch
+
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._lock_state_dir()
+        self.store = JobStore(self.state_dir / "jobs.sqlite")
+        self.policy = p.ModelPolicy(
+            builtins=frozenset(profiler.builtin_models()),
+            allow_imports=settings.allow_imports,
+            model_dirs=settings.model_dirs,
+            path_roots=settings.path_roots,
+        )
+        self.deployments = DeploymentTracker(settings.budgets, settings.max_deployments)
+        self.workers: dict[str, Worker] = {}
+        self.progress: dict[str, dict[str, Any]] = {}
+        self.stopping = False
+        self.started_at = time.time()
+        self._queue_changed = True
+        self.ctx = zmq.Context()
+        self.auth = None
+        self.endpoints: dict[str, str] = {}
+
+    def _lock_state_dir(self) -> Any:
+        # Two daemons on one state dir would each mark the other's running jobs interrupted.
+        f = open(self.state_dir / "daemon.lock", "w")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise RuntimeError(
+                f"another prunerd is already using state dir {str(self.state_dir)!r}"
+            ) from None
+        return f
+
+    # ------------------------------------------------------------------ setup
+
+    def _socket(self, kind: int, port: int) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        if self.settings.curve:
+            from zmq.auth import load_certificate
+
+            public, secret = load_certificate(self.settings.server_secret_key)
+            s.curve_secretkey = secret
+            s.curve_publickey = public
+            s.curve_server = True
+        # Port 0 means "any free port": libzmq spells that "*"; LAST_ENDPOINT tells which one.
+        s.bind(f"tcp://{self.settings.host}:{port or '*'}")
+        return s
+
+    def bind(self) -> dict[str, str]:
+        """Open every socket and the metrics server; write ``daemon.json`` with the endpoints."""
+        st = self.settings
+        if st.curve:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self.auth = ThreadAuthenticator(self.ctx, log=log)
+            self.auth.start()
+            # Only clients whose public key is in authorized_keys_dir (*.key files) get in.
+            self.auth.configure_curve(domain="*", location=str(st.authorized_keys_dir))
+        self.rpc = self._socket(zmq.ROUTER, st.rpc_port)
+        self.rpc.maxmsgsize = st.max_frame_bytes
+        self.events = self._socket(zmq.PUB, st.events_port)
+        self.ingest = self._socket(zmq.PULL, st.ingest_port)
+        self.ingest.maxmsgsize = st.max_frame_bytes
+        self.ingest.rcvhwm = st.ingest_hwm
+        self.metrics = serve_metrics(
+            st.host,
+            st.metrics_port,
+            PrunerdCollector(self.store.path, self.deployments, default_gpu_telemetry()),
+        )
+        self.endpoints = {
+            "rpc": self.rpc.last_endpoint.decode(),
+            "events": self.events.last_endpoint.decode(),
+            "ingest": self.ingest.last_endpoint.decode(),
+            "metrics": f"http://{st.host}:{self.metrics.server_port}/metrics",
+        }
+        info = {"pid": os.getpid(), "version": _version(), "curve": st.curve, **self.endpoints}
+        tmp = self.state_dir / "daemon.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.state_dir / "daemon.json")
+        return self.endpoints
+
+    # ------------------------------------------------------------------ the loop
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``self.stopping``); returns the exit status."""
+        if not self.endpoints:
+            self.bind()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for job_id in self.store.interrupt_running():
+            log.warning(
+                "job %s was running when the daemon last stopped: marked interrupted", job_id
+            )
+        log.info("prunerd %s serving %s", _version(), self.endpoints)
+
+        self.poller = zmq.Poller()
+        self.poller.register(self.rpc, zmq.POLLIN)
+        self.poller.register(self.ingest, zmq.POLLIN)
+        while not self.stopping:
+            ready = dict(self.poller.poll(POLL_MS))
+            if self.rpc in ready:
+                self._serve_requests()
+            if self.ingest in ready:
+                self._ingest_samples()
+            for worker in list(self.workers.values()):
+                # zmq.Poller reports plain file descriptors by number, not by object.
+                if worker.fileno() in ready:
+                    self._read_worker(worker)
+                worker.escalate()
+            self._start_queued_jobs()
+        self._shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    # ------------------------------------------------------------------ requests
+
+    def _serve_requests(self) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # ROUTER prepends the peer identity; REQ peers add an empty delimiter. Echo both back.
+            route, body = frames[:1], frames[1:]
+            if body and body[0] == b"":
+                route, body = route + [b""], body[1:]
+            self.rpc.send_multipart([*route, self.reply(body)])
+
+    def reply(self, body: list[bytes]) -> bytes:
+        """The reply to one request (its frames after the routing envelope). Never raises."""
+        op = req_id = None
+        try:
+            if len(body) != 1:
+                raise p.ProtocolError(
+                    "bad_request", f"a request is one frame of JSON, got {len(body)} frames"
+                )
+            doc = p.loads_strict(body[0], self.settings.max_request_bytes)
+            req_id = p.peek_req_id(doc)
+            if isinstance(doc, dict) and doc.get("op") in p.OPS:
+                op = doc["op"]
+            req = p.parse_request(doc, self.policy)
+            data = getattr(self, f"_op_{req.op}")(req)
+            return p.encode_reply(req.op, req.req_id, data)
+        except p.ProtocolError as e:
+            return p.encode_error(e, op, req_id)
+        except Exception as e:  # noqa: BLE001 - a bug answers with an error, it does not kill the daemon
+            log.exception("request failed")
+            return p.encode_error(
+                p.ProtocolError("internal", f"{type(e).__name__}: {e}"), op, req_id
+            )
+
+    def _op_ping(self, req: p.Ping) -> dict[str, Any]:
+        return {
+            "version": _version(),
+            "protocol": p.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self.started_at,
+            "running": len(self.workers),
+            "kinds": {kind: check_kind(kind) or "available" for kind in p.PARAMS_TYPES},
+            "endpoints": self.endpoints,
+        }
+
+    def _op_submit(self, req: p.Submit) -> dict[str, Any]:
+        reason = check_kind(req.kind)
+        if reason:
+            raise p.ProtocolError("unavailable", reason, "kind")
+        job = self.store.create(req.kind, req.params.to_dict())
+        self._queue_changed = True
+        self._publish(job.id, "queued", {"kind": job.kind, "params": job.params})
+        return {"job": job.to_dict()}
+
+    def _job(self, job_id: str) -> Any:
+        job = self.store.get(job_id)
+        if job is None:
+            raise p.ProtocolError("not_found", f"no job {job_id!r}", "job_id")
+        return job
+
+    def _op_status(self, req: p.JobRequest) -> dict[str, Any]:
+        job = self._job(req.job_id)
+        worker = self.workers.get(job.id)
+        return {
+            "job": job.to_dict(),
+            "progress": self.progress.get(job.id),
+            "worker_pid": None if worker is None else worker.pid,
+        }
+
+    def _op_list(self, req: p.ListJobs) -> dict[str, Any]:
+        return {"jobs": [j.to_dict() for j in self.store.list(req.limit, req.status)]}
+
+    def _op_result(self, req: p.JobRequest) -> dict[str, Any]:
+        job = self._job(req.job_id)
+        if job.status not in p.FINISHED_STATUSES:
+            raise p.ProtocolError(
+                "conflict", f"job {job.id} is {job.status}; it has no result yet", "job_id"
+            )
+        return {"job": job.to_dict(), "result": self.store.result(job.id)}
+
+    def _op_cancel(self, req: p.JobRequest) -> dict[str, Any]:
+        job = self._job(req.job_id)
+        if job.status == "queued":
+            self._finish_job(
+                job.id, "cancelled", {"type": "Cancelled", "message": "cancelled before it started"}
+            )
+        elif job.status == "running" and job.id in self.workers:
+            # The worker's pipe closes when it dies; _read_worker then records "cancelled".
+            self.workers[job.id].stop("cancelled", self.settings.worker_grace_s)
+        else:
+            raise p.ProtocolError("conflict", f"job {job.id} is already {job.status}", "job_id")
+        return {"job": self.store.get(job.id).to_dict(), "cancelling": job.status == "running"}
+
+    # ------------------------------------------------------------------ deployment samples
+
+    def _ingest_samples(self) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                data = self.ingest.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                batch = p.decode_samples(data, self.settings.max_frame_bytes)
+            except p.ProtocolError:
+                self.deployments.reject("malformed")
+                continue
+            self.deployments.add(batch)
+
+    # ------------------------------------------------------------------ jobs
+
+    def _publish(self, job_id: str, event: str, data: dict[str, Any] | None = None) -> None:
+        self.events.send_multipart(p.encode_event(job_id, event, data))
+
+    def _start_queued_jobs(self) -> None:
+        if not self._queue_changed or len(self.workers) >= self.settings.max_workers:
+            return
+        self._queue_changed = False
+        for job in self.store.queued()[: self.settings.max_workers - len(self.workers)]:
+            self.store.mark_started(job.id)
+            try:
+                worker = start_worker(job, self.state_dir)
+            except Exception as e:  # noqa: BLE001 - e.g. out of file descriptors: fail the job, keep serving
+                self._finish_job(
+                    job.id,
+                    "failed",
+                    {"type": type(e).__name__, "message": f"cannot start worker: {e}"},
+                )
+                continue
+            self.workers[job.id] = worker
+            self.poller.register(worker.fileno(), zmq.POLLIN)
+            self._publish(job.id, "started", {"kind": job.kind, "pid": worker.pid})
+            log.info("job %s (%s) started in pid %s", job.id, job.kind, worker.pid)
+
+    def _read_worker(self, worker: Worker) -> None:
+        job = worker.job
+        try:
+            msg = json.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            self._reap(worker)
+            return
+        event = msg.get("event")
+        if event == "progress":
+            self.progress[job.id] = {k: msg[k] for k in ("what", "done", "total")}
+            self._publish(job.id, "progress", self.progress[job.id])
+        elif event == "block":
+            timing = msg["timing"]
+            self._record_block(job.params, timing["name"], timing["latency_s"])
+            flat = {k: v for k, v in timing.items() if not isinstance(v, dict)}
+            self._publish(job.id, "block", flat)
+        elif event == "done":
+            if job.kind == "profile":
+                self._record_profile(job.params, msg["result"])
+            self._finish_job(job.id, "done", result=msg["result"])
+            worker.stop_reason = worker.stop_reason or "done"
+        elif event == "failed":
+            self._finish_job(job.id, "failed", msg["error"])
+            worker.stop_reason = worker.stop_reason or "failed"
+
+    def _reap(self, worker: Worker) -> None:
+        """The worker's pipe closed: collect the process and settle the job if it has no final status."""
+        self.poller.unregister(worker.fileno())
+        worker.conn.close()
+        worker.process.join(timeout=5.0)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        del self.workers[worker.job.id]
+        self.progress.pop(worker.job.id, None)
+        self._queue_changed = True
+        if worker.stop_reason in ("done", "failed"):
+            return
+        if worker.stop_reason == "cancelled":
+            self._finish_job(
+                worker.job.id, "cancelled", {"type": "Cancelled", "message": "cancelled by request"}
+            )
+        elif worker.stop_reason == "interrupted":
+            self._finish_job(
+                worker.job.id,
+                "interrupted",
+                {"type": "Interrupted", "message": "the daemon stopped during this job"},
+            )
+        else:
+            reason = describe_exit(worker.process.exitcode)
+            log.warning("job %s: %s", worker.job.id, reason)
+            self._finish_job(worker.job.id, "failed", {"type": "WorkerDied", "message": reason})
+
+    def _finish_job(
+        self,
+        job_id: str,
+        status: str,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        self.store.finish(job_id, status, error, result)
+        self._publish(job_id, status, {"error": error} if error else {})
+        log.info("job %s %s%s", job_id, status, f": {error.get('message')}" if error else "")
+
+    def _record_block(self, params: dict[str, Any], block: str, seconds: float) -> None:
+        self.store.record_block(
+            params["model"], block, params["device"], params["batch_size"], seconds
+        )
+
+    def _record_profile(self, params: dict[str, Any], profile: dict[str, Any]) -> None:
+        # Blocks served from the latency table may not have been streamed; record them all.
+        for b in profile.get("blocks", []):
+            self._record_block(params, b["name"], b["latency_s"])
+        self.store.record_model(
+            params["model"],
+            params["device"],
+            params["batch_size"],
+            profile["end_to_end_s"],
+            profile.get("additivity_error"),
+        )
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        grace = self.settings.worker_grace_s
+        for worker in self.workers.values():
+            worker.stop("interrupted", grace)
+        deadline = time.monotonic() + grace
+        for worker in list(self.workers.values()):
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._reap(worker)
+        self.metrics.shutdown()
+        self.metrics.server_close()
+        if self.auth is not None:
+            self.auth.stop()
+        for s in (self.rpc, self.events, self.ingest):
+            s.close()
+        self.ctx.term()
+        self.store.close()
+        (self.state_dir / "daemon.json").unlink(missing_ok=True)
+        self._lock_file.close()
+        log.info("prunerd stopped")
+
+
+def read_daemon_info(state_dir: Path) -> dict[str, Any] | None:
+    """The endpoints a running daemon wrote to ``<state_dir>/daemon.json``, if any."""
+    try:
+        return json.loads((Path(state_dir) / "daemon.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run(settings: Settings) -> int:
+    return Daemon(settings).serve()

@@ -1,0 +1,429 @@
+"""Jobs: the SQLite (WAL) job store, the job kinds, and the worker processes that run them.
+
+A job runs in its own process (multiprocessing, spawn context) so that a crash, an
+out-of-memory kill or a hung library call costs that job only. The worker talks to
+the daemon over a pipe, JSON text only (``send_bytes``; never the pickling ``send``):
+``{"event": "progress"|"block"|"done"|"failed", ...}``. The daemon polls the pipe's
+file descriptor in its one poll loop; end of file without a final message means the
+worker died, and its exit code or signal becomes the job's failure reason.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import sqlite3
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class Job:
+    """One job as stored. Times are Unix seconds; ``error`` is {"type", "message", ...}."""
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    status: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "params": self.params,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS results (job_id TEXT PRIMARY KEY REFERENCES jobs(id), result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS block_latency (
+    model TEXT, block TEXT, device TEXT, batch INTEGER, seconds REAL NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (model, block, device, batch));
+CREATE TABLE IF NOT EXISTS model_latency (
+    model TEXT, device TEXT, batch INTEGER, seconds REAL NOT NULL, additivity_error REAL,
+    updated_at REAL NOT NULL, PRIMARY KEY (model, device, batch));
+"""
+
+_COLUMNS = "id, kind, params, status, created_at, started_at, finished_at, error"
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode: readers (the /metrics thread) never block the writer."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode is still crash-safe for the database; a power cut may lose the last commit.
+        conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class JobStore:
+    """Jobs, results and the latest latencies, in ``<state_dir>/jobs.sqlite``. Owned by the daemon's main thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = connect(path)
+        self.db.executescript(_SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> Job:
+        return Job(
+            id=row[0],
+            kind=row[1],
+            params=json.loads(row[2]),
+            status=row[3],
+            created_at=row[4],
+            started_at=row[5],
+            finished_at=row[6],
+            error=None if row[7] is None else json.loads(row[7]),
+        )
+
+    def create(self, kind: str, params: dict[str, Any]) -> Job:
+        job = Job(
+            id=secrets.token_hex(6),
+            kind=kind,
+            params=params,
+            status="queued",
+            created_at=time.time(),
+        )
+        with self.db:
+            self.db.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                (job.id, kind, json.dumps(params), job.status, job.created_at),
+            )
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def list(self, limit: int = 50, status: str | None = None) -> list[Job]:
+        """Newest first."""
+        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC LIMIT ?", (*args, limit)
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def queued(self) -> list[Job]:
+        """Oldest first: the order jobs run in."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY created_at"
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def mark_started(self, job_id: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ?",
+                (time.time(), job_id),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        assert status in FINISHED_STATUSES, status
+        with self.db:
+            self.db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                (status, time.time(), None if error is None else json.dumps(error), job_id),
+            )
+            if result is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO results (job_id, result) VALUES (?, ?)",
+                    (job_id, json.dumps(result)),
+                )
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT result FROM results WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def interrupt_running(self) -> list[str]:
+        """On start-up: jobs the previous daemon was running cannot be resumed; say so."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE status = 'running'")]
+        error = json.dumps(
+            {"type": "Interrupted", "message": "the daemon stopped while this job was running"}
+        )
+        with self.db:
+            self.db.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? WHERE status = 'running'",
+                (time.time(), error),
+            )
+        return ids
+
+    def record_block(self, model: str, block: str, device: str, batch: int, seconds: float) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO block_latency VALUES (?, ?, ?, ?, ?, ?)",
+                (model, block, device, batch, seconds, time.time()),
+            )
+
+    def record_model(
+        self, model: str, device: str, batch: int, seconds: float, additivity_error: float
+    ) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO model_latency VALUES (?, ?, ?, ?, ?, ?)",
+                (model, device, batch, seconds, additivity_error, time.time()),
+            )
+
+
+# --------------------------------------------------------------------------- job kinds
+
+
+class JobContext:
+    """What a job function gets in the worker: callbacks that report to the daemon."""
+
+    def __init__(self, conn: Connection, state_dir: Path) -> None:
+        self._conn = conn
+        self.state_dir = state_dir
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._conn.send_bytes(json.dumps(message).encode())
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        self.send({"event": "progress", "what": str(what), "done": int(done), "total": int(total)})
+
+    def block(self, timing: Any) -> None:
+        self.send({"event": "block", "timing": timing.to_dict()})
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of job: ``run(params, ctx) -> result dict`` runs in the worker process;
+    ``unavailable()`` returns why this build cannot run it (or None when it can)."""
+
+    name: str
+    run: Callable[[dict[str, Any], JobContext], dict[str, Any]]
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    import profiler
+
+    spec = profiler.resolve_spec(
+        params["model"],
+        params["in_channels"],
+        params["num_classes"],
+        tuple(params["input_size"]),
+        params["checkpoint"],
+    )
+    model = profiler.load_model(spec, checkpoint=params["checkpoint"])
+    table = profiler.LatencyTable(ctx.state_dir / "latency.sqlite")
+    profile = profiler.profile_model(
+        model,
+        spec,
+        batch_size=params["batch_size"],
+        device=params["device"],
+        fused=params["fused"],
+        table=table,
+        remeasure=params["remeasure"],
+        progress=ctx.progress,
+        on_block=ctx.block,
+    )
+    return profile.to_dict()
+
+
+def _profile_unavailable() -> str | None:
+    import profiler  # the daemon imports it anyway, for the list of built-in models
+
+    if not hasattr(profiler, "profile_model"):
+        return "profile jobs are not available in this build (profiler.profile_model is missing)"
+    return None
+
+
+def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    from pruner import run_pipeline
+
+    result = run_pipeline(
+        **params, state_dir=ctx.state_dir, progress=ctx.progress, on_block=ctx.block
+    )
+    return result if isinstance(result, dict) else result.to_dict()
+
+
+def _prune_unavailable() -> str | None:
+    import importlib.util
+
+    # find_spec does not import: the daemon never pays for (or runs) the pruner's imports.
+    if (
+        importlib.util.find_spec("pruner") is None
+        or importlib.util.find_spec("pruner.pipeline") is None
+    ):
+        return "prune jobs are not available in this build (pruner.run_pipeline is missing)"
+    return None
+
+
+def _run_selftest(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    steps, seconds = params["steps"], params["seconds"]
+    for i in range(steps):
+        time.sleep(seconds / steps)
+        ctx.progress("selftest", i + 1, steps)
+        if params["fail"] and i == steps // 2:
+            raise RuntimeError("selftest asked to fail")
+    return {"steps": steps, "seconds": seconds, "pid": os.getpid()}
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    "profile": JobKind("profile", _run_profile, _profile_unavailable),
+    "prune": JobKind("prune", _run_prune, _prune_unavailable),
+    "selftest": JobKind("selftest", _run_selftest),
+}
+assert set(JOB_KINDS) == set(PARAMS_TYPES)
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -> None:
+    """Entry point of a worker process: run one job, report, exit."""
+    # Ctrl-C in a terminal signals the whole process group; the daemon decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = JobContext(conn, Path(state_dir))
+    try:
+        result = JOB_KINDS[kind].run(json.loads(params_json), ctx)
+        ctx.send({"event": "done", "result": result})
+    except BaseException as e:  # noqa: BLE001 - everything a job raises is that job's failure
+        tb = traceback.format_exception(type(e), e, e.__traceback__)
+        ctx.send(
+            {
+                "event": "failed",
+                "error": {
+                    "type": type(e).__name__,
+                    "message": str(e),
+                    "traceback": "".join(tb[-6:]),
+                },
+            }
+        )
+    finally:
+        conn.close()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Why a worker that sent no final message went away."""
+    if exitcode is None:
+        return "worker did not exit"
+    if exitcode < 0:
+        sig = (
+            signal.Signals(-exitcode).name
+            if -exitcode in signal.valid_signals()
+            else str(-exitcode)
+        )
+        hint = " (out of memory, or killed)" if -exitcode == signal.SIGKILL else ""
+        return f"worker was killed by {sig}{hint}"
+    return f"worker exited with code {exitcode} before reporting a result"
+
+
+@dataclass
+class Worker:
+    """A running job's process and the daemon's end of its pipe."""
+
+    job: Job
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    stop_reason: str | None = None  # "cancelled" | "interrupted" once the daemon asked it to stop
+    kill_at: float | None = None  # monotonic time after which SIGTERM becomes SIGKILL
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def stop(self, reason: str, grace_s: float) -> None:
+        """Ask the worker to stop (SIGTERM); ``reap`` escalates to SIGKILL after ``grace_s``."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.kill_at = time.monotonic() + grace_s
+            self.process.terminate()
+
+    def escalate(self) -> None:
+        if (
+            self.kill_at is not None
+            and time.monotonic() >= self.kill_at
+            and self.process.is_alive()
+        ):
+            self.process.kill()
+            self.kill_at = None
+
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+def start_worker(job: Job, state_dir: Path) -> Worker:
+    """Spawn a fresh interpreter for one job (spawn, not fork: the daemon holds ZeroMQ and SQLite handles)."""
+    parent, child = _SPAWN.Pipe(duplex=False)
+    process = _SPAWN.Process(
+        target=worker_main,
+        args=(job.kind, json.dumps(job.params), str(state_dir), child),
+        name=f"prunerd-job-{job.id}",
+        # Not daemonic: a job may start processes of its own (data loaders); the daemon
+        # stops every worker itself before it exits.
+        daemon=False,
+    )
+    process.start()
+    # Close our copy of the write end, so the worker's death shows up as end of file.
+    child.close()
+    return Worker(job, process, parent)
+
+
+def check_kind(kind: str) -> str | None:
+    """Why ``kind`` cannot run in this build, or None."""
+    return JOB_KINDS[kind].unavailable()
+
+
+__all__ = [
+    "JOB_KINDS",
+    "Job",
+    "JobContext",
+    "JobKind",
+    "JobStore",
+    "ModelPolicy",
+    "Worker",
+    "start_worker",
+]

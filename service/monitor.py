@@ -1,0 +1,174 @@
+"""Report a deployed model's inference latency to prunerd, without ever slowing inference down.
+
+::
+
+    from service import monitor
+
+    monitor.configure("resnet56-pruned", budget_s=0.004)   # optional; defaults below
+    with monitor.track():                                  # or monitor.track("other-deployment")
+        out = model(x)
+    monitor.observe(0.0031)                                # a latency measured elsewhere, seconds
+
+Samples are buffered and sent in batches (one JSON message per ``batch_size`` samples or
+every ``flush_interval_s``) over a ZeroMQ PUSH socket with a send high-water mark. Sends
+never block: when the daemon is away or behind and the queue is full, the batch is dropped
+and counted (``Monitor.dropped``, also reported to the daemon with the next batch that gets
+through). Environment: ``PRUNERD_INGEST`` (endpoint, default ``tcp://127.0.0.1:5752``) and
+``PRUNERD_DEPLOYMENT`` (default deployment name).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import zmq
+
+from .config import DEFAULT_HOST, DEFAULT_INGEST_PORT
+from .protocol import DEPLOYMENT_RE, encode_samples
+
+
+class Monitor:
+    """A latency reporter. Thread-safe; one per process is enough (see the module functions)."""
+
+    def __init__(
+        self,
+        deployment: str | None = None,
+        connect: str | None = None,
+        budget_s: float | None = None,
+        batch_size: int = 512,
+        flush_interval_s: float = 1.0,
+        hwm: int = 1000,
+        curve_server_key: bytes | None = None,
+        curve_keypair: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``hwm`` is in messages (batches) queued for the daemon; ``budget_s`` in seconds."""
+        self.deployment = deployment or os.environ.get("PRUNERD_DEPLOYMENT", "default")
+        self._check_name(self.deployment)
+        self.endpoint = connect or os.environ.get(
+            "PRUNERD_INGEST", f"tcp://{DEFAULT_HOST}:{DEFAULT_INGEST_PORT}"
+        )
+        self.budget_s = budget_s
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.sent = 0  # samples handed to ZeroMQ
+        self.dropped = 0  # samples dropped because the queue to the daemon was full
+        self._lock = threading.Lock()
+        self._buffers: dict[str, list[float]] = {}
+        self._last_flush = time.monotonic()
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        # Never hold up process exit for a daemon that is not there.
+        self._sock.setsockopt(zmq.LINGER, 200)
+        if curve_server_key is not None:
+            public, secret = curve_keypair or zmq.curve_keypair()
+            self._sock.curve_serverkey = curve_server_key
+            self._sock.curve_publickey = public
+            self._sock.curve_secretkey = secret
+        self._sock.connect(self.endpoint)
+        self._closed = False
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not DEPLOYMENT_RE.match(name):
+            raise ValueError(f"deployment name {name!r} must match {DEPLOYMENT_RE.pattern}")
+
+    def observe(self, seconds: float, deployment: str | None = None) -> None:
+        """Record one inference latency in seconds."""
+        name = deployment or self.deployment
+        with self._lock:
+            buf = self._buffers.get(name)
+            if buf is None:
+                self._check_name(name)
+                buf = self._buffers[name] = []
+            buf.append(float(seconds))
+            if (
+                len(buf) >= self.batch_size
+                or time.monotonic() - self._last_flush >= self.flush_interval_s
+            ):
+                self._flush_locked()
+
+    @contextmanager
+    def track(self, deployment: str | None = None) -> Iterator[None]:
+        """Time the body of a ``with`` block (perf_counter, seconds) and observe it."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(time.perf_counter() - start, deployment)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._last_flush = time.monotonic()
+        if self._closed:
+            return
+        for name, buf in self._buffers.items():
+            if not buf:
+                continue
+            msg = encode_samples(name, buf, self.budget_s, self.dropped)
+            try:
+                self._sock.send(msg, zmq.NOBLOCK, copy=False)
+                self.sent += len(buf)
+            except zmq.Again:
+                # The high-water mark is reached: the daemon is away or behind. Inference wins.
+                self.dropped += len(buf)
+            buf.clear()
+
+    def close(self) -> None:
+        """Flush what is buffered and close the socket (waits at most the 200 ms linger)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            self._closed = True
+            self._sock.close()
+
+
+_default: Monitor | None = None
+_default_lock = threading.Lock()
+
+
+def configure(
+    deployment: str | None = None, connect: str | None = None, **kwargs: object
+) -> Monitor:
+    """Replace the process-wide monitor the module functions use."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = Monitor(deployment, connect, **kwargs)  # type: ignore[arg-type]
+        return _default
+
+
+def get() -> Monitor:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Monitor()
+        return _default
+
+
+def observe(seconds: float, deployment: str | None = None) -> None:
+    get().observe(seconds, deployment)
+
+
+def track(deployment: str | None = None) -> contextmanager:  # type: ignore[valid-type]
+    return get().track(deployment)
+
+
+def flush() -> None:
+    get().flush()
+
+
+@atexit.register
+def _close_default() -> None:
+    if _default is not None:
+        _default.close()
