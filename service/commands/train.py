@@ -106,7 +106,8 @@ def handler(args: argparse.Namespace) -> int:
     print(
         f"{result.spec.name} on {info.name} "
         f"({info.in_channels}x{info.input_size[0]}x{info.input_size[1]}, {info.num_classes} classes), "
-        f"{result.fit.epochs_run} epochs in {result.fit.seconds:.1f} s"
+        f"{result.fit.epochs_run} epoch{'' if result.fit.epochs_run == 1 else 's'} "
+        f"in {result.fit.seconds:.1f} s"
     )
     print(f"test accuracy: {result.test.accuracy:.4f} (n={result.test.n})")
     print(f"checkpoint: {result.checkpoint}")
