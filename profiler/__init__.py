@@ -1,5 +1,9 @@
 """What a model costs, measured: block discovery, serial latency, device fingerprint, latency table."""
 
+from .blocks import BlockGraph, discover
+from .device import device_info, gpu_telemetry, resolve_device
+from .graph import TraceError, trace
+from .measure import profile_model
 from .models import (
     Checkpoint,
     ModelSpec,
@@ -12,8 +16,22 @@ from .models import (
     save_checkpoint,
 )
 from .records import Block, BlockProfile, BlockTiming, DeviceInfo, Measurement, Segment
+from .table import LatencyTable, default_table_path
+from .timing import TimingOptions, measure
 
 __all__ = [
+    "BlockGraph",
+    "LatencyTable",
+    "TimingOptions",
+    "TraceError",
+    "default_table_path",
+    "device_info",
+    "discover",
+    "gpu_telemetry",
+    "measure",
+    "profile_model",
+    "resolve_device",
+    "trace",
     "Block",
     "BlockProfile",
     "BlockTiming",

@@ -43,7 +43,9 @@ class ModelSpec:
                 f"in_channels and num_classes must be >= 1, got {self.in_channels} and {self.num_classes}"
             )
         if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise ModelSpecError(f"input_size must be two positive ints (H, W), got {self.input_size}")
+            raise ModelSpecError(
+                f"input_size must be two positive ints (H, W), got {self.input_size}"
+            )
 
     def input_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         return (batch_size, self.in_channels, *self.input_size)
@@ -80,7 +82,9 @@ def _import_callable(spec: str) -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelSpecError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise ModelSpecError(
+                f"model {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelSpecError(f"model {spec!r}: {attr!r} is not callable")
@@ -106,11 +110,15 @@ def build_model(spec: ModelSpec) -> nn.Module:
         except TypeError:
             model = fn()
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"model {spec.name!r}: the callable returned {type(model).__name__}, not nn.Module")
+        raise ModelSpecError(
+            f"model {spec.name!r}: the callable returned {type(model).__name__}, not nn.Module"
+        )
     return model
 
 
-def save_checkpoint(path: str | Path, spec: ModelSpec, model: nn.Module, plan_json: str = "", **meta: Any) -> Path:
+def save_checkpoint(
+    path: str | Path, spec: ModelSpec, model: nn.Module, plan_json: str = "", **meta: Any
+) -> Path:
     """Write a checkpoint: spec + state_dict (+ plan), plain data only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +147,15 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`")
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelSpecError(f"checkpoint {str(path)!r} cannot be read as a prunerd checkpoint: {e}") from e
+        raise ModelSpecError(
+            f"checkpoint {str(path)!r} cannot be read as a prunerd checkpoint: {e}"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelSpecError(
             f"{str(path)!r} is not a prunerd checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r}); "
@@ -170,7 +182,9 @@ def resolve_spec(
         if isinstance(spec, ModelSpec):
             spec = spec.name
         if spec not in ("", stored.name):
-            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} holds model {stored.name!r}, not {spec!r}")
+            raise ModelSpecError(
+                f"checkpoint {str(checkpoint)!r} holds model {stored.name!r}, not {spec!r}"
+            )
         return stored
     if isinstance(spec, ModelSpec):
         return spec
@@ -195,9 +209,13 @@ def load_model(
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint)
         if ckpt.plan_json:
-            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned")
+            raise ModelSpecError(
+                f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned"
+            )
         try:
             model.load_state_dict(ckpt.state_dict, strict=True)
         except RuntimeError as e:
-            raise ModelSpecError(f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}") from e
+            raise ModelSpecError(
+                f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}"
+            ) from e
     return model.eval()

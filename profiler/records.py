@@ -74,7 +74,13 @@ class Measurement:
         d = asdict(self)
         d["samples_s"] = list(self.samples_s)
         # Derived statistics are written for readers of the JSON; from_dict ignores them.
-        d.update(median_s=self.median_s, p10_s=self.p10_s, p90_s=self.p90_s, iqr_s=self.iqr_s, runs=self.runs)
+        d.update(
+            median_s=self.median_s,
+            p10_s=self.p10_s,
+            p90_s=self.p90_s,
+            iqr_s=self.iqr_s,
+            runs=self.runs,
+        )
         return d
 
     @classmethod
@@ -295,7 +301,9 @@ class BlockProfile:
         for b in self.blocks:
             if b.block.name == name:
                 return b
-        raise KeyError(f"no block named {name!r}; blocks are: {[b.block.name for b in self.blocks]}")
+        raise KeyError(
+            f"no block named {name!r}; blocks are: {[b.block.name for b in self.blocks]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

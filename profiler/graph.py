@@ -1,0 +1,201 @@
+"""torch.fx plumbing: trace a model with shapes, cut a set of nodes out as its own module.
+
+Everything the profiler times is a piece of one traced graph: a block, a
+replacement, a stretch of "rest". Cutting pieces out of the graph (rather than
+calling submodules) is what lets prunerd profile models it has never seen,
+including residual units written inline in a parent's ``forward``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+
+class TraceError(ValueError):
+    """The model cannot be traced by torch.fx; the message names the module and the fix."""
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps modules marked ``prunerd_leaf = True`` (e.g. fused convs) whole,
+    and remembers which module it was inside when tracing fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace_stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return bool(getattr(m, "prunerd_leaf", False)) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001, ANN201 - fx's signature
+        self.trace_stack.append(self.path_of_module(m) if m is not self.root else "")
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.trace_stack.pop()
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model``; a model that fx cannot trace raises TraceError
+    naming the innermost module being traced."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        where = next((s for s in reversed(tracer.trace_stack) if s), "")
+        what = (
+            f"module {where!r} ({type(model.get_submodule(where)).__name__})"
+            if where
+            else "the model's own forward"
+        )
+        raise TraceError(
+            f"torch.fx cannot trace {what}: {type(e).__name__}: {e}. "
+            "prunerd needs a traceable graph: remove data-dependent control flow from that forward, "
+            "or set `prunerd_leaf = True` on its class so it is timed as one opaque unit."
+        ) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def propagate_shapes(gm: fx.GraphModule, *example: torch.Tensor) -> None:
+    """Run ``gm`` once on ``example`` and store each node's ``tensor_meta`` (shape, dtype)."""
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example)
+    except Exception as e:
+        shape = [tuple(t.shape) for t in example]
+        raise ValueError(
+            f"the model does not run on an input of shape {shape}: {type(e).__name__}: {e}. "
+            "Check --input-size, --in-channels and --batch-size against what the model expects."
+        ) from e
+
+
+def tensor_meta(node: fx.Node) -> TensorMetadata | None:
+    meta = node.meta.get("tensor_meta")
+    return meta if isinstance(meta, TensorMetadata) else None
+
+
+def shape_of(node: fx.Node) -> tuple[int, ...]:
+    meta = tensor_meta(node)
+    return tuple(meta.shape) if meta is not None else ()
+
+
+def scopes(node: fx.Node) -> list[str]:
+    """Module paths this node was traced inside, outermost first (``@N`` call suffixes kept)."""
+    return list((node.meta.get("nn_module_stack") or {}).keys())
+
+
+def module_path(scope: str) -> str:
+    return scope.split("@", 1)[0]
+
+
+def target_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def value_inputs(node: fx.Node) -> list[fx.Node]:
+    """Node inputs that carry values (get_attr nodes are copied, not passed in)."""
+    return [a for a in node.all_input_nodes if a.op != "get_attr"]
+
+
+def extract(
+    gm: fx.GraphModule,
+    nodes: Iterable[fx.Node],
+    substitute: dict[fx.Node, fx.Node] | None = None,
+    outputs: list[fx.Node] | None = None,
+) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
+    """Cut ``nodes`` out of ``gm`` as a standalone module.
+
+    Values flowing in from outside become placeholders (returned, in order, as
+    the second item); nodes whose values are used outside (or by the graph
+    output) become outputs (third item; a single output is returned bare).
+    ``substitute`` rewires inputs before cutting, e.g. ``{add: shortcut}`` makes
+    a residual unit's tail read the shortcut instead of the sum; ``outputs``
+    overrides which nodes the piece returns.
+    """
+    substitute = substitute or {}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    chosen = sorted(set(nodes), key=order.__getitem__)
+    inside = set(chosen)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    inputs: list[fx.Node] = []
+
+    def lookup(arg: fx.Node) -> fx.Node:
+        arg = substitute.get(arg, arg)
+        if arg in env:
+            return env[arg]
+        if arg.op == "get_attr":
+            env[arg] = graph.get_attr(arg.target)
+        else:
+            inputs.append(arg)
+            env[arg] = graph.placeholder(arg.name)
+        return env[arg]
+
+    for n in chosen:
+        env[n] = graph.node_copy(n, lookup)
+    if outputs is None:
+        outputs = [n for n in chosen if any(u not in inside for u in n.users) or not n.users]
+    graph.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
+    return fx.GraphModule(gm, graph, "Piece"), inputs, outputs
+
+
+_FUNCTION_NAMES = {
+    operator.add: "add",
+    operator.iadd: "add",
+    operator.mul: "mul",
+    operator.getitem: "getitem",
+}
+
+
+def _describe_target(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return f"{type(m).__module__}.{type(m).__qualname__}({m.extra_repr()})"
+    if node.op == "call_function":
+        t = node.target
+        return (
+            _FUNCTION_NAMES.get(t)
+            or f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', repr(t))}"
+        )
+    if node.op == "get_attr":
+        value = gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return (
+            f"attr{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
+        )
+    return str(node.target)
+
+
+def signature(
+    piece: fx.GraphModule, input_metas: list[TensorMetadata | None], extra: str = ""
+) -> str:
+    """A stable hash of what a piece computes and on what shapes: operator types and
+    hyper-parameters, wiring, input shapes, dtypes and memory layout. Weights'
+    values do not enter it: they do not change dense kernels' latency."""
+    local = {n: i for i, n in enumerate(piece.graph.nodes)}
+
+    def arg(a: object) -> object:
+        if isinstance(a, fx.Node):
+            return f"%{local[a]}"
+        if isinstance(a, (list, tuple)):
+            return [arg(x) for x in a]
+        if isinstance(a, dict):
+            return {k: arg(v) for k, v in sorted(a.items())}
+        return repr(a)
+
+    parts = [extra]
+    for n in piece.graph.nodes:
+        parts.append(f"{n.op}|{_describe_target(piece, n)}|{arg(n.args)}|{arg(n.kwargs)}")
+    for m in input_metas:
+        if m is not None:
+            parts.append(f"in{tuple(m.shape)}{m.dtype}{m.memory_format}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

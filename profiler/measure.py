@@ -1,0 +1,273 @@
+"""Per-block serial latency in place, end-to-end latency, and the additivity check.
+
+One real forward pass captures every block's input; then each block (and each
+removable block's replacement, and each stretch of "rest") is timed alone on
+its captured input, interleaved with the whole model, on the target device.
+The sum of blocks and rest is compared with the end-to-end latency: the
+additivity error in every profile is what keeps these numbers honest.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .blocks import BlockGraph, count_ops, discover
+from .device import device_info, resolve_device, throttle_warning
+from .graph import signature, tensor_meta
+from .models import ModelSpec
+from .records import BlockProfile, BlockTiming, Measurement, Segment
+from .table import LatencyTable
+from .timing import Progress, TimingOptions, measure
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _Capture(fx.Interpreter):
+    """Runs the graph once and keeps (copies of) the values of the requested nodes."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
+        super().__init__(gm)
+        self.keep = keep
+        self.values: dict[fx.Node, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> object:
+        value = super().run_node(n)
+        if n in self.keep and isinstance(value, torch.Tensor):
+            # Copy: a later in-place op (ReLU(inplace=True)) would otherwise change it.
+            self.values[n] = value.clone()
+        return value
+
+
+@dataclass
+class _Item:
+    """One piece of work to time or look up: ``module`` called on the captured values of
+    ``inputs`` (``None``: on the model's input). No module: known without timing
+    (an identity replacement costs 0 s)."""
+
+    label: str
+    signature: str
+    module: nn.Module | None
+    inputs: list[fx.Node] | None = None
+    measurement: Measurement | None = None
+
+
+def _call(module: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], object]:
+    return lambda: module(*inputs)
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def profile_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    fused: bool = False,
+    table: LatencyTable | None = None,
+    remeasure: bool = False,
+    options: TimingOptions | None = None,
+    threads: int | None = None,
+    example: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    on_block: Callable[[BlockTiming], None] | None = None,
+) -> BlockProfile:
+    """Measure each block's serial latency (seconds) on ``device``.
+
+    ``example`` is the input batch (shape ``spec.input_shape(batch_size)``);
+    random normal data when omitted. With ``table``, measurements of pieces
+    already timed on this device are reused unless ``remeasure``; new ones
+    are stored. ``fused`` measures the model as deployed with fused
+    Conv-BN-ReLU kernels. The caller's model is not modified.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dev = resolve_device(device if device is not None else None)
+    if dev.type == "cpu" and dtype != "float32":
+        raise ValueError(f"dtype {dtype} is only supported on CUDA here; use float32 on CPU")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _profile(
+            model,
+            spec,
+            batch_size,
+            dev,
+            dtype,
+            fused,
+            table,
+            remeasure,
+            options,
+            example,
+            progress,
+            on_block,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _profile(
+    model: nn.Module,
+    spec: ModelSpec,
+    batch_size: int,
+    dev: torch.device,
+    dtype: str,
+    fused: bool,
+    table: LatencyTable | None,
+    remeasure: bool,
+    options: TimingOptions | None,
+    example: torch.Tensor | None,
+    progress: Progress | None,
+    on_block: Callable[[BlockTiming], None] | None,
+) -> BlockProfile:
+    info = device_info(dev)
+    fp = info.fingerprint
+    model = copy.deepcopy(model).to(device=dev, dtype=DTYPES[dtype]).eval()
+    if fused:
+        from kernels import fuse  # the deploy-time form of the model
+
+        model = fuse(model)
+    if example is None:
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(spec.input_shape(batch_size), generator=gen)
+    x = example.to(device=dev, dtype=DTYPES[dtype])
+    if progress:
+        progress("tracing", 0, 1)
+    with torch.inference_mode():
+        bg = discover(model, x)
+    items, layout = _plan_items(bg, model, x, dtype, fused)
+    served = 0
+    if table is not None and not remeasure:
+        for it in items:
+            if it.module is not None and (m := table.get(fp, it.signature)) is not None:
+                it.measurement = m
+                served += 1
+    todo = [it for it in items if it.measurement is None and it.module is not None]
+    if todo:
+        works = _bind_inputs(bg, x, todo)
+        warnings = [w for w in [throttle_warning(dev)] if w]
+        results = measure(works, dev, options, fp, progress)
+        for it, m in zip(todo, results):
+            it.measurement = m
+        warnings += [w for w in [throttle_warning(dev)] if w and w not in warnings]
+        if warnings:
+            info = dataclasses.replace(info, warnings=tuple(warnings))
+        if table is not None:
+            table.remember_device(info)
+            table.put_many(fp, [(it.signature, it.measurement, it.label) for it in todo])  # type: ignore[misc]
+    for it in items:
+        if it.measurement is None:
+            it.measurement = Measurement.exact(0.0, fp)
+    by_label = {it.label: it.measurement for it in items}
+    timings = []
+    for b in bg.blocks:
+        rep = by_label.get(f"replace:{b.name}") if b.removable else None
+        t = BlockTiming(b, by_label[f"block:{b.name}"], rep)
+        timings.append(t)
+        if on_block:
+            on_block(t)
+    rest = tuple(
+        Segment(name, names, by_label[f"rest:{name}"], *layout[name])
+        for name, names in _rest_names(bg).items()
+    )
+    return BlockProfile(
+        model=spec.name,
+        batch_size=int(x.shape[0]),
+        input_shape=tuple(x.shape),
+        dtype=dtype,
+        device=info,
+        blocks=tuple(timings),
+        rest=rest,
+        end_to_end=by_label["model"],  # type: ignore[arg-type]
+        fused=fused,
+        from_table=served,
+        created_at=time.time(),
+    )
+
+
+def _rest_names(bg: BlockGraph) -> dict[str, tuple[str, ...]]:
+    """Names for the rest segments: stem, glue after the preceding block, head."""
+    order = {n.name: i for i, n in enumerate(bg.gm.graph.nodes)}
+    names: dict[str, tuple[str, ...]] = {}
+    for seg in bg.rest:
+        start = order[seg[-1]]
+        before = [b for b in bg.blocks if order[b.output_node] < start]
+        after = [b for b in bg.blocks if order[b.output_node] > start]
+        if not before:
+            name = "stem"
+        elif not after:
+            name = "head"
+        else:
+            name = f"after:{before[-1].name}"
+        names[name] = seg
+    return names
+
+
+def _plan_items(
+    bg: BlockGraph, model: nn.Module, x: torch.Tensor, dtype: str, fused: bool
+) -> tuple[list[_Item], dict[str, tuple[int, int]]]:
+    """Everything to time, with signatures, and the (flops, params) of each rest segment."""
+    # Blocks and rest in network order, so that one round of timing runs like one
+    # forward pass (same cache state as end to end); replacements after them.
+    order = {n.name: i for i, n in enumerate(bg.gm.graph.nodes)}
+    serial: list[tuple[int, _Item]] = []
+    replacements: list[_Item] = []
+    for b in bg.blocks:
+        piece, inputs = bg.piece(b.nodes)
+        serial.append((order[b.output_node], _Item(f"block:{b.name}", b.signature, piece, inputs)))
+        if not b.removable:
+            continue
+        module, rep_inputs = bg.replacement(b)
+        if module is None:
+            replacements.append(_Item(f"replace:{b.name}", _hash("identity"), None))
+            continue
+        metas = [tensor_meta(i) for i in rep_inputs]
+        sig = (
+            signature(module, metas, extra="replacement")
+            if isinstance(module, fx.GraphModule)
+            else _hash("adapter", b.input_shape, b.output_shape, dtype)
+        )
+        replacements.append(_Item(f"replace:{b.name}", sig, module.to(x.device), rep_inputs))
+    layout: dict[str, tuple[int, int]] = {}
+    for name, names in _rest_names(bg).items():
+        piece, inputs = bg.piece(names)
+        sig = signature(piece, [tensor_meta(i) for i in inputs], extra="rest")
+        serial.append((order[names[-1]], _Item(f"rest:{name}", sig, piece, inputs)))
+        flops, _, params = count_ops(bg.gm, [bg.node(n) for n in names])
+        layout[name] = (flops, params)
+    items = [it for _, it in sorted(serial, key=lambda p: p[0])] + replacements
+    whole = signature(
+        bg.gm,
+        [tensor_meta(n) for n in bg.gm.graph.nodes if n.op == "placeholder"],
+        extra=f"model|fused={fused}",
+    )
+    items.append(_Item("model", whole, model))
+    return items, layout
+
+
+def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Callable[[], object]]:
+    """One forward pass records every needed input; returns each item's work bound to its values."""
+    need = {n for it in todo for n in (it.inputs or [])}
+    cap = _Capture(bg.gm, need)
+    with torch.inference_mode():
+        cap.run(x)
+    values = {**cap.values, **{n: x for n in need if n.op == "placeholder"}}
+    return [
+        _call(it.module, [x] if it.inputs is None else [values[n] for n in it.inputs])
+        for it in todo
+    ]  # type: ignore[arg-type]

@@ -1,0 +1,168 @@
+"""Timers: CUDA events on GPU, ``perf_counter_ns`` on CPU; warm-up, adaptive repeats, robust stats.
+
+Several pieces of work are timed together in rounds: every round takes one
+sample of each piece, in network order. Interleaving keeps slow drifts (clock
+changes, a busy neighbour) from biasing one piece against another, which is
+what the additivity check compares; and with pieces in network order, one round
+runs like one forward pass, with the same cache state as the whole model. Each
+sample times one call, except for pieces shorter than ``min_sample_s``, which
+are timed over ``number`` back-to-back calls so timer resolution and call
+overhead stay small against them. Rounds stop once every piece's median is
+known to within ``rel_ci`` (95% notch: 1.57 * IQR / sqrt(n)) or the time
+budget is spent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .records import Measurement
+
+Work = Callable[[], object]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """How to time. All durations in seconds.
+
+    ``l2_flush`` (CUDA) overwrites the L2 cache before each sample and times one
+    call per sample: cold-cache latency. ``cuda_graph`` (CUDA) captures each
+    piece once and replays the graph, removing CPU launch overhead.
+    """
+
+    warmup: int = 3
+    min_sample_s: float = 2e-5
+    min_rounds: int = 12
+    max_rounds: int = 400
+    budget_s: float = 10.0
+    rel_ci: float = 0.01
+    l2_flush: bool = False
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_rounds < 3 or self.max_rounds < self.min_rounds:
+            raise ValueError(
+                f"need 3 <= min_rounds <= max_rounds, got {self.min_rounds} and {self.max_rounds}"
+            )
+        if self.budget_s <= 0 or self.min_sample_s <= 0:
+            raise ValueError("budget_s and min_sample_s must be positive seconds")
+
+
+def _notch(samples: list[float]) -> float:
+    """Relative half-width of the 95% confidence notch of the median."""
+    s = sorted(samples)
+    n = len(s)
+    q1, q3 = s[n // 4], s[(3 * n) // 4]
+    med = s[n // 2]
+    return 1.57 * (q3 - q1) / math.sqrt(n) / med if med > 0 else math.inf
+
+
+class _CpuClock:
+    timer = "perf_counter"
+
+    def sample(self, work: Work, number: int) -> float:
+        t0 = time.perf_counter_ns()
+        for _ in range(number):
+            work()
+        return (time.perf_counter_ns() - t0) / 1e9 / number
+
+    def round(self, works: Sequence[Work], numbers: Sequence[int]) -> list[float]:
+        return [self.sample(w, n) for w, n in zip(works, numbers)]
+
+
+class _CudaClock:
+    """CUDA events on the current stream; one synchronisation per round."""
+
+    timer = "cuda_events"
+
+    def __init__(self, device: torch.device, l2_flush: bool) -> None:
+        self.device = device
+        self.flush = None
+        if l2_flush:
+            l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+            self.flush = torch.empty(2 * max(l2, 1 << 20), dtype=torch.uint8, device=device)
+
+    def sample(self, work: Work, number: int) -> float:
+        return self.round([work], [number])[0]
+
+    def round(self, works: Sequence[Work], numbers: Sequence[int]) -> list[float]:
+        events = []
+        for w, n in zip(works, numbers):
+            if self.flush is not None:
+                self.flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                w()
+            end.record()
+            events.append((start, end, n))
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) / 1e3 / n for s, e, n in events]
+
+
+def _as_cuda_graph(work: Work, device: torch.device) -> Work:
+    """Capture ``work`` once into a CUDA graph and return its replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up on a side stream, as graph capture requires
+            work()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        work()
+    return graph.replay
+
+
+def measure(
+    works: Sequence[Work],
+    device: torch.device | str = "cpu",
+    options: TimingOptions | None = None,
+    fingerprint: str = "",
+    progress: Progress | None = None,
+) -> list[Measurement]:
+    """Time each callable (seconds per call), interleaved in rounds; one Measurement each."""
+    options = options or TimingOptions()
+    device = torch.device(device)
+    if not works:
+        return []
+    cuda = device.type == "cuda"
+    clock = _CudaClock(device, options.l2_flush) if cuda else _CpuClock()
+    with torch.inference_mode():
+        if cuda and options.cuda_graph:
+            works = [_as_cuda_graph(w, device) for w in works]
+        numbers = []
+        for w in works:
+            for _ in range(options.warmup):
+                w()
+            if cuda:
+                torch.cuda.synchronize(device)
+            single = clock.sample(w, 1)
+            cold = cuda and options.l2_flush
+            numbers.append(
+                1
+                if cold
+                else max(1, min(10_000, math.ceil(options.min_sample_s / max(single, 1e-9))))
+            )
+        samples: list[list[float]] = [[] for _ in works]
+        start = time.perf_counter()
+        for r in range(1, options.max_rounds + 1):
+            for s, value in zip(samples, clock.round(works, numbers)):
+                s.append(value)
+            if progress is not None:
+                progress("timing", r, options.max_rounds)
+            if r >= options.min_rounds and (
+                time.perf_counter() - start > options.budget_s
+                or max(_notch(s) for s in samples) <= options.rel_ci
+            ):
+                break
+    return [
+        Measurement(tuple(s), number=n, timer=clock.timer, fingerprint=fingerprint)
+        for s, n in zip(samples, numbers)
+    ]

@@ -1,0 +1,132 @@
+"""`prunerd profile`: per-block serial latency of a model, as a table and as JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
+
+from .progress import progress_bar
+from .render import print_profile
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'32' or '32,32' or '28x28' -> (H, W)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"input size must be H,W (e.g. 32,32), got {text!r}"
+        ) from None
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"input size must be two positive ints H,W, got {text!r}")
+    return hw  # type: ignore[return-value]
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        help="built-in name (resnet20, resnet56, vgg16, mobilenetv2) or package.module:callable",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, help="checkpoint from `prunerd train` (its stored spec wins)"
+    )
+    p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
+    p.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
+    p.add_argument("--input-size", type=parse_size, default=(32, 32), help="H,W (default: 32,32)")
+
+
+def add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (default: 1)")
+    p.add_argument(
+        "--device", default=None, help="cpu or cuda (default: the GPU when there is one)"
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's choice; recorded)"
+    )
+    p.add_argument(
+        "--fused", action="store_true", help="measure with Conv-BN-ReLU chains fused, as deployed"
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="latency table (default: ~/.cache/prunerd/latency.sqlite)",
+    )
+    p.add_argument(
+        "--no-table", action="store_true", help="neither read nor write the latency table"
+    )
+    p.add_argument(
+        "--remeasure", action="store_true", help="time everything again even if the table has it"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=10.0, help="time budget for timing, seconds (default: 10)"
+    )
+    p.add_argument(
+        "--l2-flush", action="store_true", help="CUDA: flush L2 before each sample (cold cache)"
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="CUDA: replay captured graphs (no launch overhead)",
+    )
+
+
+def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 - returns BlockProfile
+    """Resolve the model and profile it as the command-line arguments say."""
+    spec = resolve_spec(
+        args.model, args.in_channels, args.num_classes, args.input_size, args.checkpoint
+    )
+    model = load_model(spec, checkpoint=args.checkpoint)
+    table = None if args.no_table else LatencyTable(args.table)
+    options = TimingOptions(
+        budget_s=args.budget_s, l2_flush=args.l2_flush, cuda_graph=args.cuda_graph
+    )
+    try:
+        with progress_bar(f"profiling {spec.name}", disable=quiet) as progress:
+            return profile_model(
+                model,
+                spec,
+                batch_size=args.batch_size,
+                device=args.device,
+                dtype=args.dtype,
+                fused=args.fused,
+                table=table,
+                remeasure=args.remeasure,
+                options=options,
+                threads=args.threads,
+                progress=progress,
+            )
+    finally:
+        if table is not None:
+            table.close()
+
+
+def handle(args: argparse.Namespace) -> int:
+    profile = run_profile(args, quiet=args.quiet)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(profile.to_json())
+    if not args.quiet:
+        print_profile(profile)
+        if args.json:
+            print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure each block's serial latency on this device",
+        description="Measure each block's serial latency in place, the end-to-end latency and the additivity error.",
+    )
+    add_model_arguments(p)
+    add_timing_arguments(p)
+    p.add_argument("--json", type=Path, help="also write the profile as JSON to this path")
+    p.add_argument("--quiet", action="store_true", help="print nothing (use with --json)")
+    p.set_defaults(func=handle)

@@ -1,0 +1,73 @@
+"""Rich tables for profiles."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from profiler import BlockProfile
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def _si(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def profile_table(p: BlockProfile) -> Table:
+    t = Table(
+        title=f"{p.model}  batch {p.batch_size}  {p.dtype}{'  fused' if p.fused else ''}  on {p.device.name}"
+        f" ({p.device.kind}, {p.device.threads} threads)",
+        caption=f"end to end {_ms(p.end_to_end_s)} ms; blocks {_ms(p.blocks_s)} + rest {_ms(p.rest_s)} ms; "
+        f"additivity error {p.additivity_error:+.1%}; {p.from_table} pieces from the latency table",
+    )
+    for col in ("block", "kind", "stage"):
+        t.add_column(col)
+    for col in ("latency ms", "p10-p90 ms", "share", "FLOPs", "params"):
+        t.add_column(col, justify="right")
+    t.add_column("removable")
+    t.add_column("replacement ms", justify="right")
+    total = p.end_to_end_s
+    for b in p.blocks:
+        blk = b.block
+        t.add_row(
+            blk.name,
+            blk.kind,
+            str(blk.stage),
+            _ms(b.latency_s),
+            f"{_ms(b.latency.p10_s)}-{_ms(b.latency.p90_s)}",
+            f"{b.latency_s / total:.1%}",
+            _si(blk.flops),
+            _si(blk.params),
+            blk.replacement if blk.removable else f"no: {blk.reason}",
+            _ms(b.replacement_latency_s) if blk.removable else "",
+        )
+    for s in p.rest:
+        t.add_row(
+            f"[dim]{s.name}[/dim]",
+            "rest",
+            "",
+            _ms(s.latency.median_s),
+            "",
+            f"{s.latency.median_s / total:.1%}",
+            _si(s.flops),
+            _si(s.params),
+            "",
+            "",
+        )
+    return t
+
+
+def console() -> Console:
+    """A console that does not squeeze tables to 80 columns when output is piped."""
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
+def print_profile(p: BlockProfile, out: Console | None = None) -> None:
+    (out or console()).print(profile_table(p))
