@@ -323,6 +323,7 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
     """Entry point of a worker process: run one job, report, exit."""
     # Ctrl-C in a terminal signals the whole process group; the daemon decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     ctx = JobContext(conn, Path(state_dir))
     try:
         result = JOB_KINDS[kind].run(json.loads(params_json), ctx)
@@ -341,6 +342,17 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
         )
     finally:
         conn.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the daemon dies, so a killed daemon leaves no orphan job running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the orphan ends at its next report, on the broken pipe
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -320,7 +320,7 @@ class PrunerdCollector(Collector):
 
 
 def default_gpu_telemetry() -> Callable[[], list[dict[str, Any]]] | None:
-    """profiler.gpu_telemetry when this build has it."""
+    """profiler.gpu_telemetry (with GPU names) when this build has it."""
     try:
         import profiler
     except ImportError:
@@ -328,10 +328,15 @@ def default_gpu_telemetry() -> Callable[[], list[dict[str, Any]]] | None:
     fn = getattr(profiler, "gpu_telemetry", None)
     if fn is None:
         return None
+    names_fn = getattr(profiler.device, "gpu_names", None)
 
     def safe() -> list[dict[str, Any]]:
         try:
-            return list(fn())
+            gpus = [dict(g) for g in fn()]
+            if gpus and names_fn is not None:
+                for gpu, name in zip(gpus, names_fn(), strict=False):
+                    gpu.setdefault("name", name)
+            return gpus
         except Exception:  # noqa: BLE001 - a flaky NVML must not fail the whole scrape
             return []
 
