@@ -177,7 +177,7 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# Triton Conv-BN-ReLU vs cuDNN vs torch.compile on GPU (issue 3)",
         "",
-        f"- command: `{' '.join(sys.argv)}` (through bench/gpu.sh)",
+        f"- command: `python {' '.join(sys.argv)}` (through bench/gpu.sh)",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- GPU: {props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.1f} GiB",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), triton {triton.__version__}",

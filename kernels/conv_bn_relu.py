@@ -237,6 +237,10 @@ def conv2d_triton(
             f"output would be empty: input {H}x{W}, kernel {KH}x{KW}, padding {padding}"
         )
     weight = weight.to(x.dtype)
+    if weight.stride(0) != 1:
+        # B tiles read BLOCK_N output channels side by side: store Cout fastest
+        # ((KH, KW, C, K) in memory) so those loads are contiguous; the view keeps OIHW indexing.
+        weight = weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
     fmt = (
         torch.channels_last
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -322,17 +326,20 @@ def conv2d_bias_relu(
 
     ``activation`` ("relu", "relu6") overrides ``relu`` when given; with
     ``activation=None`` the ``relu`` flag decides between ReLU and none.
-    ``backend="auto"`` runs Triton on CUDA tensors and PyTorch elsewhere;
-    grouped and depthwise convs (``groups > 1``) always take the PyTorch path.
+    ``backend="auto"`` runs Triton on CUDA tensors and PyTorch elsewhere; it
+    also takes the PyTorch path when autograd is recording for x or weight,
+    because the Triton kernel is forward only (run inference under
+    ``torch.inference_mode()`` or ``no_grad`` to get the kernel). Grouped and
+    depthwise convs (``groups > 1``) always take the PyTorch path.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     act = activation if activation is not None else ("relu" if relu else None)
     if act not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    use_triton = groups == 1 and (
-        backend == "triton" or (backend == "auto" and x.is_cuda and HAS_TRITON)
-    )
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    auto_triton = backend == "auto" and x.is_cuda and HAS_TRITON and not needs_grad
+    use_triton = groups == 1 and (backend == "triton" or auto_triton)
     if use_triton:
         return conv2d_triton(x, weight, bias, stride, padding, dilation, act)
     return conv2d_torch(x, weight, bias, stride, padding, dilation, groups, act)
