@@ -314,7 +314,7 @@ class PrunerdCollector(Collector):
             for i, gpu in enumerate(gpus):
                 if key in gpu and gpu[key] is not None:
                     g.add_metric(
-                        [str(gpu.get("index", i)), str(gpu.get("name", ""))], float(gpu[key])
+                        [str(int(gpu.get("index", i))), str(gpu.get("name", ""))], float(gpu[key])
                     )
             yield g
 
