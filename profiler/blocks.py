@@ -136,6 +136,12 @@ def _ancestors_within(node: fx.Node, names: set[str], nodes: dict[str, fx.Node])
     return out
 
 
+def _own_scope(n: fx.Node) -> list[str]:
+    """The module scopes a node was traced in, without the module it calls itself."""
+    s = scopes(n)
+    return s[:-1] if n.op == "call_module" else s
+
+
 def _is_add(n: fx.Node) -> bool:
     is_add_op = (n.op == "call_function" and n.target in ADD_FUNCTIONS) or (
         n.op == "call_method" and n.target in ("add", "add_")
@@ -333,12 +339,7 @@ def discover(model: nn.Module, *example: torch.Tensor) -> BlockGraph:
         out = n
         # Take in a trailing activation traced inside the same module as the add.
         users = list(n.users)
-        if (
-            len(users) == 1
-            and _is_activation(gm, users[0])
-            and scopes(n)
-            and scopes(n) == scopes(users[0])[: len(scopes(n))]
-        ):
+        if len(users) == 1 and _is_activation(gm, users[0]) and _own_scope(users[0]) == scopes(n):
             out = users[0]
             span = [*span, out]
         if _closed(span, fork, out):

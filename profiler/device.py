@@ -47,7 +47,10 @@ def resolve_device(device: str | None) -> torch.device:
     """``None``/"auto" picks the GPU when there is one; "cuda" without a GPU is a clear error."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {device!r} asked for a GPU but torch sees none; use --device cpu"

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
 
 class TraceError(ValueError):
@@ -29,6 +29,7 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.trace_stack: list[str] = []
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return bool(getattr(m, "prunerd_leaf", False)) or super().is_leaf_module(m, qualname)
@@ -37,6 +38,11 @@ class _Tracer(fx.Tracer):
         self.trace_stack.append(self.path_of_module(m) if m is not self.root else "")
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            # Innermost first: the first module to see the exception is where it happened.
+            if self.failed_in is None:
+                self.failed_in = self.trace_stack[-1]
+            raise
         finally:
             self.trace_stack.pop()
 
@@ -50,7 +56,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as e:
-        where = next((s for s in reversed(tracer.trace_stack) if s), "")
+        where = tracer.failed_in or ""
         what = (
             f"module {where!r} ({type(model.get_submodule(where)).__name__})"
             if where
@@ -64,15 +70,40 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Stores each tensor result's metadata in ``node.meta["tensor_meta"]``.
+
+    fx's own ShapeProp does the same but pulls in the symbolic-shapes machinery
+    (about a second of imports), which a profile served from the table need not pay.
+    """
+
+    def run_node(self, n: fx.Node) -> object:
+        value = super().run_node(n)
+        if isinstance(value, torch.Tensor):
+            fmt = next(
+                (
+                    f
+                    for f in (torch.channels_last, torch.contiguous_format)
+                    if value.is_contiguous(memory_format=f)
+                ),
+                None,
+            )
+            n.meta["tensor_meta"] = TensorMetadata(
+                tuple(value.shape), value.dtype, value.requires_grad, value.stride(), fmt, False, {}
+            )
+        return value
+
+
 def propagate_shapes(gm: fx.GraphModule, *example: torch.Tensor) -> None:
     """Run ``gm`` once on ``example`` and store each node's ``tensor_meta`` (shape, dtype)."""
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example)
+            _ShapeRecorder(gm).run(*example)
     except Exception as e:
         shape = [tuple(t.shape) for t in example]
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
-            f"the model does not run on an input of shape {shape}: {type(e).__name__}: {e}. "
+            f"the model does not run on an input of shape {shape}: {type(e).__name__}: {first_line}. "
             "Check --input-size, --in-channels and --batch-size against what the model expects."
         ) from e
 
