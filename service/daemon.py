@@ -110,6 +110,7 @@ class Daemon:
         self.rpc = self._socket(zmq.ROUTER, st.rpc_port)
         self.rpc.maxmsgsize = st.max_frame_bytes
         self.events = self._socket(zmq.PUB, st.events_port)
+        self.events.linger = 1000  # ms: let the final "interrupted" events out on shutdown
         self.ingest = self._socket(zmq.PULL, st.ingest_port)
         self.ingest.maxmsgsize = st.max_frame_bytes
         self.ingest.rcvhwm = st.ingest_hwm
