@@ -272,3 +272,19 @@ def test_cuda_events_profile() -> None:
         options=TimingOptions(budget_s=0.5, min_rounds=5, l2_flush=True),
     )
     assert all(b.latency.number == 1 for b in cold.blocks)
+
+
+def test_fused_profile_finds_the_same_blocks() -> None:
+    plain = profile_model(load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1)
+    fused = profile_model(
+        load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1, fused=True
+    )
+    assert fused.fused and not plain.fused
+    assert [b.block.name for b in fused.blocks] == [b.block.name for b in plain.blocks]
+    assert [b.block.replacement for b in fused.blocks] == [
+        b.block.replacement for b in plain.blocks
+    ]
+    # Folding BN into the conv keeps the multiply-adds and drops the BN parameters.
+    for f, p in zip(fused.blocks, plain.blocks):
+        assert f.block.macs == p.block.macs and f.block.params < p.block.params
+        assert f.block.signature != p.block.signature
