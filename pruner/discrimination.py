@@ -1,0 +1,280 @@
+"""DBP discrimination scores: a linear probe on each block's globally pooled output.
+
+After "Discrimination based Block-level Pruning" (arXiv 1912.10178). The traced
+graph runs under an fx Interpreter that global-average-pools the output of
+every block (and the network input, the baseline of the first block) as it is
+produced, batch by batch: only pooled vectors (N, C) are kept, never feature
+maps. A multinomial logistic regression fit on the calibration split and
+scored on the held-out split tells how linearly separable the classes are at
+that depth. A block's gain is how much its probe improves on the probe before
+it; a block with little gain adds little discrimination.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from profiler import Block, discover, trace
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+ProgressFn = Callable[[str, int, int], None]
+INPUT = "<input>"  # the name of the probe on the pooled network input
+METRICS = ("loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class BlockScore:
+    """The probe on one block's pooled output (C features), scored on the held-out split.
+
+    ``accuracy`` is a fraction in [0, 1]; ``loss`` is the mean cross-entropy in
+    nats. ``gain`` is the improvement over the previous probe in the chosen
+    metric (loss decrease in nats, or accuracy increase); it can be negative.
+    """
+
+    name: str
+    accuracy: float
+    loss: float
+    gain: float
+    accuracy_gain: float
+    loss_gain: float
+    features: int
+    previous: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BlockScore:
+        return cls(
+            name=str(d["name"]),
+            accuracy=float(d["accuracy"]),
+            loss=float(d["loss"]),
+            gain=float(d["gain"]),
+            accuracy_gain=float(d["accuracy_gain"]),
+            loss_gain=float(d["loss_gain"]),
+            features=int(d["features"]),
+            previous=str(d["previous"]),
+        )
+
+
+def scores_to_json(scores: Iterable[BlockScore]) -> str:
+    return json.dumps([s.to_dict() for s in scores], indent=2)
+
+
+def scores_from_json(text: str) -> tuple[BlockScore, ...]:
+    return tuple(BlockScore.from_dict(d) for d in json.loads(text))
+
+
+class _Pooler(fx.Interpreter):
+    """Runs the graph and keeps the global average pool (B, C) of the requested nodes."""
+
+    def __init__(self, gm: fx.GraphModule, keep: dict[str, str]) -> None:
+        super().__init__(gm)
+        self.keep = keep  # node name -> feature name
+        self.pooled: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        # Pool at once: a later in-place op (ReLU(inplace=True)) would change the value.
+        if n.name in self.keep and isinstance(value, torch.Tensor):
+            self.pooled[self.keep[n.name]] = _pool(value)
+        return value
+
+
+def _pool(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) -> (B, C) float32 mean over every axis after the channel axis."""
+    t = t.detach().float()
+    return t.flatten(2).mean(2) if t.dim() > 2 else t.reshape(t.shape[0], -1)
+
+
+@torch.no_grad()
+def pooled_features(
+    gm: fx.GraphModule,
+    blocks: Iterable[Block],
+    batches: Batches,
+    max_samples: int | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Pooled features per block name (and ``INPUT``), each (N, C) float32, and labels (N,).
+
+    Streams ``batches`` and stops after ``max_samples``; memory is N x sum(C).
+    """
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    keep = {placeholders[0]: INPUT, **{b.output_node: b.name for b in blocks}}
+    was_training = gm.training
+    gm.eval()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keep.values()}
+    labels: list[torch.Tensor] = []
+    seen = 0
+    try:
+        for x, y in batches:
+            if max_samples is not None and seen >= max_samples:
+                break
+            if max_samples is not None and seen + len(y) > max_samples:
+                x, y = x[: max_samples - seen], y[: max_samples - seen]
+            pooler = _Pooler(gm, keep)
+            pooler.run(x.to(device))
+            for k, v in pooler.pooled.items():
+                parts[k].append(v.cpu())
+            labels.append(y.cpu().long())
+            seen += len(y)
+    finally:
+        gm.train(was_training)
+    if not labels:
+        raise ValueError("no calibration batches: the data split is empty")
+    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A multinomial logistic regression on standardised features: logits = ((x - mean) / std) W^T + b."""
+
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor  # (C,)
+    weight: torch.Tensor  # (K, C)
+    bias: torch.Tensor  # (K,)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def fit_probe(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-2, iterations: int = 200
+) -> Probe:
+    """Fit a probe on features x (N, C) and labels y (N,): scikit-learn's L-BFGS logistic regression.
+
+    The L2 penalty (``l2`` = 1 / C) keeps the fit finite on separable features.
+    Classes absent from ``y`` get a bias of -inf-like magnitude (never predicted).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x = x.double()
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False).clamp_min(1e-6)  # constant channels: no division by zero
+    z = ((x - mean) / std).numpy()
+    labels = y.numpy()
+    weight = torch.zeros(num_classes, x.shape[1])
+    bias = torch.full((num_classes,), -30.0)
+    present = sorted(set(labels.tolist()))
+    if len(present) == 1:
+        bias[present[0]] = 0.0  # one class: the probe predicts it, whatever the features
+    else:
+        clf = LogisticRegression(C=1.0 / l2, max_iter=iterations)
+        with warnings.catch_warnings():
+            # A probe need not converge to the last digit to rank blocks.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(z, labels)
+        coef = torch.as_tensor(clf.coef_, dtype=torch.float32)
+        icpt = torch.as_tensor(clf.intercept_, dtype=torch.float32)
+        if len(present) == 2:  # binary: sklearn returns one row for the second class
+            coef, icpt = torch.cat([-coef / 2, coef / 2]), torch.cat([-icpt / 2, icpt / 2])
+        idx = torch.as_tensor([int(c) for c in clf.classes_])
+        weight[idx], bias[idx] = coef, icpt
+    return Probe(mean.float(), std.float(), weight, bias)
+
+
+def probe_metrics(probe: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy in [0, 1], mean cross-entropy in nats) of ``probe`` on x (N, C), y (N,)."""
+    logits = probe.logits(x.float())
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def score_features(
+    fit_x: dict[str, torch.Tensor],
+    fit_y: torch.Tensor,
+    eval_x: dict[str, torch.Tensor],
+    eval_y: torch.Tensor,
+    order: list[str],
+    num_classes: int,
+    metric: str = "loss",
+    progress: ProgressFn | None = None,
+) -> tuple[BlockScore, ...]:
+    """Scores of the blocks named in ``order`` (network order); the probe before the first is ``INPUT``."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    names = [INPUT, *order]
+    results: dict[str, tuple[float, float]] = {}
+    for i, name in enumerate(names):
+        probe = fit_probe(fit_x[name], fit_y, num_classes)
+        results[name] = probe_metrics(probe, eval_x[name], eval_y)
+        if progress:
+            progress("probes", i + 1, len(names))
+    scores = []
+    for prev, name in zip(names, names[1:]):
+        acc, loss = results[name]
+        acc_gain = acc - results[prev][0]
+        loss_gain = results[prev][1] - loss
+        scores.append(
+            BlockScore(
+                name=name,
+                accuracy=acc,
+                loss=loss,
+                gain=loss_gain if metric == "loss" else acc_gain,
+                accuracy_gain=acc_gain,
+                loss_gain=loss_gain,
+                features=int(fit_x[name].shape[1]),
+                previous=prev,
+            )
+        )
+    return tuple(scores)
+
+
+def score_blocks(
+    model: nn.Module,
+    fit_batches: Batches,
+    eval_batches: Batches,
+    num_classes: int,
+    *,
+    blocks: Iterable[Block] | None = None,
+    max_fit: int | None = 2000,
+    max_eval: int | None = 1000,
+    metric: str = "loss",
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> tuple[BlockScore, ...]:
+    """DBP scores for every block of ``model`` (or the given ``blocks`` of its traced graph).
+
+    Probes are fit on at most ``max_fit`` samples of ``fit_batches`` and scored
+    on at most ``max_eval`` samples of ``eval_batches`` (two disjoint splits,
+    e.g. train and val). Scores come in network order.
+    """
+    if progress:
+        progress("features", 0, 2)
+    if blocks is None:
+        first_x, _ = next(iter(eval_batches))
+        bg = discover(model, first_x[:1].to(device))
+        gm, blocks = bg.gm, bg.blocks
+    else:
+        gm = trace(model)  # node names are deterministic: the blocks' names hold
+    blocks = list(blocks)
+    order_of = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    blocks.sort(key=lambda b: order_of[b.output_node])
+    fx_, fy = pooled_features(gm, blocks, fit_batches, max_fit, device)
+    if progress:
+        progress("features", 1, 2)
+    ex, ey = pooled_features(gm, blocks, eval_batches, max_eval, device)
+    if progress:
+        progress("features", 2, 2)
+    for y, what in ((fy, "calibration"), (ey, "held-out")):
+        if int(y.max()) >= num_classes:
+            raise ValueError(
+                f"{what} labels reach {int(y.max())}, but the model has {num_classes} classes"
+            )
+    scores = score_features(
+        fx_, fy, ex, ey, [b.name for b in blocks], num_classes, metric, progress
+    )
+    if any(math.isnan(s.loss) for s in scores):
+        raise ValueError("a probe's loss is NaN: the features contain NaN or inf")
+    return scores

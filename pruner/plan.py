@@ -1,0 +1,96 @@
+"""A pruning plan: what was removed from which model, and what it is predicted to cost.
+
+A pruned model is never pickled: it is rebuilt from (base model spec, plan,
+state_dict) by :func:`pruner.surgery.load_pruned`. The plan names blocks by
+the names block discovery gives them on the unpruned model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from profiler import ModelSpec
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RemovedBlock:
+    """One removed block and what stands in its place ("identity" | "shortcut" | "adapter")."""
+
+    name: str
+    replacement: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "replacement": self.replacement}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RemovedBlock:
+        return cls(name=str(d["name"]), replacement=str(d["replacement"]))
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Depth (blocks) and, later, width (channels per layer, HFP) pruning of one base model.
+
+    ``predicted_latency_s`` and ``budget_s`` are seconds per batch of
+    ``batch_size`` on the device the latency table describes; 0 when unknown.
+    ``channels`` maps a layer's module path to its kept output channels (empty
+    for depth-only plans).
+    """
+
+    spec: ModelSpec
+    removed: tuple[RemovedBlock, ...] = ()
+    predicted_latency_s: float = 0.0
+    budget_s: float = 0.0
+    batch_size: int = 1
+    method: str = "dbp"
+    channels: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "removed", tuple(self.removed))
+        names = [r.name for r in self.removed]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plan removes a block twice: {names}")
+
+    @property
+    def removed_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PLAN_VERSION,
+            "spec": json.loads(self.spec.to_json()),
+            "removed": [r.to_dict() for r in self.removed],
+            "predicted_latency_s": self.predicted_latency_s,
+            "budget_s": self.budget_s,
+            "batch_size": self.batch_size,
+            "method": self.method,
+            "channels": dict(self.channels),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PrunePlan:
+        version = int(d.get("version", PLAN_VERSION))
+        if version != PLAN_VERSION:
+            raise ValueError(
+                f"plan version {version} is not supported (this prunerd reads {PLAN_VERSION})"
+            )
+        return cls(
+            spec=ModelSpec.from_json(json.dumps(d["spec"])),
+            removed=tuple(RemovedBlock.from_dict(r) for r in d.get("removed", ())),
+            predicted_latency_s=float(d.get("predicted_latency_s", 0.0)),
+            budget_s=float(d.get("budget_s", 0.0)),
+            batch_size=int(d.get("batch_size", 1)),
+            method=str(d.get("method", "dbp")),
+            channels={str(k): int(v) for k, v in d.get("channels", {}).items()},
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PrunePlan:
+        return cls.from_dict(json.loads(text))

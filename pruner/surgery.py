@@ -1,0 +1,224 @@
+"""Remove blocks from a traced model; rebuild pruned models from (spec, plan, state_dict).
+
+Surgery works on the torch.fx graph, so it needs no knowledge of the model's
+classes:
+
+- identity: the block's output is replaced by its input;
+- shortcut: the residual unit's merge (add) is replaced by its shortcut
+  operand, which keeps the shortcut projection and the trailing activation;
+- adapter: the block becomes a 1x1 convolution (new submodule), initialised by
+  least squares on calibration features, block input -> block output per pixel.
+
+Dead nodes and submodules nothing calls any more are then deleted, so the
+state_dict of a pruned model holds only what it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from profiler import Block, ModelSpec, build_model, discover, read_checkpoint
+
+from .plan import PrunePlan
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class SurgeryError(ValueError):
+    """A plan that does not fit the model it is applied to."""
+
+
+def adapter_name(block_name: str) -> str:
+    """The submodule path of a block's adapter: deterministic, so load_pruned finds it again."""
+    return "prunerd_adapter_" + re.sub(r"[^A-Za-z0-9_]", "_", block_name)
+
+
+def new_adapter(block: Block) -> nn.Conv2d:
+    """A 1x1 convolution from the block's input channels to its output channels."""
+    return nn.Conv2d(block.input_shape[1], block.output_shape[1], 1, bias=True)
+
+
+def remove_blocks(
+    gm: fx.GraphModule, blocks: Sequence[Block], adapters: dict[str, nn.Module] | None = None
+) -> fx.GraphModule:
+    """Remove ``blocks`` (records from ``discover`` on this very graph) from ``gm`` in place.
+
+    ``adapters`` maps block names to the module replacing an "adapter" block;
+    a fresh :func:`new_adapter` when absent. Returns ``gm``, recompiled.
+    """
+    nodes = {n.name: n for n in gm.graph.nodes}
+    adapters = adapters or {}
+    for b in blocks:
+        if not b.removable or b.replacement == "none":
+            raise SurgeryError(f"block {b.name!r} is not removable: {b.reason or 'no replacement'}")
+        missing = [n for n in (b.input_node, b.output_node) if n not in nodes]
+        if missing:
+            raise SurgeryError(f"block {b.name!r}: nodes {missing} are not in the graph")
+        inp, out = nodes[b.input_node], nodes[b.output_node]
+        if b.replacement == "identity":
+            out.replace_all_uses_with(inp)
+        elif b.replacement == "shortcut":
+            merge, short = nodes[b.merge_node], nodes[b.shortcut_node]
+            # The activation after the add now reads the shortcut alone.
+            merge.replace_all_uses_with(short)
+        elif b.replacement == "adapter":
+            target = adapter_name(b.name)
+            gm.add_submodule(target, adapters.get(b.name) or new_adapter(b))
+            with gm.graph.inserting_after(out):
+                node = gm.graph.call_module(target, (inp,))
+            out.replace_all_uses_with(node)
+            node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
+        else:
+            raise SurgeryError(f"block {b.name!r}: unknown replacement {b.replacement!r}")
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+class _Pairs(fx.Interpreter):
+    """Accumulates per-pixel normal equations for least squares, block input -> block output."""
+
+    def __init__(self, gm: fx.GraphModule, blocks: Sequence[Block]) -> None:
+        super().__init__(gm)
+        self.by_input: dict[str, list[Block]] = {}
+        self.by_output: dict[str, list[Block]] = {}
+        for b in blocks:
+            self.by_input.setdefault(b.input_node, []).append(b)
+            self.by_output.setdefault(b.output_node, []).append(b)
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.xtx: dict[str, torch.Tensor] = {}
+        self.xty: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> object:
+        value = super().run_node(n)
+        for b in self.by_input.get(n.name, ()):
+            # (B, C, H, W) -> (B*H*W, C+1) with a bias column; copied before any in-place op.
+            x = value.detach().double().permute(0, 2, 3, 1).reshape(-1, value.shape[1])
+            self.inputs[b.name] = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        for b in self.by_output.get(n.name, ()):
+            x = self.inputs.pop(b.name)
+            y = value.detach().double().permute(0, 2, 3, 1).reshape(-1, value.shape[1])
+            self.xtx[b.name] = self.xtx.get(b.name, 0) + x.T @ x
+            self.xty[b.name] = self.xty.get(b.name, 0) + x.T @ y
+        return value
+
+
+@torch.no_grad()
+def fit_adapters(
+    gm: fx.GraphModule,
+    blocks: Sequence[Block],
+    batches: Batches,
+    max_samples: int = 512,
+    ridge: float = 1e-4,
+) -> dict[str, nn.Conv2d]:
+    """Least-squares 1x1 convolutions mapping each block's input to its output, per pixel.
+
+    Streams at most ``max_samples`` images of ``batches`` through the unpruned
+    ``gm``; only the (C_in+1)^2 and (C_in+1) x C_out normal equations are kept.
+    ``ridge`` (relative to the mean diagonal) keeps the solve well posed.
+    """
+    blocks = [b for b in blocks if b.replacement == "adapter"]
+    if not blocks:
+        return {}
+    was_training = gm.training
+    gm.eval()
+    pairs = _Pairs(gm, blocks)
+    seen = 0
+    try:
+        for x, _ in batches:
+            if seen >= max_samples:
+                break
+            x = x[: max_samples - seen]
+            pairs.run(x)
+            seen += len(x)
+    finally:
+        gm.train(was_training)
+    out: dict[str, nn.Conv2d] = {}
+    for b in blocks:
+        conv = new_adapter(b)
+        if b.name in pairs.xtx:
+            a = pairs.xtx[b.name]
+            a = a + ridge * a.diagonal().mean() * torch.eye(len(a), dtype=a.dtype)
+            w = torch.linalg.solve(a, pairs.xty[b.name])  # (C_in+1, C_out)
+            conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape).float())
+            conv.bias.copy_(w[-1].float())
+        out[b.name] = conv
+    return out
+
+
+def example_input(spec: ModelSpec, batch_size: int = 1) -> torch.Tensor:
+    """A zero input of the spec's shape (B, C, H, W): discovery needs shapes, not values."""
+    return torch.zeros(spec.input_shape(batch_size))
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: PrunePlan,
+    calibration: Batches | None = None,
+    max_samples: int = 512,
+) -> fx.GraphModule:
+    """A pruned copy of ``model`` (unpruned, built from ``plan.spec``) as a GraphModule.
+
+    The caller's model is not modified and shares no parameters with the result.
+    Adapters are initialised by least squares on ``calibration`` when given
+    (else randomly; :func:`load_pruned` overwrites them from the state_dict).
+    """
+    if plan.channels:
+        raise SurgeryError("plans with channel counts (HFP) are not supported by block surgery")
+    bg = discover(copy.deepcopy(model).eval(), example_input(plan.spec))
+    by_name = {b.name: b for b in bg.blocks}
+    chosen = []
+    for r in plan.removed:
+        b = by_name.get(r.name)
+        if b is None:
+            raise SurgeryError(
+                f"plan removes block {r.name!r}, which model {plan.spec.name!r} does not have; "
+                f"its blocks are: {sorted(by_name)}"
+            )
+        if b.replacement != r.replacement:
+            raise SurgeryError(
+                f"plan replaces block {r.name!r} by {r.replacement!r}, but the model's block "
+                f"is replaced by {b.replacement!r}"
+            )
+        chosen.append(b)
+    adapters = {}
+    if calibration is not None:
+        adapters = fit_adapters(bg.gm, chosen, calibration, max_samples)
+    return remove_blocks(bg.gm, chosen, adapters)
+
+
+def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
+    """Rebuild a pruned model from a checkpoint holding (spec, plan JSON, state_dict)."""
+    ckpt = read_checkpoint(checkpoint)
+    if not ckpt.plan_json:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r} holds no plan; load it with profiler.load_model"
+        )
+    plan = PrunePlan.from_json(ckpt.plan_json)
+    gm = apply_plan(build_model(plan.spec), plan)
+    try:
+        gm.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r}: weights do not match the pruned {plan.spec.name!r}: {e}"
+        ) from e
+    return gm.eval()
+
+
+def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:
+    """Export ``model`` with ``torch.export`` at a fixed input (batch_size, C, H, W) and save it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval()
+    ep = torch.export.export(model, (torch.randn(spec.input_shape(batch_size)),))
+    torch.export.save(ep, str(path))
+    return path
