@@ -1,6 +1,6 @@
 """The profiler's figures: additivity, repeatability, cost, and a hook-based profiler side by side.
 
-    python bench/profiler_figures.py [--threads N] [--out bench/results/profiler_cpu.md]
+    python bench/profiler_figures.py [--device cpu|cuda] [--threads N] [--out bench/results/profiler_cpu.md]
 
 1. Additivity error for the four zoo models at batch 1 and 16 (goal: within 5%).
 2. Repeatability: five profiles of resnet56 in a row; per block the coefficient
@@ -97,8 +97,15 @@ def hook_profile(
     return result
 
 
-def machine() -> str:
-    return f"{device_info('cpu').name}, {torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
+def machine(device: str) -> str:
+    info = device_info(device)
+    extra = (
+        f", driver {info.details.get('driver', '?')}, CUDA {info.details.get('cuda')}"
+        if info.kind == "cuda"
+        else ""
+    )
+    cpu = device_info("cpu").name
+    return f"{info.name}{extra}; CPU {cpu}, {torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
 
 
 def load() -> str:
@@ -107,19 +114,24 @@ def load() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--budget-s", type=float, default=10.0)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/profiler_cpu.md"))
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results/profiler_<device>.md"
+    )
     args = ap.parse_args()
+    args.out = args.out or Path(f"bench/results/profiler_{args.device}.md")
+    dev = args.device
     torch.set_num_threads(args.threads)
     opts = TimingOptions(budget_s=args.budget_s)
     lines = [
-        "# Profiler figures on CPU",
+        f"# Profiler figures on {dev.upper()}",
         "",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- machine: {machine()}",
+        f"- machine: {machine(dev)}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- load before: `{load()}`",
         "",
@@ -139,7 +151,7 @@ def main() -> int:
             model = load_model(spec)
             t0 = time.perf_counter()
             p = profile_model(
-                model, spec, batch_size=batch, device="cpu", options=opts, threads=args.threads
+                model, spec, batch_size=batch, device=dev, options=opts, threads=args.threads
             )
             took = time.perf_counter() - t0
             x = torch.randn(spec.input_shape(batch))
@@ -173,8 +185,7 @@ def main() -> int:
     spec = ModelSpec("resnet56")
     model = load_model(spec)
     runs = [
-        profile_model(model, spec, device="cpu", options=opts, threads=args.threads)
-        for _ in range(5)
+        profile_model(model, spec, device=dev, options=opts, threads=args.threads) for _ in range(5)
     ]
     cvs = []
     for i in range(len(runs[0].blocks)):
@@ -195,12 +206,12 @@ def main() -> int:
         table = LatencyTable(Path(tmp) / "lut.sqlite")
         t0 = time.perf_counter()
         first = profile_model(
-            model, spec, device="cpu", options=opts, threads=args.threads, table=table
+            model, spec, device=dev, options=opts, threads=args.threads, table=table
         )
         t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
         second = profile_model(
-            model, spec, device="cpu", options=opts, threads=args.threads, table=table
+            model, spec, device=dev, options=opts, threads=args.threads, table=table
         )
         t_second = time.perf_counter() - t0
         table.close()
