@@ -1,0 +1,150 @@
+"""`prunerd prune MODEL --checkpoint CKPT --data DATA --budget F --out DIR`: latency-budgeted block pruning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from pruner.data import datasets
+from pruner.pipeline import METHODS, PruneConfig, PruneReport, run_pipeline
+
+from .progress import progress_bar
+from .render import _ms, _si, console
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"a fraction of the baseline latency in (0, 1], got {value}"
+        )
+    return value
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return value
+
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="remove blocks until a latency budget is met, then fine-tune and measure",
+        description=(
+            "Profile MODEL's blocks on this device, score them (DBP linear probes), remove the "
+            "blocks that buy the most latency for the least discrimination until the predicted "
+            "latency fits the budget, fine-tune with distillation from the unpruned model, and "
+            "measure; if the measured latency is over the budget, remove more and repeat. "
+            "Writes DIR/report.json, DIR/plan.json, DIR/pruned.pt and DIR/pruned.pt2."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="the model the checkpoint holds (e.g. resnet56)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="from `prunerd train`")
+    p.add_argument(
+        "--data", required=True, metavar="DATA", help=f"dataset: {', '.join(datasets())}"
+    )
+    p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--budget", type=_fraction, metavar="FRACTION", help="fraction of the baseline latency"
+    )
+    budget.add_argument(
+        "--budget-ms", type=_positive(float), metavar="MS", help="latency budget in milliseconds"
+    )
+    p.add_argument("--method", choices=METHODS, default="dbp", help="selection (default dbp)")
+    p.add_argument(
+        "--iterative", action="store_true", help="remove in rounds, rescoring after each"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive(int), default=128, metavar="B", help="training batch size"
+    )
+    p.add_argument("--lr", type=_positive(float), default=0.01, help="fine-tuning lr (0.01)")
+    p.add_argument(
+        "--latency-batch-size", type=_positive(int), default=1, help="batch size of the budget (1)"
+    )
+    p.add_argument("--threads", type=_positive(int), default=None, metavar="T", help="CPU threads")
+    p.add_argument(
+        "--limit", type=_positive(int), metavar="N", help="use N train and N test samples"
+    )
+    p.add_argument(
+        "--table", default=None, help="latency table (default ~/.cache/prunerd/latency.sqlite)"
+    )
+    p.add_argument(
+        "--no-table", action="store_true", help="neither read nor write the latency table"
+    )
+    p.add_argument(
+        "--budget-s", type=_positive(float), default=10.0, help="timing budget per measurement, s"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.set_defaults(func=handle)
+
+
+def report_table(r: PruneReport) -> Table:
+    t = Table(
+        title=f"{r.model} on {r.dataset}: {r.method}, budget {_ms(r.budget_s)} ms",
+        caption=(
+            f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}; predicted "
+            f"{_ms(r.predicted_latency_s)} ms; speed-up {r.speedup:.2f}x; "
+            f"budget {'met' if r.budget_met else 'MISSED'}"
+        ),
+    )
+    t.add_column("")
+    for col in ("latency ms", "accuracy", "FLOPs", "params"):
+        t.add_column(col, justify="right")
+    for name, s in (("baseline", r.baseline), ("pruned", r.pruned)):
+        t.add_row(name, _ms(s.latency_s), f"{s.accuracy:.4f}", _si(s.flops), _si(s.params))
+    t.add_row("pruned, before fine-tuning", "", f"{r.accuracy_before_finetune:.4f}", "", "")
+    return t
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = PruneConfig(
+        model=args.model,
+        checkpoint=str(args.checkpoint),
+        data=args.data,
+        out=str(args.out),
+        budget=args.budget,
+        budget_ms=args.budget_ms,
+        method=args.method,
+        iterative=args.iterative,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        latency_batch_size=args.latency_batch_size,
+        threads=args.threads,
+        data_root=args.data_root,
+        limit=args.limit,
+        seed=args.seed,
+        table="" if args.no_table else args.table,
+        timing_budget_s=args.budget_s,
+        progress_bar=not args.json,
+    )
+    with progress_bar(f"pruning {args.model}", disable=args.json) as progress:
+        report = run_pipeline(config, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    console().print(report_table(report))
+    for w in report.warnings:
+        print(f"warning: {w}")
+    print(f"wrote {Path(args.out) / 'report.json'}")
+    return 0 if report.budget_met else 1
