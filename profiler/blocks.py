@@ -30,7 +30,7 @@ from torch import nn
 
 from .graph import (
     extract,
-    module_path,
+    module_stack,
     propagate_shapes,
     scopes,
     shape_of,
@@ -65,7 +65,36 @@ ACTIVATION_FUNCTIONS = {
 ACTIVATION_METHODS = {"relu", "relu_"}
 NORM_MODULES = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+CONV_FUNCTIONS = {F.conv2d}
+LINEAR_FUNCTIONS = {F.linear}
+NORM_FUNCTIONS = {F.batch_norm}
+CONTAINERS = (
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.container.ModuleDict",
+)
+
+# torch.export programs are graphs of ATen operators.
+_aten = torch.ops.aten
+ACTIVATION_FUNCTIONS |= {
+    getattr(_aten, op).default
+    for op in (
+        "relu",
+        "relu_",
+        "hardtanh",
+        "hardtanh_",
+        "silu",
+        "silu_",
+        "hardswish",
+        "hardswish_",
+        "gelu",
+        "leaky_relu",
+    )
+}
+ADD_FUNCTIONS |= {_aten.add.Tensor, _aten.add_.Tensor}
+CONV_FUNCTIONS |= {_aten.conv2d.default, _aten.convolution.default}
+LINEAR_FUNCTIONS |= {_aten.linear.default}
+NORM_FUNCTIONS |= {_aten.batch_norm.default}
 
 
 @dataclass
@@ -136,10 +165,19 @@ def _ancestors_within(node: fx.Node, names: set[str], nodes: dict[str, fx.Node])
     return out
 
 
+def _is_leaf_class(name: str) -> bool:
+    return name.startswith("torch.nn.modules.") and name not in CONTAINERS
+
+
 def _own_scope(n: fx.Node) -> list[str]:
-    """The module scopes a node was traced in, without the module it calls itself."""
-    s = scopes(n)
-    return s[:-1] if n.op == "call_module" else s
+    """The module scopes a node was traced in, without the leaf module that computes it
+    (fx: the call_module's own module; export: the ReLU module an aten.relu came from)."""
+    stack = module_stack(n)
+    while stack and (
+        _is_leaf_class(stack[-1][2]) or (n.op == "call_module" and stack[-1][1] == n.target)
+    ):
+        stack.pop()
+    return [key for key, _, _ in stack]
 
 
 def _is_add(n: fx.Node) -> bool:
@@ -167,7 +205,7 @@ def _is_activation(gm: fx.GraphModule, n: fx.Node) -> bool:
 def _is_norm(gm: fx.GraphModule, n: fx.Node) -> bool:
     if n.op == "call_module":
         return isinstance(gm.get_submodule(n.target), NORM_MODULES)
-    return n.op == "call_function" and n.target is F.batch_norm
+    return n.op == "call_function" and n.target in NORM_FUNCTIONS
 
 
 def _conv_module(gm: fx.GraphModule, n: fx.Node) -> nn.Module | None:
@@ -180,7 +218,9 @@ def _conv_module(gm: fx.GraphModule, n: fx.Node) -> nn.Module | None:
 
 
 def _is_conv(gm: fx.GraphModule, n: fx.Node) -> bool:
-    return _conv_module(gm, n) is not None or (n.op == "call_function" and n.target is F.conv2d)
+    return _conv_module(gm, n) is not None or (
+        n.op == "call_function" and n.target in CONV_FUNCTIONS
+    )
 
 
 def _dominators(nodes: list[fx.Node]) -> dict[fx.Node, fx.Node | None]:
@@ -249,22 +289,43 @@ def _scope_nodes(all_nodes: list[fx.Node], scope: str) -> list[fx.Node]:
 
 def _name_for(all_nodes: list[fx.Node], span: list[fx.Node], fallback: str) -> str:
     """The module path when the span is exactly one module's nodes, else the output node's name."""
+
+    def computing(nodes: list[fx.Node]) -> set[fx.Node]:
+        # Only nodes that produce tensors: not parameters, not export's input guards.
+        return {n for n in nodes if n.op != "get_attr" and tensor_meta(n) is not None}
+
     common = None
     for n in span:
-        s = [x for x in scopes(n)]
+        s = scopes(n)
         common = s if common is None else [a for a, b in zip(common, s) if a == b]
     for scope in common or []:  # outermost first: `features.0` rather than `features.0.conv`
-        if {n for n in _scope_nodes(all_nodes, scope) if n.op != "get_attr"} == {
-            n for n in span if n.op != "get_attr"
-        }:
-            return module_path(scope)
+        if computing(_scope_nodes(all_nodes, scope)) == computing(span):
+            return next(path for n in span for key, path, _ in module_stack(n) if key == scope)
     return fallback
 
 
 def _chain_name(chain: list[fx.Node]) -> str:
     """A chain is named for its convolution's module path when it has one."""
     head = chain[0]
-    return str(head.target) if head.op == "call_module" else head.name
+    if head.op == "call_module":
+        return str(head.target)
+    stack = module_stack(head)  # torch.export: the conv module the aten op came from
+    return stack[-1][1] if stack else head.name
+
+
+def _grouped(n: fx.Node) -> bool:
+    """A grouped (e.g. depthwise) convolution: each filter sees fewer channels than come in."""
+    weight = n.args[1] if n.op == "call_function" and len(n.args) > 1 else None
+    w = shape_of(weight) if isinstance(weight, fx.Node) else ()
+    x = shape_of(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else ()
+    return len(w) == 4 and len(x) == 4 and w[1] < x[1]
+
+
+def _attr(gm: fx.GraphModule, target: str) -> object:
+    value: object = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def count_ops(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[int, int, int]:
@@ -288,7 +349,7 @@ def count_ops(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[int, int, int]:
             k = w.shape[1] * w.shape[2] * w.shape[3]  # (Cin / groups) * kh * kw per output element
             macs += numel * k
             flops += 2 * numel * k
-        elif n.op == "call_function" and n.target is F.conv2d and out is not None:
+        elif n.op == "call_function" and n.target in CONV_FUNCTIONS and out is not None:
             w = shape_of(n.args[1]) if isinstance(n.args[1], fx.Node) else ()
             if len(w) == 4:
                 macs += numel * w[1] * w[2] * w[3]
@@ -297,6 +358,16 @@ def count_ops(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[int, int, int]:
             lin = gm.get_submodule(n.target)
             macs += numel * lin.in_features
             flops += 2 * numel * lin.in_features
+        elif n.op == "call_function" and n.target in LINEAR_FUNCTIONS and out is not None:
+            w = shape_of(n.args[1]) if isinstance(n.args[1], fx.Node) else ()
+            if len(w) == 2:
+                macs += numel * w[1]
+                flops += 2 * numel * w[1]
+        elif n.op == "get_attr":
+            value = _attr(gm, str(n.target))
+            if isinstance(value, nn.Parameter) and id(value) not in seen:
+                seen.add(id(value))
+                params += value.numel()
         elif n.op in ("call_module", "call_function", "call_method") and out is not None:
             flops += numel  # elementwise, normalisation, pooling: one operation per output value
     return flops, macs, params
@@ -377,20 +448,16 @@ def discover(model: nn.Module, *example: torch.Tensor) -> BlockGraph:
     # 3. Chains alone inside one user module (not a container, not a leaf) form one unit.
     def unit_scope(chain: list[fx.Node]) -> str | None:
         # Classes come from the trace's module stack: the GraphModule keeps only leaf modules.
-        common = list((chain[0].meta.get("nn_module_stack") or {}).items())
+        common = module_stack(chain[0])
         for c in chain[1:]:
-            common = [
-                a
-                for a, b in zip(common, (c.meta.get("nn_module_stack") or {}).items())
-                if a[0] == b[0]
-            ]
-        for scope, (_, cls) in reversed(common):
-            if isinstance(cls, type) and not issubclass(cls, CONTAINERS) and not tracer_leaf(scope):
-                return scope
+            common = [a for a, b in zip(common, module_stack(c)) if a[0] == b[0]]
+        for key, path, cls in reversed(common):
+            leaf = _is_leaf_class(cls) or any(
+                n.op == "call_module" and n.target == path for n in nodes
+            )
+            if cls not in CONTAINERS and not leaf:
+                return key
         return None
-
-    def tracer_leaf(scope: str) -> bool:
-        return any(n.op == "call_module" and n.target == module_path(scope) for n in nodes)
 
     grouped: dict[str, list[list[fx.Node]]] = {}
     for chain in chains:
@@ -405,7 +472,9 @@ def discover(model: nn.Module, *example: torch.Tensor) -> BlockGraph:
         members = {n for n in _scope_nodes(nodes, scope) if n.op != "get_attr"}
         if members == set(span) and _closed(span, entry, span[-1]):
             depthwise = any(
-                (m := _conv_module(gm, c)) is not None and getattr(m, "groups", 1) > 1 for c in span
+                getattr(_conv_module(gm, c), "groups", 1) > 1 or _grouped(c)
+                for c in span
+                if _is_conv(gm, c)
             )
             found.append(
                 (span, entry, span[-1], "inverted_residual" if depthwise else "unit", None, None)

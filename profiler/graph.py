@@ -118,13 +118,25 @@ def shape_of(node: fx.Node) -> tuple[int, ...]:
     return tuple(meta.shape) if meta is not None else ()
 
 
+def module_stack(node: fx.Node) -> list[tuple[str, str, str]]:
+    """(key, module path, class name) of each module this node was traced inside, outermost first.
+
+    Keys tell repeated calls of one module apart (fx writes ``relu@1``); paths and
+    class names read the same for fx-traced and torch.export graphs (export writes
+    class names as strings and a root entry, which is dropped).
+    """
+    out = []
+    for key, value in (node.meta.get("nn_module_stack") or {}).items():
+        path, cls = value if isinstance(value, tuple) else (key, "")
+        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        if path:
+            out.append((key, path, name))
+    return out
+
+
 def scopes(node: fx.Node) -> list[str]:
-    """Module paths this node was traced inside, outermost first (``@N`` call suffixes kept)."""
-    return list((node.meta.get("nn_module_stack") or {}).keys())
-
-
-def module_path(scope: str) -> str:
-    return scope.split("@", 1)[0]
+    """Keys of the modules this node was traced inside, outermost first."""
+    return [key for key, _, _ in module_stack(node)]
 
 
 def target_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

@@ -23,7 +23,7 @@ from torch import nn
 from .blocks import BlockGraph, count_ops, discover
 from .device import device_info, resolve_device, throttle_warning
 from .graph import signature, tensor_meta
-from .models import ModelSpec
+from .models import ModelSpec, eval_mode
 from .records import BlockProfile, BlockTiming, Measurement, Segment
 from .table import LatencyTable
 from .timing import Progress, TimingOptions, measure
@@ -137,7 +137,7 @@ def _profile(
 ) -> BlockProfile:
     info = device_info(dev)
     fp = info.fingerprint
-    model = copy.deepcopy(model).to(device=dev, dtype=DTYPES[dtype]).eval()
+    model = eval_mode(copy.deepcopy(model).to(device=dev, dtype=DTYPES[dtype]))
     if fused:
         from kernels import fuse  # the deploy-time form of the model
 

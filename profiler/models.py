@@ -218,4 +218,12 @@ def load_model(
             raise ModelSpecError(
                 f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}"
             ) from e
-    return model.eval()
+    return eval_mode(model)
+
+
+def eval_mode(model: nn.Module) -> nn.Module:
+    """``model.eval()``; torch.export modules are inference graphs already and refuse it."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
