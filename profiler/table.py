@@ -137,6 +137,14 @@ class LatencyTable:
         with self._lock, self._db:
             return self._db.execute(f"DELETE FROM latency{where}", params).rowcount
 
+    def counts(self) -> dict[str, int]:
+        """Number of measurements per device fingerprint."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, COUNT(*) FROM latency GROUP BY fingerprint"
+            ).fetchall()
+        return {fp: int(n) for fp, n in rows}
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM latency").fetchone()[0])

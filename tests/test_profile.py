@@ -288,3 +288,30 @@ def test_fused_profile_finds_the_same_blocks() -> None:
     for f, p in zip(fused.blocks, plain.blocks):
         assert f.block.macs == p.block.macs and f.block.params < p.block.params
         assert f.block.signature != p.block.signature
+
+
+def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "t.sqlite"
+    argv = [
+        "profile",
+        "resnet20",
+        "--input-size",
+        "8,8",
+        "--threads",
+        "1",
+        "--budget-s",
+        "0.2",
+        "--table",
+        str(table),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["table", "--table", str(table), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    (device,) = listing["devices"]
+    assert device["measurements"] == 14 and device["threads"] == 1
+    assert main(["table", "clear", "--table", str(table)]) == 2
+    assert "needs --device" in capsys.readouterr().err
+    assert main(["table", "clear", "--table", str(table), "--device", device["fingerprint"]]) == 0
+    assert "removed 14" in capsys.readouterr().out
