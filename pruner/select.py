@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit
 
 NEG = -1.0e300  # "infeasible" in the DP table
+TIE = 1e-9  # value of keeping a block beyond its gain: ties go to keeping
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ def select_blocks(
     remove = np.array(
         [units(c.replacement_s) if c.removable else -1 for c in cands], dtype=np.int64
     )
-    value = np.array([max(c.gain, 0.0) for c in cands], dtype=np.float64)
+    # A hair of value per kept block: among equally good choices, remove the fewest blocks.
+    value = np.array([max(c.gain, 0.0) + TIE for c in cands], dtype=np.float64)
     stage_end = np.array(
         [i == len(cands) - 1 or cands[i + 1].stage != c.stage for i, c in enumerate(cands)],
         dtype=np.bool_,

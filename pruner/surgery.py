@@ -184,6 +184,8 @@ def apply_plan(
                 f"plan removes block {r.name!r}, which model {plan.spec.name!r} does not have; "
                 f"its blocks are: {sorted(by_name)}"
             )
+        if not b.removable:
+            raise SurgeryError(f"plan removes block {r.name!r}, which is not removable: {b.reason}")
         if b.replacement != r.replacement:
             raise SurgeryError(
                 f"plan replaces block {r.name!r} by {r.replacement!r}, but the model's block "

@@ -1,0 +1,117 @@
+"""The prune pipeline and `prunerd prune` on a tiny model: artefacts, report, early errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from profiler import ModelSpec, build_model, save_checkpoint
+from pruner import load_pruned
+from pruner.pipeline import PruneConfig, PruneReport, run_pipeline
+from pruner.select import BudgetError
+from service.cli import main
+
+SPEC = ModelSpec("resnet20", 1, 4, (16, 16))  # what the synthetic dataset produces
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet20.pt"
+    return str(save_checkpoint(path, SPEC, build_model(SPEC)))
+
+
+def _config(checkpoint, tmp_path, **kw):
+    base = dict(
+        model="resnet20",
+        checkpoint=checkpoint,
+        data="synthetic",
+        out=str(tmp_path / "out"),
+        budget=0.6,
+        epochs=1,
+        batch_size=32,
+        threads=1,
+        limit=160,
+        calibration_samples=96,
+        heldout_samples=16,
+        table=str(tmp_path / "lut.sqlite"),
+        timing_budget_s=0.3,
+    )
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_path):
+    events = []
+    report = run_pipeline(_config(checkpoint, tmp_path), on_event=events.append)
+    out = tmp_path / "out"
+    d = json.loads((out / "report.json").read_text())
+    for key in (
+        "budget_s",
+        "predicted_latency_s",
+        "removed_blocks",
+        "baseline",
+        "pruned",
+        "scores",
+    ):
+        assert key in d
+    for key in ("latency_s", "accuracy", "flops", "params"):
+        assert key in d["baseline"] and key in d["pruned"]
+    assert PruneReport.from_json((out / "report.json").read_text()).to_dict() == report.to_dict()
+    assert report.removed_blocks  # 0.6 of the latency needs removals
+    assert report.predicted_latency_s <= report.budget_s
+    assert report.pruned.flops < report.baseline.flops
+    assert [e["event"] for e in events][:3] == ["profiled", "scored", "selected"]
+    assert events[-1]["event"] == "done"
+    pruned = load_pruned(out / "pruned.pt")
+    assert pruned(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
+    assert (out / "plan.json").is_file() and (out / "pruned.pt2").is_file()
+
+
+def test_early_errors_name_the_value_and_the_limit(checkpoint, tmp_path):
+    with pytest.raises(BudgetError, match=r"budget 0\.000 ms is below .* smallest feasible"):
+        run_pipeline(_config(checkpoint, tmp_path, budget=None, budget_ms=1e-4))
+    with pytest.raises(ValueError, match="has 10 classes, but the model .* has 4 outputs"):
+        run_pipeline(_config(checkpoint, tmp_path, data="digits"))
+    with pytest.raises(ValueError, match="holds model 'resnet20', not 'resnet56'"):
+        run_pipeline(_config(checkpoint, tmp_path, model="resnet56"))
+    with pytest.raises(ValueError, match="exactly one"):
+        _config(checkpoint, tmp_path, budget_ms=5.0)
+    with pytest.raises(ValueError, match=r"in \(0, 1\], got 1.5"):
+        _config(checkpoint, tmp_path, budget=1.5)
+
+
+def test_cli_prune_random_baseline(checkpoint, tmp_path, capsys):
+    code = main(
+        [
+            "prune",
+            "resnet20",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            "synthetic",
+            "--budget",
+            "0.7",
+            "--method",
+            "random",
+            "--epochs",
+            "0",
+            "--threads",
+            "1",
+            "--limit",
+            "64",
+            "--budget-s",
+            "0.3",
+            "--table",
+            str(tmp_path / "lut.sqlite"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--json",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["method"] == "random" and report["scores"] == []
+    assert (tmp_path / "cli" / "report.json").is_file()

@@ -1,0 +1,125 @@
+"""Block surgery: identity, shortcut-only and least-squares adapters; plans; rebuild; export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from profiler import ModelSpec, build_model, discover, save_checkpoint
+from pruner import load_data
+from pruner.plan import PrunePlan, RemovedBlock
+from pruner.surgery import SurgeryError, apply_plan, export_pruned, load_pruned
+
+SPEC = ModelSpec("resnet20", 1, 10, (8, 8))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(SPEC).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so outputs depend on them
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _silence(bn: nn.BatchNorm2d) -> None:
+    """Make a BN output zeros: the residual branch then adds nothing."""
+    with torch.no_grad():
+        bn.weight.zero_()
+        bn.bias.zero_()
+
+
+def test_identity_and_shortcut_removal_keep_the_function_when_branches_are_silent():
+    model = _model()
+    _silence(model.layer1[1].bn2)  # relu(x + 0) == x for the post-ReLU input x
+    _silence(model.layer2[0].bn2)  # relu(shortcut(x) + 0): what shortcut-only computes
+    plan = PrunePlan(
+        SPEC, (RemovedBlock("layer1.1", "identity"), RemovedBlock("layer2.0", "shortcut"))
+    )
+    pruned = apply_plan(model, plan)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    keys = set(pruned.state_dict())
+    assert not any(k.startswith("layer1.1.") for k in keys)
+    assert not any(k.startswith("layer2.0.conv") for k in keys)
+    assert any(k.startswith("layer2.0.shortcut.") for k in keys)
+    # The caller's model is untouched and shares no parameters with the pruned one.
+    assert "layer1.1.conv1.weight" in model.state_dict()
+    ids = {id(p) for p in model.parameters()}
+    assert not any(id(p) in ids for p in pruned.parameters())
+
+
+class Plain(nn.Module):
+    """Conv-BN chains; ``mid`` changes channels with a per-pixel linear map (1x1 conv + BN)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        )
+        self.mid = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6))
+        self.last = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.last(self.mid(self.stem(x)))), 1))
+
+
+def test_adapter_is_fit_by_least_squares():
+    torch.manual_seed(0)
+    model = Plain().eval()
+    spec = ModelSpec("tests.test_surgery:Plain", 1, 3, (8, 8))
+    bg = discover(model, torch.zeros(1, 1, 8, 8))
+    mid = next(b for b in bg.blocks if b.name.startswith("mid"))
+    assert mid.replacement == "adapter"
+    calib = [(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    pruned = apply_plan(model, PrunePlan(spec, (RemovedBlock(mid.name, "adapter"),)), calib)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():  # the removed block was linear per pixel: the adapter reproduces it
+        assert torch.allclose(pruned(x), model(x), atol=1e-3)
+    assert any(k.startswith("prunerd_adapter_") for k in pruned.state_dict())
+
+
+def test_checkpoint_round_trip_and_export(tmp_path):
+    model = _model()
+    plan = PrunePlan(
+        SPEC,
+        (RemovedBlock("layer1.2", "identity"), RemovedBlock("layer3.0", "shortcut")),
+        predicted_latency_s=1e-3,
+        budget_s=2e-3,
+    )
+    assert PrunePlan.from_json(plan.to_json()) == plan
+    pruned = apply_plan(model, plan)
+    path = save_checkpoint(tmp_path / "p.pt", SPEC, pruned, plan_json=plan.to_json())
+    again = load_pruned(path)
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(again(x), pruned.eval()(x))
+    exported = export_pruned(pruned, SPEC, tmp_path / "p.pt2")
+    program = torch.export.load(str(exported))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), pruned(x), atol=1e-5)
+
+
+def test_bad_plans_are_refused():
+    model = _model()
+    with pytest.raises(SurgeryError, match="does not have"):
+        apply_plan(model, PrunePlan(SPEC, (RemovedBlock("layer9.9", "identity"),)))
+    with pytest.raises(SurgeryError, match="replaced by 'shortcut'"):
+        apply_plan(model, PrunePlan(SPEC, (RemovedBlock("layer2.0", "identity"),)))
+    with pytest.raises(SurgeryError, match="not removable"):
+        apply_plan(model, PrunePlan(SPEC, (RemovedBlock("conv1", "identity"),)))
+    with pytest.raises(ValueError, match="twice"):
+        PrunePlan(SPEC, (RemovedBlock("layer1.0", "identity"),) * 2)
+
+
+def test_digits_plan_runs_on_real_data():
+    data = load_data("digits", batch_size=64, limit=64)
+    pruned = apply_plan(_model(), PrunePlan(SPEC, (RemovedBlock("layer1.0", "identity"),)))
+    x, _ = next(iter(data.test))
+    assert pruned(x).shape == (len(x), 10)
