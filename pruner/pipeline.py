@@ -64,7 +64,9 @@ class PruneConfig:
     (DBP gains, exact DP), "greedy" (DBP gains, ratio greedy), "random" or
     "l1" (lowest mean |weight| first) removal baselines; ``remove_count``
     makes the baselines remove exactly that many blocks instead of stopping
-    at the budget. ``limit`` caps train and test samples (quick runs).
+    at the budget. ``limit`` caps train and test samples (quick runs);
+    ``latency_threads`` (default: ``threads``) are the CPU threads for
+    profiling and measuring only; ``test_samples`` evaluates accuracy on the first that many test samples only.
     ``table`` is the latency table path ("" for none, None for the default).
     """
 
@@ -82,6 +84,7 @@ class PruneConfig:
     lr: float = 0.01
     latency_batch_size: int = 1
     threads: int | None = None
+    latency_threads: int | None = None
     device: str = "cpu"
     data_root: str | None = None
     limit: int | None = None
@@ -94,6 +97,7 @@ class PruneConfig:
     max_rounds: int = 3
     buckets: int = 1000
     remove_count: int | None = None
+    test_samples: int | None = None
     export: bool = True
     progress_bar: bool = False
 
@@ -323,6 +327,23 @@ def remove_more(
     return remove_blocks(bg.gm, chosen, adapters)
 
 
+def first_samples(batches: Any, n: int | None) -> Any:
+    """The first ``n`` samples of re-iterable ``batches`` (all of them when n is None)."""
+    if n is None:
+        return batches
+
+    class _First:
+        def __iter__(self):  # noqa: ANN204 - a generator of (x, y) batches
+            seen = 0
+            for x, y in batches:
+                if seen >= n:
+                    return
+                yield x[: n - seen], y[: n - seen]
+                seen += len(y)
+
+    return _First()
+
+
 def _check_inputs(spec: ModelSpec, data: DataBundle, config: PruneConfig) -> None:
     info = data.info
     if info.num_classes != spec.num_classes:
@@ -368,7 +389,14 @@ def measure_pair(
     x = x.to(dev)
     a, b = copy.deepcopy(a).to(dev).eval(), copy.deepcopy(b).to(dev).eval()
     opts = TimingOptions(budget_s=config.timing_budget_s)
-    ma, mb = measure([lambda: a(x), lambda: b(x)], dev, opts, device_info(dev).fingerprint)
+    previous = torch.get_num_threads()
+    threads = config.latency_threads or config.threads
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        ma, mb = measure([lambda: a(x), lambda: b(x)], dev, opts, device_info(dev).fingerprint)
+    finally:
+        torch.set_num_threads(previous)
     return ma.median_s, mb.median_s
 
 
@@ -414,6 +442,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
         limit=config.limit,
     )
     _check_inputs(spec, data, config)
+    test = first_samples(data.test, config.test_samples)
     warnings: list[str] = []
 
     # 1. Profile the baseline (the table serves what this device has already timed).
@@ -427,7 +456,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             device=config.device,
             table=table,
             options=TimingOptions(budget_s=config.timing_budget_s),
-            threads=config.threads,
+            threads=config.latency_threads or config.threads,
             progress=step,
         )
     finally:
@@ -516,7 +545,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
         step("surgery", i, i + 1)
         student = remove_more(student, new, spec, data.train)
         removed.extend(new)
-        test_acc_before = evaluate(student, data.test, config.device).accuracy
+        test_acc_before = evaluate(student, test, config.device).accuracy
         if config.epochs > 0 and new:
             finetune(
                 student,
@@ -528,7 +557,8 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
                 device=config.device,
                 progress=config.progress_bar,
             )
-        test_acc = evaluate(student, data.test, config.device).accuracy
+        tuned = config.epochs > 0 and bool(new)
+        test_acc = evaluate(student, test, config.device).accuracy if tuned else test_acc_before
         emit(
             {
                 "event": "finetuned",
@@ -593,7 +623,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.json"
     plan_path.write_text(plan.to_json())
-    test_after = evaluate(student, data.test, config.device).accuracy
+    test_after = rounds[-1].accuracy_after_finetune
     ckpt = save_checkpoint(
         out / "pruned.pt",
         spec,
@@ -615,7 +645,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
     base_flops, base_params = flops_params(teacher, spec)
     pr_flops, pr_params = flops_params(student, spec)
-    base_acc = evaluate(teacher, data.test, config.device).accuracy
+    base_acc = evaluate(teacher, test, config.device).accuracy
     report = PruneReport(
         model=spec.name,
         dataset=data.info.name,
