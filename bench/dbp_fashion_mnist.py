@@ -52,6 +52,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baseline-epochs", type=int, default=6)
     p.add_argument("--baseline-lr", type=float, default=0.05)
     p.add_argument("--limit", type=int, default=8000, help="train and test samples (None: all)")
+    p.add_argument(
+        "--prune-limit",
+        type=int,
+        default=None,
+        help="train and test samples for pruning and fine-tuning (default: --limit)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
     p.add_argument("--test-samples", type=int, default=2000)
     p.add_argument("--calibration-samples", type=int, default=1000)
@@ -159,7 +165,7 @@ def main() -> None:
                 budget=budget,
                 method=method,
                 epochs=args.epochs,
-                limit=args.limit,
+                limit=args.prune_limit or args.limit,
                 test_samples=args.test_samples,
                 calibration_samples=args.calibration_samples,
                 heldout_samples=args.heldout_samples,
@@ -209,9 +215,13 @@ def write(args, info, ckpt, meta, baseline_s, runs, rows, load_before, started) 
         f"(train time here {baseline_s:.0f} s, 0 when cached). Test accuracy at training time "
         f"(all {args.limit} test images): {meta.get('test_accuracy', float('nan')):.4f}.",
         "",
-        f"All accuracies below are on the first {args.test_samples} of those test images; "
-        f"fine-tuning: {args.epochs} epoch(s) of KD (T=4, alpha=0.9, lr 0.01) on the same "
-        f"training split; DBP probes on {args.calibration_samples} train / "
+        f"Pruning runs load Fashion-MNIST with limit={args.prune_limit or args.limit} (a seeded "
+        "subset of the 60k train and 10k test images; with a smaller limit than the baseline's "
+        "the subsets differ from the baseline's, but train stays train and test stays test). "
+        f"All accuracies below, the baseline's included, are on the first {args.test_samples} "
+        f"of those test images; fine-tuning: {args.epochs} epoch(s) of KD (T=4, alpha=0.9, "
+        "lr 0.01) on that training split (90%; 10% val for early stopping); "
+        f"DBP probes on {args.calibration_samples} train / "
         f"{args.heldout_samples} val images.",
         "",
         "## Budgets (DBP)",

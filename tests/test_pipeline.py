@@ -115,3 +115,15 @@ def test_cli_prune_random_baseline(checkpoint, tmp_path, capsys):
     assert code == 0
     assert report["method"] == "random" and report["scores"] == []
     assert (tmp_path / "cli" / "report.json").is_file()
+
+
+def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
+    report = run_pipeline(
+        _config(
+            checkpoint, tmp_path, budget=0.5, iterative=True, iterative_rounds=2, epochs=0, limit=64
+        )
+    )
+    assert len(report.rounds) >= 2
+    removed = [name for r in report.rounds for name in r.removed]
+    assert sorted(removed) == sorted(report.removed_blocks)
+    assert report.rounds[0].target_s > report.rounds[1].target_s
