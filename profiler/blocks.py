@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import (
+    attr_value,
     extract,
     module_stack,
     propagate_shapes,
@@ -321,13 +322,6 @@ def _grouped(n: fx.Node) -> bool:
     return len(w) == 4 and len(x) == 4 and w[1] < x[1]
 
 
-def _attr(gm: fx.GraphModule, target: str) -> object:
-    value: object = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def count_ops(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[int, int, int]:
     """(flops, macs, params) of the given nodes; a multiply-add is two FLOPs."""
     flops = macs = params = 0
@@ -364,7 +358,7 @@ def count_ops(gm: fx.GraphModule, nodes: list[fx.Node]) -> tuple[int, int, int]:
                 macs += numel * w[1]
                 flops += 2 * numel * w[1]
         elif n.op == "get_attr":
-            value = _attr(gm, str(n.target))
+            value = attr_value(gm, str(n.target))
             if isinstance(value, nn.Parameter) and id(value) not in seen:
                 seen.add(id(value))
                 params += value.numel()

@@ -187,7 +187,45 @@ def extract(
     if outputs is None:
         outputs = [n for n in chosen if any(u not in inside for u in n.users) or not n.users]
     graph.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
-    return fx.GraphModule(gm, graph, "Piece"), inputs, outputs
+    return fx.GraphModule(_flat_root(gm, graph), graph, "Piece"), inputs, outputs
+
+
+def _flat_root(gm: fx.GraphModule, graph: fx.Graph) -> nn.Module:
+    """A root holding the piece's modules and tensors under flat names, retargeting ``graph``.
+
+    Nested paths (``getattr(self.layer1, "0").conv1``) cost an attribute lookup
+    per level on every call; a piece is timed alone, so that overhead would be
+    counted against it but not against the whole model.
+    """
+    root = nn.Module()
+    names: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op not in ("call_module", "get_attr"):
+            continue
+        target = str(n.target)
+        if target not in names:
+            flat = target.replace(".", "_")
+            while hasattr(root, flat):
+                flat += "_"
+            value = gm.get_submodule(target) if n.op == "call_module" else attr_value(gm, target)
+            if isinstance(value, nn.Parameter):
+                root.register_parameter(flat, value)
+            elif isinstance(value, torch.Tensor):
+                root.register_buffer(flat, value)
+            elif isinstance(value, nn.Module):
+                root.add_module(flat, value)
+            else:
+                setattr(root, flat, value)
+            names[target] = flat
+        n.target = names[target]
+    return root
+
+
+def attr_value(root: nn.Module, target: str) -> object:
+    value: object = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 _FUNCTION_NAMES = {
@@ -209,9 +247,7 @@ def _describe_target(gm: fx.GraphModule, node: fx.Node) -> str:
             or f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', repr(t))}"
         )
     if node.op == "get_attr":
-        value = gm
-        for part in str(node.target).split("."):
-            value = getattr(value, part)
+        value = attr_value(gm, str(node.target))
         return (
             f"attr{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
         )

@@ -22,7 +22,7 @@ from torch import nn
 
 from .blocks import BlockGraph, count_ops, discover
 from .device import device_info, resolve_device, throttle_warning
-from .graph import signature, tensor_meta
+from .graph import extract, signature, tensor_meta
 from .models import ModelSpec, eval_mode
 from .records import BlockProfile, BlockTiming, Measurement, Segment
 from .table import LatencyTable
@@ -57,6 +57,7 @@ class _Item:
     signature: str
     module: nn.Module | None
     inputs: list[fx.Node] | None = None
+    outputs: list[fx.Node] | None = None  # pieces of the forward pass publish their results
     measurement: Measurement | None = None
 
 
@@ -194,6 +195,7 @@ def _profile(
         blocks=tuple(timings),
         rest=rest,
         end_to_end=by_label["model"],  # type: ignore[arg-type]
+        eager=by_label["eager"],
         fused=fused,
         from_table=served,
         created_at=time.time(),
@@ -228,8 +230,10 @@ def _plan_items(
     serial: list[tuple[int, _Item]] = []
     replacements: list[_Item] = []
     for b in bg.blocks:
-        piece, inputs = bg.piece(b.nodes)
-        serial.append((order[b.output_node], _Item(f"block:{b.name}", b.signature, piece, inputs)))
+        piece, inputs, outputs = extract(bg.gm, [bg.node(n) for n in b.nodes])
+        serial.append(
+            (order[b.output_node], _Item(f"block:{b.name}", b.signature, piece, inputs, outputs))
+        )
         if not b.removable:
             continue
         module, rep_inputs = bg.replacement(b)
@@ -245,29 +249,52 @@ def _plan_items(
         replacements.append(_Item(f"replace:{b.name}", sig, module.to(x.device), rep_inputs))
     layout: dict[str, tuple[int, int]] = {}
     for name, names in _rest_names(bg).items():
-        piece, inputs = bg.piece(names)
+        piece, inputs, outputs = extract(bg.gm, [bg.node(n) for n in names])
         sig = signature(piece, [tensor_meta(i) for i in inputs], extra="rest")
-        serial.append((order[names[-1]], _Item(f"rest:{name}", sig, piece, inputs)))
+        serial.append((order[names[-1]], _Item(f"rest:{name}", sig, piece, inputs, outputs)))
         flops, _, params = count_ops(bg.gm, [bg.node(n) for n in names])
         layout[name] = (flops, params)
     items = [it for _, it in sorted(serial, key=lambda p: p[0])] + replacements
-    whole = signature(
-        bg.gm,
-        [tensor_meta(n) for n in bg.gm.graph.nodes if n.op == "placeholder"],
-        extra=f"model|fused={fused}",
-    )
-    items.append(_Item("model", whole, model))
+    # End to end: the traced graph the pieces were cut from (the form a pruned model
+    # takes too), and the model as given, for reference (eager Python frees
+    # intermediates later than fx's generated code, which shows at large batches).
+    metas = [tensor_meta(n) for n in bg.gm.graph.nodes if n.op == "placeholder"]
+    items.append(_Item("model", signature(bg.gm, metas, extra=f"model|fused={fused}"), bg.gm))
+    items.append(_Item("eager", signature(bg.gm, metas, extra=f"eager|fused={fused}"), model))
     return items, layout
 
 
 def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Callable[[], object]]:
-    """One forward pass records every needed input; returns each item's work bound to its values."""
+    """Bind each item's work to its input values.
+
+    One forward pass captures every needed value. Then the pieces of the
+    forward pass (blocks and rest, timed in network order) read their inputs
+    from a shared table and publish their outputs into it, so one round of
+    timing is a real forward pass cut at block boundaries: each block reads the
+    activation its predecessor has just written, cache-hot as in the whole model,
+    not a copy captured long before.
+    """
     need = {n for it in todo for n in (it.inputs or [])}
     cap = _Capture(bg.gm, need)
     with torch.inference_mode():
         cap.run(x)
-    values = {**cap.values, **{n: x for n in need if n.op == "placeholder"}}
-    return [
-        _call(it.module, [x] if it.inputs is None else [values[n] for n in it.inputs])
-        for it in todo
-    ]  # type: ignore[arg-type]
+    values: dict[fx.Node, torch.Tensor] = {
+        **cap.values,
+        **{n: x for n in need if n.op == "placeholder"},
+    }
+
+    def work(it: _Item) -> Callable[[], object]:
+        module, inputs, outputs = it.module, it.inputs, it.outputs
+        if inputs is None:
+            return _call(module, [x])  # type: ignore[arg-type]
+        if not outputs:
+            return _call(module, [values[n] for n in inputs])  # type: ignore[arg-type]
+
+        def run() -> None:
+            out = module(*[values[n] for n in inputs])  # type: ignore[misc]
+            for node, value in zip(outputs, out if len(outputs) > 1 else (out,)):
+                values[node] = value
+
+        return run
+
+    return [work(it) for it in todo]

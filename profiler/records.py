@@ -266,7 +266,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class BlockProfile:
-    """Per-block serial latency of one model on one device at one batch size."""
+    """Per-block serial latency of one model on one device at one batch size.
+
+    ``end_to_end`` times the traced graph the blocks were cut from (what a
+    pruned model runs as, too); ``eager`` times the model exactly as given.
+    """
 
     model: str
     batch_size: int
@@ -278,6 +282,7 @@ class BlockProfile:
     end_to_end: Measurement
     fused: bool = False
     from_table: int = 0  # how many measurements were served from the latency table
+    eager: Measurement | None = None  # the model as given, not traced (for reference)
     created_at: float = 0.0  # Unix time
 
     @property
@@ -319,6 +324,8 @@ class BlockProfile:
             "rest_s": self.rest_s,
             "end_to_end_s": self.end_to_end_s,
             "end_to_end": self.end_to_end.to_dict(),
+            "eager_s": None if self.eager is None else self.eager.median_s,
+            "eager": None if self.eager is None else self.eager.to_dict(),
             "additivity_error": self.additivity_error,
             "from_table": self.from_table,
             "created_at": self.created_at,
@@ -345,6 +352,7 @@ class BlockProfile:
             blocks=tuple(BlockTiming.from_dict(b) for b in d["blocks"]),
             rest=tuple(Segment.from_dict(s) for s in d["rest"]),
             end_to_end=Measurement.from_dict(d["end_to_end"]),
+            eager=Measurement.from_dict(d["eager"]) if d.get("eager") else None,
             from_table=int(d.get("from_table", 0)),
             created_at=float(d.get("created_at", 0.0)),
         )

@@ -124,8 +124,8 @@ def test_table_reuse_and_invalidation(tmp_path: Path) -> None:
     first = profile_model(model, SPEC, device="cpu", options=QUICK, threads=1, table=table)
     assert first.from_table == 0
     timed = len(table)
-    # 10 blocks + 2 shortcut replacements + head + whole model; identity costs nothing.
-    assert timed == 14
+    # 10 blocks + 2 shortcut replacements + head + whole graph + eager model; identity costs nothing.
+    assert timed == 15
     second = profile_model(model, SPEC, device="cpu", options=QUICK, threads=1, table=table)
     assert second.from_table == timed
     assert [b.latency for b in second.blocks] == [b.latency for b in first.blocks]
@@ -205,7 +205,7 @@ def test_cli_profile_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(d["blocks"]) == 10 and all(b["latency_s"] > 0 for b in d["blocks"])
     # Second run comes from the table.
     assert main([*argv, "--quiet"]) == 0
-    assert json.loads(out.read_text())["from_table"] == 14
+    assert json.loads(out.read_text())["from_table"] == 15
 
 
 def test_cli_profile_from_checkpoint(tmp_path: Path) -> None:
@@ -310,8 +310,8 @@ def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["table", "--table", str(table), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     (device,) = listing["devices"]
-    assert device["measurements"] == 14 and device["threads"] == 1
+    assert device["measurements"] == 15 and device["threads"] == 1
     assert main(["table", "clear", "--table", str(table)]) == 2
     assert "needs --device" in capsys.readouterr().err
     assert main(["table", "clear", "--table", str(table), "--device", device["fingerprint"]]) == 0
-    assert "removed 14" in capsys.readouterr().out
+    assert "removed 15" in capsys.readouterr().out

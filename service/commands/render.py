@@ -23,7 +23,9 @@ def profile_table(p: BlockProfile) -> Table:
     t = Table(
         title=f"{p.model}  batch {p.batch_size}  {p.dtype}{'  fused' if p.fused else ''}  on {p.device.name}"
         f" ({p.device.kind}, {p.device.threads} threads)",
-        caption=f"end to end {_ms(p.end_to_end_s)} ms; blocks {_ms(p.blocks_s)} + rest {_ms(p.rest_s)} ms; "
+        caption=f"end to end {_ms(p.end_to_end_s)} ms"
+        + ("" if p.eager is None else f" (eager model {_ms(p.eager.median_s)} ms)")
+        + f"; blocks {_ms(p.blocks_s)} + rest {_ms(p.rest_s)} ms; "
         f"additivity error {p.additivity_error:+.1%}; {p.from_table} pieces from the latency table",
     )
     for col in ("block", "kind", "stage"):
