@@ -66,7 +66,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timing-budget", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--random-sets", type=int, default=20)
     p.add_argument("--runs", default="/tmp/prunerd-bench-dbp", help="pipeline output dirs")
-    p.add_argument("--table", default=None, help="latency table (default: the user's)")
+    p.add_argument(
+        "--table",
+        default=None,
+        help="latency table (default: a fresh one in --runs, so every run measures anew)",
+    )
     p.add_argument("--out", default=str(ROOT / "results" / "dbp_fashion_mnist.md"))
     return p.parse_args()
 
@@ -135,6 +139,12 @@ def prediction_study(ckpt: str, args: argparse.Namespace, log: list[str]) -> lis
 def main() -> None:
     args = parse_args()
     started = time.time()
+    if args.table is None:
+        # A fresh table: pieces timed under other loads on other days must not mix in.
+        args.table = str(Path(args.runs) / "latency.sqlite")
+        Path(args.runs).mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(args.table + suffix).unlink(missing_ok=True)
     load_before = uptime()
     info = device_info("cpu", threads=args.latency_threads)
     t0 = time.time()
@@ -195,7 +205,7 @@ def write(args, info, ckpt, meta, baseline_s, runs, rows, load_before, started) 
     cmd = "python bench/dbp_fashion_mnist.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if v is not None and k not in ("out", "runs")
+        if v is not None and k not in ("out", "runs", "table")
     )
     L += [
         "# DBP on Fashion-MNIST, resnet56, CPU batch 1",

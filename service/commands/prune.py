@@ -100,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def report_table(r: PruneReport) -> Table:
     t = Table(
-        title=f"{r.model} on {r.dataset}: {r.method}, budget {_ms(r.budget_s)} ms",
+        title=f"{r.model} on {r.dataset}: {r.method}, budget {_ms(r.budget_s)} ms "
+        f"(checked against {_ms(r.budget_check_s)} ms)",
         caption=(
             f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}; predicted "
             f"{_ms(r.predicted_latency_s)} ms; speed-up {r.speedup:.2f}x; "
