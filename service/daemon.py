@@ -319,6 +319,8 @@ class Daemon:
             self._record_block(job.params, timing["name"], timing["latency_s"])
             flat = {k: v for k, v in timing.items() if not isinstance(v, dict)}
             self._publish(job.id, "block", flat)
+        elif event == "milestone":
+            self._publish(job.id, "milestone", msg["data"])
         elif event == "done":
             if job.kind == "profile":
                 self._record_profile(job.params, msg["result"])

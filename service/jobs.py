@@ -232,6 +232,10 @@ class JobContext:
     def block(self, timing: Any) -> None:
         self.send({"event": "block", "timing": timing.to_dict()})
 
+    def milestone(self, data: dict[str, Any]) -> None:
+        """A step of a long job (e.g. a prune job's profiled, scored, selected, ...)."""
+        self.send({"event": "milestone", "data": data})
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -278,12 +282,43 @@ def _profile_unavailable() -> str | None:
 
 
 def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from pruner import run_pipeline
+    from pruner import PruneConfig, run_pipeline
 
-    result = run_pipeline(
-        **params, state_dir=ctx.state_dir, progress=ctx.progress, on_block=ctx.block
-    )
-    return result if isinstance(result, dict) else result.to_dict()
+    options = dict(params.get("options") or {})
+    # The request's own fields decide these; options may tune everything else.
+    fixed = {
+        "model",
+        "checkpoint",
+        "data",
+        "out",
+        "budget",
+        "budget_ms",
+        "method",
+        "device",
+        "table",
+    }
+    clash = sorted(fixed & set(options))
+    if clash:
+        raise ValueError(f"params.options may not set {clash}: use the request's own fields")
+    out = params.get("output") or str(ctx.state_dir / "prune" / f"{int(time.time())}-{os.getpid()}")
+    try:
+        config = PruneConfig(
+            model=params["model"],
+            checkpoint=params["checkpoint"],
+            data=params["dataset"],
+            out=out,
+            budget=params.get("budget_ratio"),
+            budget_ms=None if params.get("budget_s") is None else params["budget_s"] * 1e3,
+            method=params["method"],
+            device=params["device"] or "cpu",
+            latency_batch_size=params["batch_size"],
+            table=str(ctx.state_dir / "latency.sqlite"),
+            **options,
+        )
+    except TypeError as e:
+        raise ValueError(f"params.options: {e}") from None
+    report = run_pipeline(config, progress=ctx.progress, on_event=ctx.milestone)
+    return report.to_dict()
 
 
 def _prune_unavailable() -> str | None:

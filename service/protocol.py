@@ -36,7 +36,12 @@ FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
 
 # Datasets the pruner ships (DESIGN.md); anything else must be an allowed import path.
 BUILTIN_DATASETS = ("fashion-mnist", "digits", "synthetic")
-PRUNE_METHODS = ("dbp", "hfp", "dbp+hfp")
+PRUNE_METHODS = (
+    "dbp",
+    "greedy",
+    "random",
+    "l1",
+)  # pruner.pipeline.METHODS, without importing torch
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -357,7 +362,7 @@ class PruneParams(ModelParams):
                     f"params.options.{k[:64]} must be a scalar",
                     w + "options." + k[:64],
                 )
-        return cls(
+        parsed = cls(
             **common,
             budget_s=budget_s,
             budget_ratio=budget_ratio,
@@ -370,6 +375,13 @@ class PruneParams(ModelParams):
             else policy.check_path(output, w + "output", must_exist=False),
             options=dict(options),
         )
+        if parsed.checkpoint is None:
+            raise ProtocolError(
+                "bad_request",
+                "a prune job needs params.checkpoint: the trained model to prune",
+                w + "checkpoint",
+            )
+        return parsed
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,7 @@ def test_list_status_and_metrics(client: Client, daemon: DaemonProcess, profiled
 def test_errors(client: Client) -> None:
     with pytest.raises(RequestError) as e:
         client.submit("prune", model="resnet20", budget_s=0.001)
-    if e.value.code == "unavailable":  # until the pruner pipeline lands
-        assert "prune jobs are not available" in e.value.message
+    assert (e.value.code, e.value.field) == ("bad_request", "params.checkpoint")
     with pytest.raises(RequestError) as e:
         client.submit("profile", model="os:system")
     assert (e.value.code, e.value.field) == ("not_allowed", "params.model")

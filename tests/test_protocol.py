@@ -52,12 +52,6 @@ GOOD = [
             "remeasure": False,
         },
     },
-    {
-        "v": 1,
-        "op": "submit",
-        "kind": "prune",
-        "params": {"model": "vgg16", "budget_s": 0.002, "method": "hfp"},
-    },
     {"v": 1, "op": "submit", "kind": "selftest", "params": {"seconds": 0.5, "steps": 3}},
     {"v": 1, "op": "status", "job_id": "0123456789ab"},
     {"v": 1, "op": "result", "job_id": "0123456789ab"},
@@ -192,6 +186,25 @@ def test_models_are_allow_listed(tmp_path: Path) -> None:
     with pytest.raises(p.ProtocolError) as e:
         p.parse_request(doc, policy)
     assert e.value.field == "params.dataset"
+
+
+def test_prune_request_needs_a_checkpoint_inside_the_roots(tmp_path) -> None:
+    ckpt = tmp_path / "vgg16.pt"
+    ckpt.write_bytes(b"x")
+    policy = p.ModelPolicy(builtins=POLICY.builtins, path_roots=(tmp_path,))
+    params = {"model": "vgg16", "budget_s": 0.002, "method": "greedy", "checkpoint": str(ckpt)}
+    req = p.parse_request({"v": 1, "op": "submit", "kind": "prune", "params": params}, policy)
+    assert req.params.checkpoint == str(ckpt) and req.params.method == "greedy"
+    for bad, field in (
+        ({"checkpoint": None}, "params.checkpoint"),
+        ({"method": "hfp"}, "params.method"),
+    ):
+        doc = {"v": 1, "op": "submit", "kind": "prune", "params": {**params, **bad}}
+        if bad.get("checkpoint", 1) is None:
+            del doc["params"]["checkpoint"]
+        with pytest.raises(p.ProtocolError) as e:
+            p.parse_request(doc, policy)
+        assert e.value.field == field
 
 
 def test_samples_roundtrip_and_rejects() -> None:
