@@ -7,7 +7,19 @@ import importlib
 import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
-COMMAND_MODULES = ("quickstart", "train", "profile", "table", "prune", "serve", "submit", "jobs", "watch", "cancel", "keys")
+COMMAND_MODULES = (
+    "quickstart",
+    "train",
+    "profile",
+    "table",
+    "prune",
+    "serve",
+    "submit",
+    "jobs",
+    "watch",
+    "cancel",
+    "keys",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
