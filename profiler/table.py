@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .records import DeviceInfo, Measurement
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: chained in-place timing; "model" is the traced graph
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,7 +1,8 @@
 """`prunerd quickstart`: the main job on embedded defaults.
 
-Trains a small baseline on a built-in dataset (once; it is cached), then
-profiles it on this device and prints the per-block table.
+Trains a small baseline on a built-in dataset (once; it is cached), profiles
+it on this device and prints the per-block table, then prunes it to a latency
+budget and prints the before/after table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def handle(args: argparse.Namespace) -> int:
     from pruner import cached_baseline
 
     out = console()
-    out.rule(f"1/2  baseline: {args.model} on {args.data}")
+    steps = 2 if args.no_prune else 3
+    out.rule(f"1/{steps}  baseline: {args.model} on {args.data}")
     ckpt = cached_baseline(
         args.model,
         args.data,
@@ -34,13 +36,39 @@ def handle(args: argparse.Namespace) -> int:
         f"checkpoint {ckpt}"
         + (f"  test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else "")
     )
-    out.rule(f"2/2  per-block serial latency on this device, batch {args.batch_size}")
+    out.rule(f"2/{steps}  per-block serial latency on this device, batch {args.batch_size}")
     args.checkpoint, args.in_channels, args.num_classes, args.input_size = ckpt, 0, 0, (0, 0)
     profile = run_profile(args)
     print_profile(profile, out)
     if args.json:
         args.json.write_text(profile.to_json())
         out.print(f"wrote {args.json}")
+    if args.no_prune:
+        return 0
+    from pruner import PruneConfig, run_pipeline
+
+    from .prune import report_table
+
+    out.rule(f"3/3  prune to {args.budget:.0%} of the measured latency, fine-tune, measure")
+    prune_dir = args.out or (ckpt.parent / f"{ckpt.stem}-pruned-{args.budget:g}")
+    config = PruneConfig(
+        model=args.model,
+        checkpoint=str(ckpt),
+        data=args.data,
+        data_root=None if args.data_root is None else str(args.data_root),
+        out=str(prune_dir),
+        budget=args.budget,
+        epochs=args.prune_epochs,
+        limit=args.limit,
+        latency_batch_size=args.batch_size,
+        threads=args.threads,
+        table="" if args.no_table else (None if args.table is None else str(args.table)),
+        timing_budget_s=args.budget_s,
+        progress_bar=True,
+    )
+    report = run_pipeline(config)
+    out.print(report_table(report))
+    out.print(f"pruned model, plan and report in {prune_dir}")
     return 0
 
 
@@ -64,5 +92,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cache-dir", type=Path, default=None, help="baseline cache (default: ~/.cache/prunerd)"
     )
     p.add_argument("--json", type=Path, help="also write the profile as JSON here")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.5,
+        help="latency budget, fraction of the baseline (default: 0.5)",
+    )
+    p.add_argument(
+        "--prune-epochs", type=int, default=1, help="fine-tuning epochs after pruning (default: 1)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the pruned model goes (default: beside the baseline)",
+    )
+    p.add_argument("--no-prune", action="store_true", help="stop after the profile")
     add_timing_arguments(p)
     p.set_defaults(func=handle)
