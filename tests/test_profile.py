@@ -315,3 +315,16 @@ def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "needs --device" in capsys.readouterr().err
     assert main(["table", "clear", "--table", str(table), "--device", device["fingerprint"]]) == 0
     assert "removed 15" in capsys.readouterr().out
+
+
+def test_table_from_an_older_layout_starts_afresh(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "lut.sqlite"
+    with LatencyTable(path) as table:
+        table.put("fp", "sig", Measurement((0.001,)))
+        assert table.get("fp", "sig") is not None
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='1' WHERE key='version'")
+    with LatencyTable(path) as table:
+        assert table.get("fp", "sig") is None and len(table) == 0
