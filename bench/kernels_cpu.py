@@ -33,19 +33,9 @@ from torch import nn
 
 from kernels import FusedConv2d, fuse
 from profiler import load_model
+from profiler.device import cpu_model
 
 ACT_MODULES = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6}
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _per_call(fn: Callable[[], object], inner: int) -> float:

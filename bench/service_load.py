@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from profiler.device import cpu_model  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.jobs import JobStore  # noqa: E402
 from service.monitor import Monitor  # noqa: E402
@@ -125,19 +126,13 @@ def scrape(info: dict, state: Path, series: int, n: int) -> dict[str, float]:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(args: argparse.Namespace, rt: dict, st: dict, ing: dict, sc: dict) -> str:
     cmd = "python bench/service_load.py " + " ".join(sys.argv[1:])
-    goal = "met" if ing["rate_per_s"] >= 100_000 and ing["dropped"] == 0 and ing["counted"] == ing["sent"] else "NOT met"
+    goal = (
+        "met"
+        if ing["rate_per_s"] >= 100_000 and ing["dropped"] == 0 and ing["counted"] == ing["sent"]
+        else "NOT met"
+    )
     return f"""# Daemon load figures (bench/service_load.py)
 
 - Command: `{cmd.strip()}`
