@@ -55,15 +55,25 @@ def remove_blocks(
     """
     nodes = {n.name: n for n in gm.graph.nodes}
     adapters = adapters or {}
+    # A removed block's output node lingers until dead-code elimination; a later block that
+    # starts there must read what replaced it, or the removed block would run again.
+    stands_for: dict[fx.Node, fx.Node] = {}
+
+    def current(node: fx.Node) -> fx.Node:
+        while node in stands_for:
+            node = stands_for[node]
+        return node
+
     for b in blocks:
         if not b.removable or b.replacement == "none":
             raise SurgeryError(f"block {b.name!r} is not removable: {b.reason or 'no replacement'}")
         missing = [n for n in (b.input_node, b.output_node) if n not in nodes]
         if missing:
             raise SurgeryError(f"block {b.name!r}: nodes {missing} are not in the graph")
-        inp, out = nodes[b.input_node], nodes[b.output_node]
+        inp, out = current(nodes[b.input_node]), nodes[b.output_node]
         if b.replacement == "identity":
             out.replace_all_uses_with(inp)
+            stands_for[out] = inp
         elif b.replacement == "shortcut":
             merge, short = nodes[b.merge_node], nodes[b.shortcut_node]
             # The activation after the add now reads the shortcut alone.
@@ -75,6 +85,7 @@ def remove_blocks(
                 node = gm.graph.call_module(target, (inp,))
             out.replace_all_uses_with(node)
             node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
+            stands_for[out] = node
         else:
             raise SurgeryError(f"block {b.name!r}: unknown replacement {b.replacement!r}")
     gm.graph.eliminate_dead_code()

@@ -70,6 +70,25 @@ class Plain(nn.Module):
         return self.fc(torch.flatten(self.pool(self.last(self.mid(self.stem(x)))), 1))
 
 
+def test_consecutive_blocks_all_go():
+    model = _model()
+    names = ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2"]
+    plan = PrunePlan(
+        SPEC, tuple(RemovedBlock(n, "shortcut" if n == "layer2.0" else "identity") for n in names)
+    )
+    pruned = apply_plan(model, plan)
+    modules = {str(n.target) for n in pruned.graph.nodes if n.op == "call_module"}
+    assert not any(m.startswith("layer1.") for m in modules)
+    assert {m for m in modules if m.startswith("layer2.")} == {
+        "layer2.0.shortcut.0",
+        "layer2.0.shortcut.1",
+        "layer2.0.relu",
+    }
+    # The stem feeds the shortcut projection directly.
+    short = next(n for n in pruned.graph.nodes if n.target == "layer2.0.shortcut.0")
+    assert short.args[0].target == "relu"
+
+
 def test_adapter_is_fit_by_least_squares():
     torch.manual_seed(0)
     model = Plain().eval()
