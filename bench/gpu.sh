@@ -18,7 +18,7 @@ mkdir -p bench/results
 echo "== Triton Conv-BN-ReLU vs cuDNN vs torch.compile -> bench/results/kernels_gpu.md"
 "$PY" bench/gpu_kernels.py --out bench/results/kernels_gpu.md
 
-echo "== Per-block serial latency: additivity, repeatability, cost, hook-based side by side -> bench/results/profiler_cuda.md"
-"$PY" bench/profiler_figures.py --device cuda --out bench/results/profiler_cuda.md
+echo "== Per-block serial latency: additivity, repeatability, cost, hook-based side by side -> bench/results/profiler_cuda_*.md"
+"$PY" bench/profiler_figures.py --device cuda
 
 echo "bench/gpu.sh: all GPU figures written to bench/results/"
