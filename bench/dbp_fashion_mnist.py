@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["dbp", "random", "l1"])
     p.add_argument("--baseline-epochs", type=int, default=6)
     p.add_argument("--baseline-lr", type=float, default=0.05)
-    p.add_argument("--limit", type=int, default=8000, help="train and test samples (None: all)")
+    p.add_argument("--limit", type=int, default=8000, help="train and test samples (0: all)")
     p.add_argument(
         "--prune-limit",
         type=int,
@@ -138,6 +138,7 @@ def prediction_study(ckpt: str, args: argparse.Namespace, log: list[str]) -> lis
 
 def main() -> None:
     args = parse_args()
+    args.limit = args.limit or None  # 0: the whole dataset
     started = time.time()
     if args.table is None:
         # A fresh table: pieces timed under other loads on other days must not mix in.
