@@ -1,6 +1,6 @@
 """What a model costs, measured: block discovery, serial latency, device fingerprint, latency table."""
 
-from .blocks import BlockGraph, discover
+from .blocks import BlockGraph, count_ops, discover
 from .device import device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
 from .measure import profile_model
@@ -21,6 +21,7 @@ from .timing import TimingOptions, measure
 
 __all__ = [
     "BlockGraph",
+    "count_ops",
     "LatencyTable",
     "TimingOptions",
     "TraceError",

@@ -31,6 +31,7 @@ from profiler import (
     LatencyTable,
     ModelSpec,
     TimingOptions,
+    count_ops,
     device_info,
     discover,
     load_model,
@@ -40,7 +41,6 @@ from profiler import (
     save_checkpoint,
     trace,
 )
-from profiler.blocks import count_ops
 
 from .data import DataBundle, load_data
 from .discrimination import BlockScore, score_blocks

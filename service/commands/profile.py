@@ -7,24 +7,9 @@ from pathlib import Path
 
 from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
 
+from .argtypes import input_size
 from .progress import progress_bar
 from .render import print_profile
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'32' or '32,32' or '28x28' -> (H, W)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        hw = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"input size must be H,W (e.g. 32,32), got {text!r}"
-        ) from None
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise argparse.ArgumentTypeError(f"input size must be two positive ints H,W, got {text!r}")
-    return hw  # type: ignore[return-value]
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +22,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
     p.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
-    p.add_argument("--input-size", type=parse_size, default=(32, 32), help="H,W (default: 32,32)")
+    p.add_argument("--input-size", type=input_size, default=(32, 32), help="H,W (default: 32,32)")
 
 
 def add_timing_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,33 +11,9 @@ from rich.table import Table
 from pruner.data import datasets
 from pruner.pipeline import METHODS, PruneConfig, PruneReport, run_pipeline
 
+from .argtypes import fraction, positive_float, positive_int
 from .progress import progress_bar
 from .render import _ms, _si, console
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"a fraction of the baseline latency in (0, 1], got {value}"
-        )
-    return value
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-        return value
-
-    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,10 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument(
-        "--budget", type=_fraction, metavar="FRACTION", help="fraction of the baseline latency"
+        "--budget", type=fraction, metavar="FRACTION", help="fraction of the baseline latency"
     )
     budget.add_argument(
-        "--budget-ms", type=_positive(float), metavar="MS", help="latency budget in milliseconds"
+        "--budget-ms", type=positive_float, metavar="MS", help="latency budget in milliseconds"
     )
     p.add_argument("--method", choices=METHODS, default="dbp", help="selection (default dbp)")
     p.add_argument(
@@ -73,16 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round"
     )
     p.add_argument(
-        "--batch-size", type=_positive(int), default=128, metavar="B", help="training batch size"
+        "--batch-size", type=positive_int, default=128, metavar="B", help="training batch size"
     )
-    p.add_argument("--lr", type=_positive(float), default=0.01, help="fine-tuning lr (0.01)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="fine-tuning lr (0.01)")
     p.add_argument(
-        "--latency-batch-size", type=_positive(int), default=1, help="batch size of the budget (1)"
+        "--latency-batch-size", type=positive_int, default=1, help="batch size of the budget (1)"
     )
-    p.add_argument("--threads", type=_positive(int), default=None, metavar="T", help="CPU threads")
-    p.add_argument(
-        "--limit", type=_positive(int), metavar="N", help="use N train and N test samples"
-    )
+    p.add_argument("--threads", type=positive_int, default=None, metavar="T", help="CPU threads")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="use N train and N test samples")
     p.add_argument(
         "--table", default=None, help="latency table (default ~/.cache/prunerd/latency.sqlite)"
     )
@@ -90,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-table", action="store_true", help="neither read nor write the latency table"
     )
     p.add_argument(
-        "--budget-s", type=_positive(float), default=10.0, help="timing budget per measurement, s"
+        "--budget-s", type=positive_float, default=10.0, help="timing budget per measurement, s"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")

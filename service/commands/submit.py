@@ -7,15 +7,7 @@ import json
 from typing import Any
 
 from ..client import Client, add_client_args, format_event, run_command
-
-
-def _size(text: str) -> list[int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        size = [int(v) for v in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    return size * 2 if len(size) == 1 else size
+from .argtypes import input_size
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -35,7 +27,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument(
-        "--input-size", type=_size, default=None, metavar="HxW", help="input size, e.g. 32x32"
+        "--input-size", type=input_size, default=None, metavar="HxW", help="input size, e.g. 32x32"
     )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N")

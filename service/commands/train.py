@@ -8,25 +8,7 @@ import json
 from pruner.data import datasets
 from pruner.train import train_baseline
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+from .argtypes import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,24 +39,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$PRUNERD_FASHION_MNIST or /usr/share/datasets/fashion-mnist)",
     )
     p.add_argument(
-        "--epochs", type=_positive_int, default=10, metavar="E", help="epochs (default 10)"
+        "--epochs", type=positive_int, default=10, metavar="E", help="epochs (default 10)"
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=128,
         metavar="B",
         help="batch size (default 128)",
     )
     p.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         metavar="LR",
         help="peak learning rate (default 0.1)",
     )
     p.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="use at most N train and N test samples"
+        "--limit", type=positive_int, metavar="N", help="use at most N train and N test samples"
     )
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed for splits, shuffling and weights"
