@@ -32,11 +32,13 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 import torch
 import torch.nn.functional as F
+from kernels_cpu import (
+    conv_shapes as model_conv_shapes,  # bench/ is on sys.path when run as a script
+)
 from torch import nn
 
-from kernels import FusedConv2d, fuse
+from kernels import FusedConv2d
 from kernels.conv_bn_relu import conv2d_triton
-from profiler import load_model
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
@@ -53,37 +55,13 @@ def conv_shapes(models: list[str]) -> list[dict]:
     """Distinct groups=1 (Cin, Cout, k, stride, pad, activation, H, W) cases of the models at 3x32x32."""
     seen: dict[tuple, dict] = {}
     for name in models:
-        model = fuse(load_model(name, in_channels=3, num_classes=10))
-
-        def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
-            x = args[0]
-            if mod.groups != 1:  # depthwise: PyTorch path on every device, nothing to compare
-                return
-            key = (
-                mod.in_channels,
-                mod.out_channels,
-                mod.kernel_size[0],
-                mod.stride[0],
-                mod.padding[0],
-                mod.activation,
-                x.shape[2],
-                x.shape[3],
-            )
+        for case in model_conv_shapes(name):
+            if case["groups"] != 1:  # depthwise: PyTorch path on every device, nothing to compare
+                continue
+            key = tuple(case[k] for k in ("cin", "cout", "k", "stride", "pad", "act", "h", "w"))
             seen.setdefault(
-                key,
-                dict(
-                    zip(("cin", "cout", "k", "stride", "pad", "act", "h", "w"), key, strict=True),
-                    model=name,
-                ),
+                key, {**{k: v for k, v in case.items() if k != "groups"}, "model": name}
             )
-
-        handles = [
-            m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, FusedConv2d)
-        ]
-        with torch.inference_mode():
-            model(torch.randn(1, 3, 32, 32))
-        for h in handles:
-            h.remove()
     return list(seen.values())
 
 
