@@ -183,8 +183,8 @@ def _profile(
         if on_block:
             on_block(t)
     rest = tuple(
-        Segment(name, names, by_label[f"rest:{name}"], *layout[name])
-        for name, names in _rest_names(bg).items()
+        Segment(name, names, by_label[f"rest:{name}"], flops, params)
+        for name, (names, flops, params) in layout.items()
     )
     return BlockProfile(
         model=spec.name,
@@ -216,14 +216,16 @@ def _rest_names(bg: BlockGraph) -> dict[str, tuple[str, ...]]:
             name = "head"
         else:
             name = f"after:{before[-1].name}"
+        while name in names:  # branches can leave two stretches after the same block
+            name += "'"
         names[name] = seg
     return names
 
 
 def _plan_items(
     bg: BlockGraph, model: nn.Module, x: torch.Tensor, dtype: str, fused: bool
-) -> tuple[list[_Item], dict[str, tuple[int, int]]]:
-    """Everything to time, with signatures, and the (flops, params) of each rest segment."""
+) -> tuple[list[_Item], dict[str, tuple[tuple[str, ...], int, int]]]:
+    """Everything to time, with signatures, and each rest segment's (nodes, flops, params) by name."""
     # Blocks and rest in network order, so that one round of timing runs like one
     # forward pass (same cache state as end to end); replacements after them.
     order = {n.name: i for i, n in enumerate(bg.gm.graph.nodes)}
@@ -247,13 +249,13 @@ def _plan_items(
             else _hash("adapter", b.input_shape, b.output_shape, dtype)
         )
         replacements.append(_Item(f"replace:{b.name}", sig, module.to(x.device), rep_inputs))
-    layout: dict[str, tuple[int, int]] = {}
+    layout: dict[str, tuple[tuple[str, ...], int, int]] = {}
     for name, names in _rest_names(bg).items():
         piece, inputs, outputs = extract(bg.gm, [bg.node(n) for n in names])
         sig = signature(piece, [tensor_meta(i) for i in inputs], extra="rest")
         serial.append((order[names[-1]], _Item(f"rest:{name}", sig, piece, inputs, outputs)))
         flops, _, params = count_ops(bg.gm, [bg.node(n) for n in names])
-        layout[name] = (flops, params)
+        layout[name] = (names, flops, params)
     items = [it for _, it in sorted(serial, key=lambda p: p[0])] + replacements
     # End to end: the traced graph the pieces were cut from (the form a pruned model
     # takes too), and the model as given, for reference (eager Python frees
