@@ -101,13 +101,11 @@ def hook_profile(
 
 def machine(device: str) -> str:
     info = device_info(device)
-    extra = (
-        f", driver {info.details.get('driver', '?')}, CUDA {info.details.get('cuda')}"
-        if info.kind == "cuda"
-        else ""
-    )
-    cpu = device_info("cpu").name
-    return f"{info.name}{extra}; CPU {cpu}, {torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
+    host = f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
+    if info.kind != "cuda":
+        return f"{info.name}, {host}"
+    gpu = f"{info.name}, driver {info.details.get('driver', '?')}, CUDA {info.details.get('cuda')}"
+    return f"{gpu}; CPU {device_info('cpu').name}, {host}"
 
 
 def load() -> str:
