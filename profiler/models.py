@@ -178,17 +178,20 @@ def resolve_spec(
 ) -> ModelSpec:
     """The spec a command works with: the checkpoint's own when one is given."""
     if checkpoint is not None:
-        stored = read_checkpoint(checkpoint).spec
-        if isinstance(spec, ModelSpec):
-            spec = spec.name
-        if spec not in ("", stored.name):
-            raise ModelSpecError(
-                f"checkpoint {str(checkpoint)!r} holds model {stored.name!r}, not {spec!r}"
-            )
-        return stored
+        return _stored_spec(spec, read_checkpoint(checkpoint), checkpoint)
     if isinstance(spec, ModelSpec):
         return spec
     return ModelSpec(spec, in_channels, num_classes, tuple(input_size))
+
+
+def _stored_spec(spec: str | ModelSpec, ckpt: Checkpoint, path: str | Path) -> ModelSpec:
+    """The checkpoint's spec, after checking it holds the model asked for."""
+    name = spec.name if isinstance(spec, ModelSpec) else spec
+    if name not in ("", ckpt.spec.name):
+        raise ModelSpecError(
+            f"checkpoint {str(path)!r} holds model {ckpt.spec.name!r}, not {name!r}"
+        )
+    return ckpt.spec
 
 
 def load_model(
@@ -204,20 +207,21 @@ def load_model(
     (see :func:`resolve_spec`), and its weights are loaded strictly. Checkpoints
     of pruned models carry a plan; those are loaded with ``pruner.load_pruned``.
     """
-    resolved = resolve_spec(spec, in_channels, num_classes, input_size, checkpoint)
+    if checkpoint is None:
+        return eval_mode(build_model(resolve_spec(spec, in_channels, num_classes, input_size)))
+    ckpt = read_checkpoint(checkpoint)  # once: it holds both the spec and the weights
+    resolved = _stored_spec(spec, ckpt, checkpoint)
+    if ckpt.plan_json:
+        raise ModelSpecError(
+            f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned"
+        )
     model = build_model(resolved)
-    if checkpoint is not None:
-        ckpt = read_checkpoint(checkpoint)
-        if ckpt.plan_json:
-            raise ModelSpecError(
-                f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned"
-            )
-        try:
-            model.load_state_dict(ckpt.state_dict, strict=True)
-        except RuntimeError as e:
-            raise ModelSpecError(
-                f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}"
-            ) from e
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise ModelSpecError(
+            f"checkpoint {str(checkpoint)!r} does not match model {resolved.name!r}: {e}"
+        ) from e
     return eval_mode(model)
 
 
