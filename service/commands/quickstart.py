@@ -12,6 +12,7 @@ from pathlib import Path
 
 from profiler import read_checkpoint
 
+from .argtypes import fraction
 from .profile import add_timing_arguments, run_profile
 from .render import console, print_profile
 
@@ -94,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the profile as JSON here")
     p.add_argument(
         "--budget",
-        type=float,
+        type=fraction,
         default=0.5,
         help="latency budget, fraction of the baseline (default: 0.5)",
     )
