@@ -30,7 +30,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from profiler import LatencyTable, ModelSpec, TimingOptions, device_info, load_model, profile_model
+from profiler import (
+    LatencyTable,
+    ModelSpec,
+    TimingOptions,
+    device_info,
+    load_model,
+    profile_model,
+    retain_freed_memory,
+)
 
 MODELS = ("resnet20", "resnet56", "vgg16", "mobilenetv2")
 
@@ -101,7 +109,10 @@ def hook_profile(
 
 def machine(device: str) -> str:
     info = device_info(device)
-    host = f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
+    host = (
+        f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}, "
+        f"heap policy {device_info('cpu').details['allocator']}"
+    )
     if info.kind != "cuda":
         return f"{info.name}, {host}"
     gpu = f"{info.name}, driver {info.details.get('driver', '?')}, CUDA {info.details.get('cuda')}"
@@ -250,12 +261,20 @@ def main() -> int:
     ap.add_argument(
         "--out-dir", type=Path, default=Path("bench/results"), help="one file per section"
     )
+    ap.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep the C library's default heap policy (results get a _system-malloc suffix)",
+    )
     args = ap.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()  # as the prunerd command does
     torch.set_num_threads(args.threads)
     opts = TimingOptions(budget_s=args.budget_s)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.sections:
-        out = args.out_dir / f"profiler_{args.device}_{name}.md"
+        suffix = "_system-malloc" if args.system_malloc else ""
+        out = args.out_dir / f"profiler_{args.device}_{name}{suffix}.md"
         out.write_text("\n".join(SECTIONS[name](args, opts)))
         print(f"wrote {out}", flush=True)
     return 0

@@ -1,5 +1,6 @@
 """What a model costs, measured: block discovery, serial latency, device fingerprint, latency table."""
 
+from .allocator import allocator_policy, retain_freed_memory
 from .blocks import BlockGraph, count_ops, discover
 from .device import device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
@@ -20,6 +21,8 @@ from .table import LatencyTable, default_table_path
 from .timing import TimingOptions, measure
 
 __all__ = [
+    "allocator_policy",
+    "retain_freed_memory",
     "BlockGraph",
     "count_ops",
     "LatencyTable",

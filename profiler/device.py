@@ -2,7 +2,7 @@
 
 The fingerprint keys the latency table, so it holds exactly what changes
 latency and stays put between runs: device model (and GPU UUID), driver,
-thread count, torch/CUDA versions. Temperatures and clocks are telemetry.
+thread count, torch/CUDA versions, and on CPU the heap policy. Temperatures and clocks are telemetry.
 No GPU is never an error on a CPU run.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .allocator import allocator_policy
 from .records import DeviceInfo
 
 # NVML clock-event reasons that mean the GPU slowed itself down (not idle or app-clock settings).
@@ -155,8 +156,11 @@ def device_info(device: torch.device | str = "cpu", threads: int | None = None) 
             "machine": platform.machine(),
             "mkldnn": str(torch.backends.mkldnn.is_available()),
             "interop_threads": str(torch.get_num_interop_threads()),
+            "allocator": allocator_policy(),
         }
-        fp = _hash("cpu", name, details["logical_cores"], threads, torch.__version__)
+        fp = _hash(
+            "cpu", name, details["logical_cores"], threads, torch.__version__, details["allocator"]
+        )
         return DeviceInfo("cpu", name, fp, threads, torch.__version__, details)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)

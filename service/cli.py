@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
@@ -20,12 +21,20 @@ COMMAND_MODULES = (
     "cancel",
     "keys",
 )
+# Commands that time models in this process; they keep freed activations for reuse.
+TIMING_COMMANDS = {"quickstart", "profile", "prune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunerd",
         description="Hardware-aware latency profiling and latency-budgeted pruning for CNNs.",
+    )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="measure under the C library's default heap policy instead of keeping freed "
+        "activations for reuse (also PRUNERD_SYSTEM_MALLOC=1); see profiler/allocator.py",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -39,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.system_malloc:
+        os.environ["PRUNERD_SYSTEM_MALLOC"] = "1"  # daemon workers inherit it
+    elif args.command in TIMING_COMMANDS and os.environ.get("PRUNERD_SYSTEM_MALLOC") != "1":
+        from profiler import retain_freed_memory
+
+        retain_freed_memory()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
