@@ -30,6 +30,9 @@ _LAZY = {
     "PruneConfig": "pipeline",
     "PruneReport": "pipeline",
     "run_pipeline": "pipeline",
+    "ChannelSpace": "hfp",
+    "fit_widths": "hfp",
+    "thin": "hfp",
 }
 
 
@@ -44,6 +47,7 @@ __all__ = [
     "BlockScore",
     "BudgetError",
     "Candidate",
+    "ChannelSpace",
     "DataBundle",
     "DatasetInfo",
     "EpochStats",
@@ -65,6 +69,7 @@ __all__ = [
     "export_pruned",
     "finetune",
     "fit",
+    "fit_widths",
     "greedy_select",
     "kd_loss",
     "load_data",
@@ -73,5 +78,6 @@ __all__ = [
     "run_pipeline",
     "score_blocks",
     "select_blocks",
+    "thin",
     "train_baseline",
 ]

@@ -52,7 +52,8 @@ from .train import evaluate
 
 ProgressFn = Callable[[str, int, int], None]
 EventFn = Callable[[dict[str, Any]], None]
-METHODS = ("dbp", "greedy", "random", "l1")
+METHODS = ("dbp", "greedy", "random", "l1", "hfp", "dbp+hfp")
+WIDTH_METHODS = ("hfp", "dbp+hfp")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,13 @@ class PruneConfig:
     ``latency_threads`` (default: ``threads``) are the CPU threads for
     profiling and measuring only; ``test_samples`` evaluates accuracy on the first that many test samples only.
     ``table`` is the latency table path ("" for none, None for the default).
+
+    Filter pruning ("hfp", "dbp+hfp"): ``target_macs`` / ``target_params``
+    are ratios of the unpruned model in (0, 1]; "hfp" takes them and/or a
+    budget, "dbp+hfp" needs ``budget`` (the depth pass takes ``depth_share``
+    of the cut). Channel counts are multiples of ``round_to``; the gates train
+    for ``sparsity_epochs``; a ratio more than
+    ``width_tolerance`` under its target is reported as a warning.
     """
 
     model: str
@@ -100,10 +108,38 @@ class PruneConfig:
     test_samples: int | None = None
     export: bool = True
     progress_bar: bool = False
+    target_macs: float | None = None
+    target_params: float | None = None
+    round_to: int = 8
+    sparsity_epochs: int = 1
+    depth_share: float = 0.5
+    width_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
-        if (self.budget is None) == (self.budget_ms is None):
-            raise ValueError("give exactly one of --budget (fraction) and --budget-ms")
+        sized = self.target_macs is not None or self.target_params is not None
+        if self.budget is not None and self.budget_ms is not None:
+            raise ValueError("give only one of --budget (fraction) and --budget-ms")
+        if self.budget is None and self.budget_ms is None and not (self.method == "hfp" and sized):
+            raise ValueError(
+                "give --budget (fraction) or --budget-ms"
+                + (", or --target-macs/--target-params" if self.method == "hfp" else "")
+            )
+        if sized and self.method not in WIDTH_METHODS:
+            raise ValueError(
+                f"--target-macs/--target-params are for --method hfp or dbp+hfp, not {self.method!r}"
+            )
+        for name in ("target_macs", "target_params"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 < v <= 1.0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} is a ratio of the unpruned model in (0, 1], got {v}"
+                )
+        if self.method == "dbp+hfp" and self.budget is None:
+            raise ValueError("--method dbp+hfp needs --budget (a fraction of the baseline latency)")
+        if self.round_to < 1:
+            raise ValueError(f"--round-to must be >= 1 channel, got {self.round_to}")
+        if not 0.0 <= self.depth_share <= 1.0:
+            raise ValueError(f"depth_share must be in [0, 1], got {self.depth_share}")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
             raise ValueError(
                 f"--budget is a fraction of the baseline latency in (0, 1], got {self.budget}"
@@ -197,6 +233,7 @@ class PruneReport:
     seconds: float
     warnings: tuple[str, ...] = ()
     created_at: float = field(default_factory=time.time)
+    width: dict[str, Any] = field(default_factory=dict)  # filter pruning: targets, ratios, widths
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -224,6 +261,7 @@ class PruneReport:
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "created_at": self.created_at,
+            "width": self.width,
         }
 
     def to_json(self) -> str:
@@ -256,6 +294,7 @@ class PruneReport:
             seconds=float(d["seconds"]),
             warnings=tuple(d.get("warnings", ())),
             created_at=float(d.get("created_at", 0.0)),
+            width=dict(d.get("width", {})),
         )
 
     @classmethod
@@ -421,6 +460,10 @@ def run_pipeline(
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
+        if config.method in WIDTH_METHODS:
+            from .hfp_pipeline import run_width
+
+            return run_width(config, step, emit, t_start)
         return _run(config, step, emit, t_start)
     finally:
         torch.set_num_threads(previous_threads)

@@ -179,12 +179,13 @@ def apply_plan(
 ) -> fx.GraphModule:
     """A pruned copy of ``model`` (unpruned, built from ``plan.spec``) as a GraphModule.
 
+    Blocks are removed first, then channel groups are thinned to the plan's
+    widths (first channels kept: the shapes a state_dict of the pruned model fits).
+
     The caller's model is not modified and shares no parameters with the result.
     Adapters are initialised by least squares on ``calibration`` when given
     (else randomly; :func:`load_pruned` overwrites them from the state_dict).
     """
-    if plan.channels:
-        raise SurgeryError("plans with channel counts (HFP) are not supported by block surgery")
     bg = discover(copy.deepcopy(model).eval(), example_input(plan.spec))
     by_name = {b.name: b for b in bg.blocks}
     chosen = []
@@ -206,7 +207,12 @@ def apply_plan(
     adapters = {}
     if calibration is not None:
         adapters = fit_adapters(bg.gm, chosen, calibration, max_samples)
-    return remove_blocks(bg.gm, chosen, adapters)
+    gm = remove_blocks(bg.gm, chosen, adapters)
+    if plan.channels:
+        from .hfp import thin  # the width pass ran on the depth-pruned graph: same module paths
+
+        thin(gm, plan.channels, example_input(plan.spec))
+    return gm
 
 
 def load_pruned(checkpoint: str | Path) -> fx.GraphModule:

@@ -41,6 +41,8 @@ PRUNE_METHODS = (
     "greedy",
     "random",
     "l1",
+    "hfp",
+    "dbp+hfp",
 )  # pruner.pipeline.METHODS, without importing torch
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")

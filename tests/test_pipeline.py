@@ -77,8 +77,10 @@ def test_early_errors_name_the_value_and_the_limit(checkpoint, tmp_path):
         run_pipeline(_config(checkpoint, tmp_path, data="digits"))
     with pytest.raises(ValueError, match="holds model 'resnet20', not 'resnet56'"):
         run_pipeline(_config(checkpoint, tmp_path, model="resnet56"))
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="only one of --budget"):
         _config(checkpoint, tmp_path, budget_ms=5.0)
+    with pytest.raises(ValueError, match="give --budget .* or --budget-ms"):
+        _config(checkpoint, tmp_path, budget=None)
     with pytest.raises(ValueError, match=r"in \(0, 1\], got 1.5"):
         _config(checkpoint, tmp_path, budget=1.5)
 

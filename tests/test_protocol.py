@@ -197,7 +197,7 @@ def test_prune_request_needs_a_checkpoint_inside_the_roots(tmp_path) -> None:
     assert req.params.checkpoint == str(ckpt) and req.params.method == "greedy"
     for bad, field in (
         ({"checkpoint": None}, "params.checkpoint"),
-        ({"method": "hfp"}, "params.method"),
+        ({"method": "hfp-x"}, "params.method"),
     ):
         doc = {"v": 1, "op": "submit", "kind": "prune", "params": {**params, **bad}}
         if bad.get("checkpoint", 1) is None:

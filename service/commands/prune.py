@@ -34,14 +34,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", required=True, metavar="DATA", help=f"dataset: {', '.join(datasets())}"
     )
     p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget", type=fraction, metavar="FRACTION", help="fraction of the baseline latency"
     )
     budget.add_argument(
         "--budget-ms", type=positive_float, metavar="MS", help="latency budget in milliseconds"
     )
-    p.add_argument("--method", choices=METHODS, default="dbp", help="selection (default dbp)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="dbp",
+        help="dbp (blocks, default), greedy, random, l1 (block baselines), hfp (filters), "
+        "dbp+hfp (blocks, then filters, one budget)",
+    )
+    p.add_argument(
+        "--target-macs", type=fraction, metavar="RATIO", help="hfp: keep this ratio of the MACs"
+    )
+    p.add_argument(
+        "--target-params",
+        type=fraction,
+        metavar="RATIO",
+        help="hfp: keep this ratio of the parameters",
+    )
+    p.add_argument(
+        "--round-to",
+        type=positive_int,
+        default=8,
+        metavar="K",
+        help="hfp: channel counts are multiples of K (8)",
+    )
+    p.add_argument(
+        "--sparsity-epochs",
+        type=positive_int,
+        default=1,
+        metavar="E",
+        help="hfp: epochs of training while the gates close (1)",
+    )
+    p.add_argument(
+        "--depth-share",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="dbp+hfp: share of the latency cut the block pass takes (0.5)",
+    )
     p.add_argument(
         "--iterative", action="store_true", help="remove in rounds, rescoring after each"
     )
@@ -80,6 +116,11 @@ def report_table(r: PruneReport) -> Table:
             f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}; predicted "
             f"{_ms(r.predicted_latency_s)} ms; speed-up {r.speedup:.2f}x; "
             f"budget {'met' if r.budget_met else 'MISSED'}"
+            + (
+                f"; MACs x{r.width['macs_ratio']:.3f}, params x{r.width['params_ratio']:.3f}"
+                if r.width
+                else ""
+            )
         ),
     )
     t.add_column("")
@@ -100,6 +141,11 @@ def handle(args: argparse.Namespace) -> int:
         budget=args.budget,
         budget_ms=args.budget_ms,
         method=args.method,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        round_to=args.round_to,
+        sparsity_epochs=args.sparsity_epochs,
+        depth_share=args.depth_share,
         iterative=args.iterative,
         epochs=args.epochs,
         batch_size=args.batch_size,

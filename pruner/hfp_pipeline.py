@@ -1,0 +1,325 @@
+"""Filter pruning end to end: ``--method hfp`` and ``--method dbp+hfp``.
+
+hfp: gate every channel group, train the gates toward the targets (MACs
+and/or parameter ratios, and/or a latency budget through the measured
+width-latency model), fit the widths exactly, remove the channels, fine-tune
+with distillation, measure.
+
+dbp+hfp: the block pipeline first takes the model to part of the way
+(``depth_share`` of the latency cut), then the width pass thins what remains
+to the one budget. The plan holds both the removed blocks and the widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from profiler import (
+    LatencyTable,
+    ModelSpec,
+    TimingOptions,
+    device_info,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+from .data import load_data
+from .finetune import finetune
+from .hfp import ChannelSpace, Gates, Target, channel_ranking, fit_widths, size_targets, train_gates
+from .pipeline import (
+    EventFn,
+    ModelStats,
+    ProgressFn,
+    PruneConfig,
+    PruneReport,
+    RoundRecord,
+    _check_inputs,
+    _run,
+    first_samples,
+    flops_params,
+    measure_pair,
+)
+from .plan import PrunePlan, RemovedBlock
+from .select import BudgetError
+from .surgery import apply_plan, example_input, load_pruned
+from .train import evaluate
+
+
+def split_budget(budget: float, depth_share: float, width_floor: float) -> tuple[float, float]:
+    """(depth fraction, width ratio) whose product is ``budget``.
+
+    The width pass takes ``budget ** (1 - depth_share)`` of it, but never more
+    than halfway from 1 to ``width_floor`` (the latency ratio with every group
+    at its narrowest): on devices where thinning buys little, blocks go instead.
+    """
+    width = max(budget ** (1.0 - depth_share), width_floor + 0.5 * (1.0 - width_floor))
+    width = min(width, 1.0)
+    return budget / width, width
+
+
+def _width_model(space: ChannelSpace, base_s: float, config: PruneConfig, step: ProgressFn) -> Any:
+    from .width_latency import measure_width_latency
+
+    table = LatencyTable(config.table) if config.table != "" else None
+    threads = config.latency_threads or config.threads
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return measure_width_latency(
+            space,
+            base_s,
+            batch_size=config.latency_batch_size,
+            round_to=config.round_to,
+            device=config.device,
+            options=TimingOptions(budget_s=config.timing_budget_s),
+            table=table,
+            progress=step,
+        )
+    finally:
+        torch.set_num_threads(previous)
+        if table is not None:
+            table.close()
+
+
+def _floor(space: ChannelSpace, predict: Any, round_to: int) -> float:
+    narrow = [float(space.allowed(gi, round_to)[0]) for gi in range(len(space.groups))]
+    return float(predict(narrow)) / predict.base_s
+
+
+def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
+    """Run ``config`` (method "hfp" or "dbp+hfp"); write plan, checkpoint, export and report."""
+    out = Path(config.out)
+    spec = read_checkpoint(config.checkpoint).spec
+    if config.model not in ("", spec.name):
+        raise ValueError(
+            f"checkpoint {config.checkpoint!r} holds model {spec.name!r}, not {config.model!r}"
+        )
+    teacher = load_model(spec, checkpoint=config.checkpoint).eval()
+    data = load_data(
+        config.data,
+        root=config.data_root,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        limit=config.limit,
+    )
+    _check_inputs(spec, data, config)
+    test = first_samples(data.test, config.test_samples)
+    warnings: list[str] = []
+    rounds: list[RoundRecord] = []
+    removed: tuple[RemovedBlock, ...] = ()
+    depth: dict[str, Any] = {}
+
+    if config.method == "dbp+hfp":
+        assert config.budget is not None  # PruneConfig checks it
+        full = apply_plan(teacher, PrunePlan(spec))
+        full_space = ChannelSpace(full, example_input(spec))
+        base_s, _ = measure_pair(teacher, full, spec, config)
+        width_floor = _floor(
+            full_space, _width_model(full_space, base_s, config, step), config.round_to
+        )
+        frac, width_ratio = split_budget(config.budget, config.depth_share, width_floor)
+        del full, full_space
+        depth_config = dataclasses.replace(
+            config, method="dbp", budget=frac, out=str(out / "depth"), export=False
+        )
+        report = _run(depth_config, step, emit, time.perf_counter())
+        student = load_pruned(report.checkpoint_path)
+        plan = PrunePlan.from_json(Path(report.plan_path).read_text())
+        removed = plan.removed
+        rounds.extend(report.rounds)
+        warnings.extend(report.warnings)
+        depth = {
+            "budget": frac,
+            "width_ratio": width_ratio,
+            "width_floor": width_floor,
+            "report": str(out / "depth" / "report.json"),
+        }
+    else:
+        student = apply_plan(teacher, PrunePlan(spec))  # a GraphModule, as load_pruned rebuilds
+    student.train()
+
+    # Targets: size ratios of the model entering the width pass, and/or the latency budget.
+    x = example_input(spec)
+    space = ChannelSpace(student, x)
+    targets = size_targets(space, config.target_macs, config.target_params)
+    budget_s = 0.0
+    predict = None
+    if config.budget is not None or config.budget_ms is not None:
+        step("measuring", 0, 1)
+        base_now_s, student_s = measure_pair(teacher, student, spec, config)
+        budget_s = (
+            config.budget * base_now_s if config.budget is not None else config.budget_ms / 1e3
+        )
+        predict = _width_model(space, student_s, config, step)
+        ratio = budget_s / student_s
+        floor = _floor(space, predict, config.round_to)
+        if ratio < floor:
+            warnings.append(
+                f"thinning every channel group to {config.round_to} channels predicts "
+                f"{floor:.3f} of {student_s * 1e3:.3f} ms, above the budget's {ratio:.3f}: "
+                "width pruning cannot meet this budget on this device; pruned to the floor"
+            )
+            ratio = floor
+        if ratio < 1.0:
+            targets.append(Target("latency", ratio, predict, student_s))
+        emit(
+            {
+                "event": "profiled",
+                "end_to_end_s": student_s,
+                "budget_s": budget_s,
+                "width_layers": len(predict.layers),
+            }
+        )
+    if not targets:
+        raise BudgetError(
+            "nothing to prune to: give --target-macs and/or --target-params (ratios in (0, 1]) "
+            "or a latency budget below the model's latency"
+        )
+
+    # Gates, trained toward the targets; then exact widths, folded gates, physical removal.
+    gates = Gates(space)
+    record = train_gates(
+        student,
+        gates,
+        targets,
+        data.train,
+        epochs=config.sparsity_epochs,
+        lr=config.lr,
+        round_to=config.round_to,
+        teacher=teacher,
+        device=config.device,
+        progress=step,
+    )
+    emit({"event": "gated", **record.to_dict()})
+    strength = channel_ranking(space, gates)
+    choice = fit_widths(space, strength, targets, config.round_to, gates.widths())
+    space.remove(choice.keep)
+    for t in targets:
+        if choice.ratios[t.name] < t.ratio * (1 - config.width_tolerance):
+            warnings.append(
+                f"{t.name} ratio {choice.ratios[t.name]:.4f} is more than "
+                f"{config.width_tolerance:.0%} under its target {t.ratio:.4f} "
+                f"(channel counts are multiples of {config.round_to})"
+            )
+    emit({"event": "selected", "widths": choice.widths, "ratios": choice.ratios})
+    acc_before = evaluate(student, test, config.device).accuracy
+    if config.epochs > 0:
+        finetune(
+            student,
+            teacher,
+            data.train,
+            data.val,
+            config.epochs,
+            lr=config.lr,
+            device=config.device,
+            progress=config.progress_bar,
+        )
+    acc_after = evaluate(student, test, config.device).accuracy if config.epochs else acc_before
+    emit({"event": "finetuned", "accuracy_before": acc_before, "accuracy_after": acc_after})
+
+    step("measuring", 0, 1)
+    base_now_s, measured_s = measure_pair(teacher, student, spec, config)
+    budget_check_s = budget_s
+    if config.budget is not None:
+        budget_check_s = config.budget * base_now_s
+    predicted_s = float(predict(list(map(float, choice.widths.values())))) if predict else 0.0
+    met = budget_check_s == 0.0 or measured_s <= budget_check_s * (1 + config.tolerance)
+    if not met:
+        warnings.append(
+            f"measured latency {measured_s * 1e3:.3f} ms is over the budget "
+            f"{budget_check_s * 1e3:.3f} ms (+{config.tolerance:.0%} tolerance)"
+        )
+    rounds.append(
+        RoundRecord(len(rounds), budget_s, (), predicted_s, acc_before, acc_after, measured_s)
+    )
+    emit({"event": "measured", "latency_s": measured_s, "baseline_s": base_now_s})
+
+    plan = PrunePlan(
+        spec=spec,
+        removed=removed,
+        predicted_latency_s=predicted_s,
+        budget_s=budget_s,
+        batch_size=config.latency_batch_size,
+        method=config.method,
+        channels=dict(choice.widths),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.json"
+    plan_path.write_text(plan.to_json())
+    ckpt = save_checkpoint(
+        out / "pruned.pt",
+        spec,
+        student,
+        plan_json=plan.to_json(),
+        dataset=data.info.name,
+        test_accuracy=acc_after,
+        budget_s=budget_s,
+    )
+    export_path = ""
+    if config.export:
+        from .surgery import export_pruned
+
+        try:
+            export_path = str(
+                export_pruned(student, spec, out / "pruned.pt2", config.latency_batch_size)
+            )
+        except Exception as e:  # export is a convenience: the checkpoint is the artefact
+            warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
+    base_flops, base_params = flops_params(teacher, spec)
+    pr_flops, pr_params = flops_params(student, spec)
+    base_macs, pr_macs = macs(teacher, spec), macs(student, spec)
+    report = PruneReport(
+        model=spec.name,
+        dataset=data.info.name,
+        method=config.method,
+        budget_s=budget_s,
+        budget_check_s=budget_check_s,
+        predicted_latency_s=predicted_s,
+        removed_blocks=tuple(r.name for r in removed),
+        baseline=ModelStats(
+            base_now_s, evaluate(teacher, test, config.device).accuracy, base_flops, base_params
+        ),  # fmt: skip
+        pruned=ModelStats(measured_s, acc_after, pr_flops, pr_params),
+        accuracy_before_finetune=rounds[0].accuracy_before_finetune,
+        speedup=base_now_s / measured_s if measured_s > 0 else float("nan"),
+        budget_met=met,
+        additivity_scale=1.0,
+        scores=(),
+        candidates=(),
+        rounds=tuple(rounds),
+        plan_path=str(plan_path),
+        checkpoint_path=str(ckpt),
+        export_path=export_path,
+        device=device_info(config.device).to_dict(),
+        config=config.to_dict(),
+        seconds=time.perf_counter() - t_start,
+        warnings=tuple(warnings),
+        width={
+            "targets": {t.name: t.ratio for t in targets},
+            "ratios": dict(choice.ratios),
+            "widths": dict(choice.widths),
+            "gates": record.to_dict(),
+            "macs_ratio": pr_macs / base_macs if base_macs else float("nan"),
+            "params_ratio": pr_params / base_params if base_params else float("nan"),
+            **({"depth": depth} if depth else {}),
+        },
+    )
+    (out / "report.json").write_text(report.to_json())
+    emit({"event": "done", "report": str(out / "report.json"), "speedup": report.speedup})
+    return report
+
+
+def macs(model: nn.Module, spec: ModelSpec) -> float:
+    """Multiply-accumulates per image, counted by torch's FLOP counter (independent of HFP's)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(example_input(spec))
+    return counter.get_total_flops() / 2

@@ -1,0 +1,177 @@
+"""Holistic filter pruning: exact size targets, physical removal, rebuild from the plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from profiler import build_model, resolve_spec
+from pruner import BudgetError, PruneConfig, load_pruned, run_pipeline
+from pruner.hfp import ChannelSpace, Gates, channel_ranking, fit_widths, size_targets
+from pruner.plan import PrunePlan
+from pruner.surgery import apply_plan
+
+ZOO = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
+
+
+def counted(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """MACs per image by torch's FLOP counter, and the parameter count: HFP's counter plays no part."""
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.eval()(x)
+    return fc.get_total_flops() / 2, sum(p.numel() for p in model.parameters())
+
+
+def zoo_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    spec = resolve_spec(name)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    return model, torch.randn(spec.input_shape(2))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_cost_model_matches_an_independent_counter(name: str) -> None:
+    model, x = zoo_model(name)
+    space = ChannelSpace(model, x)
+    macs, params = counted(model, x[:1])
+    assert space.base_macs == macs
+    assert space.base_params == params
+    half = [g.size // 2 if g.scales else g.size for g in space.groups]
+    assert 0.2 * macs < float(space.macs(half)) < 0.6 * macs
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize(("macs", "params"), [(0.5, None), (0.3, None), (None, 0.4)])
+def test_exact_targets_after_physical_removal(
+    name: str, macs: float | None, params: float | None
+) -> None:
+    model, x = zoo_model(name)
+    m0, p0 = counted(model, x[:1])
+    space = ChannelSpace(model, x)
+    choice = fit_widths(space, channel_ranking(space), size_targets(space, macs, params), 8)
+    space.remove(choice.keep)
+    m1, p1 = counted(model, x[:1])
+    for target, got in ((macs, m1 / m0), (params, p1 / p0)):
+        if target is not None:
+            assert got <= target + 1e-12
+            assert got >= target * 0.98, f"{got:.4f} is more than 2% under {target}"
+    assert model(x).shape == (2, 10)
+    for g in space.groups:
+        width = model.get_submodule(g.root).out_channels
+        assert width == g.size or width % 8 == 0, (g.root, width)
+
+
+def test_rounding_is_configurable() -> None:
+    model, x = zoo_model("resnet56")
+    space = ChannelSpace(model, x)
+    choice = fit_widths(space, channel_ranking(space), size_targets(space, macs=0.5), 16)
+    assert all(w % 16 == 0 or w == g.size for g, w in zip(space.groups, choice.widths.values()))
+
+
+def test_unreachable_target_is_a_clear_error() -> None:
+    model, x = zoo_model("resnet20")
+    space = ChannelSpace(model, x)
+    with pytest.raises(BudgetError, match=r"narrowest \(8 channels\)"):
+        fit_widths(space, channel_ranking(space), size_targets(space, macs=0.001), 8)
+    with pytest.raises(ValueError, match=r"--target-macs .* in \(0, 1\], got 1.5"):
+        size_targets(space, macs=1.5)
+
+
+def test_closed_channels_are_removed_without_changing_the_output() -> None:
+    model, x = zoo_model("resnet20")
+    # BatchNorm statistics that are not the identity, so every piece matters.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 1.0)
+            m.bias.data.uniform_(-0.2, 0.2)
+    space = ChannelSpace(model, x)
+    gates = Gates(space)
+    for gi, g in enumerate(space.groups):
+        for c in range(0, g.size, 3):  # every third channel of every group
+            gates.close(gi, c)
+    gates.apply()
+    with torch.no_grad():
+        before = model(x)
+    space.remove({g.root: [c for c in range(g.size) if c % 3] for g in space.groups})
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_option_errors_name_the_value() -> None:
+    common = dict(model="resnet20", checkpoint="x.pt", data="digits", out="o")
+    with pytest.raises(ValueError, match="for --method hfp or dbp\\+hfp, not 'dbp'"):
+        PruneConfig(**common, budget=0.5, target_macs=0.5)
+    with pytest.raises(ValueError, match="--target-params is a ratio .* got 0.0"):
+        PruneConfig(**common, method="hfp", target_params=0.0)
+    with pytest.raises(ValueError, match="dbp\\+hfp needs --budget"):
+        PruneConfig(**common, method="dbp+hfp", budget_ms=3.0)
+    PruneConfig(**common, method="hfp", target_macs=0.5)  # no latency budget needed
+
+
+@pytest.fixture(scope="module")
+def digits_resnet20(tmp_path_factory):
+    from pruner import cached_baseline
+
+    return cached_baseline(
+        "resnet20", "digits", 3, cache_dir=tmp_path_factory.mktemp("ckpt"), progress=False
+    )
+
+
+def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20) -> None:
+    report = run_pipeline(
+        PruneConfig(
+            model="resnet20",
+            checkpoint=str(digits_resnet20),
+            data="digits",
+            out=str(tmp_path / "hfp"),
+            method="hfp",
+            target_macs=0.5,
+            epochs=1,
+            timing_budget_s=0.5,
+            table="",
+            export=False,
+        )
+    )
+    assert report.width["targets"] == {"macs": 0.5}
+    assert 0.49 <= report.width["macs_ratio"] <= 0.5
+    assert report.width["ratios"]["macs"] == pytest.approx(report.width["macs_ratio"])
+    model = load_pruned(report.checkpoint_path)
+    plan = PrunePlan.from_json((tmp_path / "hfp" / "plan.json").read_text())
+    assert plan.method == "hfp" and plan.channels == report.width["widths"]
+    spec = plan.spec
+    x = torch.randn(spec.input_shape(4))
+    base = apply_plan(build_model(spec), PrunePlan(spec))
+    macs, _ = counted(model, x[:1])
+    macs0, _ = counted(base, x[:1])
+    assert macs / macs0 == pytest.approx(report.width["macs_ratio"])
+    assert report.pruned.accuracy > 0.5  # digits: 10 classes, chance is 0.1
+
+
+def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
+    report = run_pipeline(
+        PruneConfig(
+            model="resnet20",
+            checkpoint=str(digits_resnet20),
+            data="digits",
+            out=str(tmp_path / "both"),
+            method="dbp+hfp",
+            budget=0.6,
+            epochs=1,
+            timing_budget_s=0.5,
+            table=str(tmp_path / "lut.sqlite"),
+            export=False,
+            calibration_samples=300,
+            heldout_samples=100,
+        )
+    )
+    plan = PrunePlan.from_json((tmp_path / "both" / "plan.json").read_text())
+    assert plan.method == "dbp+hfp" and plan.removed and plan.channels
+    assert report.removed_blocks == plan.removed_names
+    depth = report.width["depth"]
+    assert depth["budget"] * depth["width_ratio"] == pytest.approx(0.6)
+    model = load_pruned(report.checkpoint_path)  # blocks removed, then groups thinned
+    x = torch.randn(plan.spec.input_shape(2))
+    assert model(x).shape == (2, 10)
