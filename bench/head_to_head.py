@@ -1,0 +1,206 @@
+"""Block pruning against filter pruning on one machine, in one run.
+
+    python bench/head_to_head.py [--levels 0.7 0.5 0.35] [--epochs 1] [--limit 3000]
+
+On Fashion-MNIST with the cached resnet56 baseline, for each level:
+- dbp: blocks removed to that fraction of the batch-1 latency;
+- hfp: filters removed to that ratio of the MACs;
+- tp-magnitude: Torch-Pruning's MagnitudePruner (L1 group importance, channels
+  rounded to 8), its pruning ratio bisected to the MACs HFP reached;
+- dbp+hfp: blocks then filters, to that fraction of the latency;
+all fine-tuned the same way (KD from the baseline, same epochs and data). For
+each: accuracy, MACs and parameter ratios (torch's FLOP counter), and the
+speed-up measured on this CPU at batch 1 and 16 (baseline and pruned timed
+interleaved). Writes bench/results/head_to_head.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from profiler import TimingOptions, device_info, load_model, measure, retain_freed_memory
+from pruner import PruneConfig, cached_baseline, evaluate, finetune, load_data, run_pipeline
+from pruner.hfp_pipeline import macs
+from pruner.pipeline import first_samples
+from pruner.plan import PrunePlan
+from pruner.surgery import apply_plan, example_input, load_pruned
+
+OUT = Path("bench/results")
+
+
+def speedups(base: torch.nn.Module, pruned: torch.nn.Module, spec, batches, budget_s: float):
+    out = {}
+    for b in batches:
+        x = torch.randn(spec.input_shape(b), generator=torch.Generator().manual_seed(0))
+        a, p = copy.deepcopy(base).eval(), copy.deepcopy(pruned).eval()
+        ma, mp = measure(
+            [lambda a=a, x=x: a(x), lambda p=p, x=x: p(x)], "cpu", TimingOptions(budget_s=budget_s),
+            device_info("cpu").fingerprint,
+        )  # fmt: skip
+        out[b] = {"base_s": ma.median_s, "pruned_s": mp.median_s, "speedup": ma.median_s / mp.median_s}
+    return out
+
+
+def tp_magnitude(teacher, spec, target_macs: float, round_to: int = 8):
+    """Torch-Pruning's magnitude pruner, ratio bisected so MACs land at ``target_macs``."""
+    import torch_pruning as tp
+
+    x = example_input(spec)
+    base_macs = macs(teacher, spec)
+
+    def prune(ratio: float):
+        model = apply_plan(teacher, PrunePlan(spec))
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        pruner = tp.pruner.MagnitudePruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio, ignored_layers=[head], round_to=round_to,
+        )  # fmt: skip
+        pruner.step()
+        return model, macs(model, spec) / base_macs
+
+    lo, hi = 0.0, 0.95
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        model, r = prune(mid)
+        if best is None or abs(r - target_macs) < abs(best[1] - target_macs):
+            best = (model, r, mid)
+        if r > target_macs:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--levels", nargs="+", type=float, default=[0.7, 0.5, 0.35])
+    ap.add_argument("--methods", nargs="+", default=["dbp", "hfp", "tp-magnitude", "dbp+hfp"])
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--test-samples", type=int, default=1500)
+    ap.add_argument("--timing-budget", type=float, default=4.0)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/prunerd-h2h"))
+    args = ap.parse_args()
+    retain_freed_memory()
+    torch.manual_seed(0)
+    t0 = time.time()
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    ckpt = cached_baseline("resnet56", "fashion-mnist", 6, lr=0.05, limit=8000)
+    teacher = load_model("resnet56", checkpoint=ckpt).eval()
+    spec = read_spec(ckpt)
+    data = load_data("fashion-mnist", batch_size=128, seed=0, limit=args.limit)
+    test = first_samples(data.test, args.test_samples)
+    base_acc = evaluate(teacher, test).accuracy
+    rows: list[dict] = []
+    hfp_macs: dict[float, float] = {}
+    common = dict(
+        model="resnet56", checkpoint=str(ckpt), data="fashion-mnist", epochs=args.epochs,
+        limit=args.limit, test_samples=args.test_samples, timing_budget_s=args.timing_budget,
+        calibration_samples=1000, heldout_samples=500, export=False,
+    )  # fmt: skip
+    for level in args.levels:
+        for method in args.methods:
+            t = time.time()
+            print(f"== {method} at {level}", flush=True)
+            if method == "tp-magnitude":
+                target = hfp_macs.get(level, level)
+                model, ratio, pr = tp_magnitude(teacher, spec, target)
+                acc_before = evaluate(model, test).accuracy
+                finetune(model, teacher, data.train, data.val, args.epochs, progress=False)
+                acc = evaluate(model, test).accuracy
+                note = f"pruning_ratio {pr:.3f}"
+            else:
+                kw = {"target_macs": level} if method == "hfp" else {"budget": level}
+                out = args.work / f"{method}_{level}"
+                report = run_pipeline(PruneConfig(out=str(out), method=method, **common, **kw))
+                model = load_pruned(report.checkpoint_path)
+                acc, acc_before = report.pruned.accuracy, report.accuracy_before_finetune
+                note = "; ".join(report.warnings)
+                if method == "hfp":
+                    hfp_macs[level] = report.width["macs_ratio"]
+            ratio = macs(model, spec) / macs(teacher, spec)
+            params = sum(p.numel() for p in model.parameters()) / sum(
+                p.numel() for p in teacher.parameters()
+            )
+            sp = speedups(teacher, model, spec, args.batches, args.timing_budget)
+            row = {
+                "method": method, "level": level, "accuracy": acc, "accuracy_before_ft": acc_before,
+                "macs_ratio": ratio, "params_ratio": params,
+                **{f"speedup_b{b}": sp[b]["speedup"] for b in args.batches},
+                **{f"latency_b{b}_ms": sp[b]["pruned_s"] * 1e3 for b in args.batches},
+                "seconds": time.time() - t, "note": note,
+            }  # fmt: skip
+            print(row, flush=True)
+            rows.append(row)
+            (OUT / "head_to_head.json").write_text(json.dumps({"baseline_accuracy": base_acc, "rows": rows}, indent=1))
+    write(args, rows, base_acc, load_before, time.time() - t0)
+    return 0
+
+
+def read_spec(ckpt):
+    from profiler import read_checkpoint
+
+    return read_checkpoint(ckpt).spec
+
+
+def write(args, rows, base_acc, load_before, seconds) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.batches), figsize=(6 * len(args.batches), 4.5))
+    markers = {"dbp": "o", "hfp": "s", "tp-magnitude": "^", "dbp+hfp": "D"}
+    for ax, b in zip(axes, args.batches):
+        for m in args.methods:
+            pts = sorted((r[f"speedup_b{b}"], r["accuracy"]) for r in rows if r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), marker=markers.get(m, "x"), label=m)
+        ax.axhline(base_acc, color="grey", ls="--", lw=0.8, label="baseline")
+        ax.set_xlabel(f"measured speed-up, CPU batch {b}")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("resnet56 on Fashion-MNIST: block vs filter pruning")
+    fig.tight_layout()
+    fig.savefig(OUT / "head_to_head.png", dpi=110)
+    info = device_info("cpu")
+    lines = [
+        "# Block pruning vs filter pruning, resnet56 on Fashion-MNIST, CPU",
+        "",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {info.name}, {info.threads} threads, torch {torch.__version__}, "
+        f"heap policy {info.details['allocator']}, {platform.platform()}",
+        f"- load before: `{load_before}`; wall time {seconds / 60:.1f} min",
+        f"- baseline accuracy (first {args.test_samples} test images): {base_acc:.4f}; "
+        f"fine-tuning {args.epochs} epoch(s) of KD on {args.limit} train images for every method",
+        "",
+        "| method | level | accuracy | before FT | MACs | params | speed-up b1 | speed-up b16 | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['level']} | {r['accuracy']:.4f} | {r['accuracy_before_ft']:.4f} | "
+            f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
+            + " | ".join(f"{r.get(f'speedup_b{b}', float('nan')):.2f}x" for b in args.batches)
+            + f" | {r['note'][:120]} |"
+        )
+    lines += ["", "![accuracy vs speed-up](head_to_head.png)", ""]
+    (OUT / "head_to_head.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
