@@ -576,16 +576,18 @@ def fit_widths(
             break
         best_sf, pick = shortfall(now) - 1e-9, None
         for gi in range(len(allowed)):
-            down = step(n, gi, -1)
-            if down is None:
-                continue
-            # One step up elsewhere, or whatever the greedy fill adds back after the step down.
-            ups = [step(down, gj, +1) if gj != gi else None for gj in range(len(allowed))]
-            for trial in [*ups, grow(down)]:
-                if trial is None or trial[gi] >= n[gi] or not fits(after := costs(trial)):
-                    continue
-                if (sf := shortfall(after)) < best_sf:
-                    best_sf, pick = sf, trial
+            down: list[float] | None = n
+            for depth in range(3):  # up to three steps down in one group...
+                down = step(down, gi, -1)
+                if down is None:
+                    break
+                # ...for one step up elsewhere, or whatever the greedy fill adds back.
+                ups = [step(down, gj, +1) if gj != gi else None for gj in range(len(allowed))]
+                for trial in [*ups, grow(down) if depth == 0 else None]:
+                    if trial is None or trial[gi] >= n[gi] or not fits(after := costs(trial)):
+                        continue
+                    if (sf := shortfall(after)) < best_sf:
+                        best_sf, pick = sf, trial
         if pick is None:
             break
         n = grow(pick)
