@@ -33,7 +33,16 @@ from profiler import (
 
 from .data import load_data
 from .finetune import finetune
-from .hfp import ChannelSpace, Gates, Target, channel_ranking, fit_widths, size_targets, train_gates
+from .hfp import (
+    ChannelSpace,
+    GateRecord,
+    Gates,
+    Target,
+    channel_ranking,
+    fit_widths,
+    size_targets,
+    train_gates,
+)
 from .pipeline import (
     EventFn,
     ModelStats,
@@ -179,7 +188,9 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
                 "width_layers": len(predict.layers),
             }
         )
-    if not targets:
+    if not targets and config.method == "dbp+hfp":
+        warnings.append("the block pass met the budget on its own: no channels removed")
+    elif not targets:
         raise BudgetError(
             "nothing to prune to: give --target-macs and/or --target-params (ratios in (0, 1]) "
             "or a latency budget below the model's latency"
@@ -187,18 +198,20 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
 
     # Gates, trained toward the targets; then exact widths, folded gates, physical removal.
     gates = Gates(space)
-    record = train_gates(
-        student,
-        gates,
-        targets,
-        data.train,
-        epochs=config.sparsity_epochs,
-        lr=config.lr,
-        round_to=config.round_to,
-        teacher=teacher,
-        device=config.device,
-        progress=step,
-    )
+    record = GateRecord(0, {}, 0, int(sum(gates.widths())))
+    if targets:
+        record = train_gates(
+            student,
+            gates,
+            targets,
+            data.train,
+            epochs=config.sparsity_epochs,
+            lr=config.lr,
+            round_to=config.round_to,
+            teacher=teacher,
+            device=config.device,
+            progress=step,
+        )
     emit({"event": "gated", **record.to_dict()})
     strength = channel_ranking(space, gates)
     choice = fit_widths(space, strength, targets, config.round_to, gates.widths())
