@@ -114,13 +114,16 @@ class ChannelSpace:
         tp = _tp()
         self.model = model
         self.input_shape = tuple(example[:1].shape)
+        self.input_hw: dict[str, tuple[int, int]] = {}  # each conv's input (H, W)
         names = {m: n for n, m in model.named_modules()}
         order: list[nn.Module] = []
         pixels: dict[nn.Module, int] = {}
 
-        def record(m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        def record(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             order.append(m)
             pixels[m] = int(out[0, 0].numel()) if out.dim() == 4 else 1
+            if out.dim() == 4:
+                self.input_hw[names[m]] = (int(inp[0].shape[-2]), int(inp[0].shape[-1]))
 
         hooks = [
             m.register_forward_hook(record)
@@ -502,6 +505,22 @@ def fit_widths(
     def costs(m: list[float]) -> list[float]:
         return [tg.ratio_at(m) for tg in targets]
 
+    def fits(c: list[float]) -> bool:
+        return all(c[i] <= tg.ratio for i, tg in enumerate(targets))
+
+    def shortfall(c: list[float]) -> float:
+        return sum((tg.ratio - c[i]) / tg.ratio for i, tg in enumerate(targets))
+
+    def step(m: list[float], gi: int, d: int) -> list[float] | None:
+        """``m`` with group ``gi`` moved ``d`` allowed widths; None past either end."""
+        a = allowed[gi]
+        idx = a.index(int(m[gi])) + d
+        if not 0 <= idx < len(a):
+            return None
+        out = list(m)
+        out[gi] = float(a[idx])
+        return out
+
     # Shrink until every target holds.
     while True:
         now = costs(n)
@@ -510,45 +529,25 @@ def fit_widths(
             break
         # Best strength lost per cost saved; but when some step alone brings every target
         # under, take the one of those that loses least, so a big last step cannot overshoot.
-        best, best_gi, best_k = math.inf, -1, 0
-        final, final_gi, final_k = math.inf, -1, 0
-        for gi, a in enumerate(allowed):
-            k = int(n[gi])
-            idx = a.index(k)
-            if idx == 0:
+        best, best_pick = math.inf, None
+        final, final_pick = math.inf, None
+        for gi in range(len(allowed)):
+            trial = step(n, gi, -1)
+            if trial is None:
                 continue
-            k2 = a[idx - 1]
-            trial = list(n)
-            trial[gi] = k2
             after = costs(trial)
             saved = sum(now[i] - after[i] for i in over)
             if saved <= 0:
                 continue
-            lost = step_value(gi, k2, k)
+            lost = step_value(gi, int(trial[gi]), int(n[gi]))
             if lost / saved < best:
-                best, best_gi, best_k = lost / saved, gi, k2
-            if all(after[i] <= tg.ratio for i, tg in enumerate(targets)) and lost < final:
-                final, final_gi, final_k = lost, gi, k2
-        if final_gi >= 0:
-            best_gi, best_k = final_gi, final_k
-        if best_gi < 0:
+                best, best_pick = lost / saved, trial
+            if fits(after) and lost < final:
+                final, final_pick = lost, trial
+        pick = final_pick or best_pick
+        if pick is None:
             raise BudgetError(f"cannot meet targets {[(t.name, t.ratio) for t in targets]}")
-        n[best_gi] = best_k
-
-    def fits(c: list[float]) -> bool:
-        return all(c[i] <= tg.ratio for i, tg in enumerate(targets))
-
-    def shortfall(c: list[float]) -> float:
-        return sum((tg.ratio - c[i]) / tg.ratio for i, tg in enumerate(targets))
-
-    def step(m: list[float], gi: int, d: int) -> list[float] | None:
-        a = allowed[gi]
-        idx = a.index(int(m[gi])) + d
-        if not 0 <= idx < len(a):
-            return None
-        out = list(m)
-        out[gi] = float(a[idx])
-        return out
+        n = pick
 
     def grow(m: list[float]) -> list[float]:
         """Add back what fits, strongest channels per unit of cost first."""

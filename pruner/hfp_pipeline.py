@@ -28,7 +28,6 @@ from profiler import (
     device_info,
     load_model,
     read_checkpoint,
-    save_checkpoint,
 )
 
 from .data import load_data
@@ -55,6 +54,8 @@ from .pipeline import (
     first_samples,
     flops_params,
     measure_pair,
+    torch_threads,
+    write_artefacts,
 )
 from .plan import PrunePlan, RemovedBlock
 from .select import BudgetError
@@ -78,23 +79,19 @@ def _width_model(space: ChannelSpace, base_s: float, config: PruneConfig, step: 
     from .width_latency import measure_width_latency
 
     table = LatencyTable(config.table) if config.table != "" else None
-    threads = config.latency_threads or config.threads
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        return measure_width_latency(
-            space,
-            base_s,
-            batch_size=config.latency_batch_size,
-            round_to=config.round_to,
-            device=config.device,
-            options=TimingOptions(budget_s=config.timing_budget_s),
-            table=table,
-            progress=step,
-        )
+        with torch_threads(config.latency_threads or config.threads):
+            return measure_width_latency(
+                space,
+                base_s,
+                batch_size=config.latency_batch_size,
+                round_to=config.round_to,
+                device=config.device,
+                options=TimingOptions(budget_s=config.timing_budget_s),
+                table=table,
+                progress=step,
+            )
     finally:
-        torch.set_num_threads(previous)
         if table is not None:
             table.close()
 
@@ -265,28 +262,9 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
         method=config.method,
         channels=dict(choice.widths),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    plan_path = out / "plan.json"
-    plan_path.write_text(plan.to_json())
-    ckpt = save_checkpoint(
-        out / "pruned.pt",
-        spec,
-        student,
-        plan_json=plan.to_json(),
-        dataset=data.info.name,
-        test_accuracy=acc_after,
-        budget_s=budget_s,
+    plan_path, ckpt, export_path = write_artefacts(
+        out, plan, student, data.info.name, acc_after, config, warnings
     )
-    export_path = ""
-    if config.export:
-        from .surgery import export_pruned
-
-        try:
-            export_path = str(
-                export_pruned(student, spec, out / "pruned.pt2", config.latency_batch_size)
-            )
-        except Exception as e:  # export is a convenience: the checkpoint is the artefact
-            warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
     base_flops, base_params = flops_params(teacher, spec)
     pr_flops, pr_params = flops_params(student, spec)
     base_macs, pr_macs = macs(teacher, spec), macs(student, spec)

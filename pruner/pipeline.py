@@ -13,11 +13,12 @@ end-to-end seconds, the unit of the budget.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,18 @@ def _select(
     )
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (unchanged when None); restore them after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure_pair(
     a: nn.Module, b: nn.Module, spec: ModelSpec, config: PruneConfig
 ) -> tuple[float, float]:
@@ -428,15 +441,46 @@ def measure_pair(
     x = x.to(dev)
     a, b = copy.deepcopy(a).to(dev).eval(), copy.deepcopy(b).to(dev).eval()
     opts = TimingOptions(budget_s=config.timing_budget_s)
-    previous = torch.get_num_threads()
-    threads = config.latency_threads or config.threads
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(config.latency_threads or config.threads):
         ma, mb = measure([lambda: a(x), lambda: b(x)], dev, opts, device_info(dev).fingerprint)
-    finally:
-        torch.set_num_threads(previous)
     return ma.median_s, mb.median_s
+
+
+def write_artefacts(
+    out: Path,
+    plan: PrunePlan,
+    student: nn.Module,
+    dataset: str,
+    test_accuracy: float,
+    config: PruneConfig,
+    warnings: list[str],
+) -> tuple[Path, Path, str]:
+    """Write ``plan.json``, ``pruned.pt`` (spec, plan, state_dict) and, when ``config.export``,
+    ``pruned.pt2`` into ``out``; their paths ("" when not exported). A failed export is a
+    warning appended to ``warnings``: the checkpoint is the artefact."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.json"
+    plan_path.write_text(plan.to_json())
+    ckpt = save_checkpoint(
+        out / "pruned.pt",
+        plan.spec,
+        student,
+        plan_json=plan.to_json(),
+        dataset=dataset,
+        test_accuracy=test_accuracy,
+        budget_s=plan.budget_s,
+    )
+    export_path = ""
+    if config.export:
+        from .surgery import export_pruned
+
+        try:
+            export_path = str(
+                export_pruned(student, plan.spec, out / "pruned.pt2", config.latency_batch_size)
+            )
+        except Exception as e:  # export is a convenience: the checkpoint is the artefact
+            warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
+    return plan_path, ckpt, export_path
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -456,17 +500,12 @@ def run_pipeline(
     t_start = time.perf_counter()
     emit = on_event or (lambda e: None)
     step = progress or (lambda what, done, total: None)
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         if config.method in WIDTH_METHODS:
             from .hfp_pipeline import run_width
 
             return run_width(config, step, emit, t_start)
         return _run(config, step, emit, t_start)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
@@ -663,29 +702,10 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
         batch_size=config.latency_batch_size,
         method=config.method,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    plan_path = out / "plan.json"
-    plan_path.write_text(plan.to_json())
     test_after = rounds[-1].accuracy_after_finetune
-    ckpt = save_checkpoint(
-        out / "pruned.pt",
-        spec,
-        student,
-        plan_json=plan.to_json(),
-        dataset=data.info.name,
-        test_accuracy=test_after,
-        budget_s=budget_s,
+    plan_path, ckpt, export_path = write_artefacts(
+        out, plan, student, data.info.name, test_after, config, warnings
     )
-    export_path = ""
-    if config.export:
-        from .surgery import export_pruned
-
-        try:
-            export_path = str(
-                export_pruned(student, spec, out / "pruned.pt2", config.latency_batch_size)
-            )
-        except Exception as e:  # export is a convenience: the checkpoint is the artefact
-            warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
     base_flops, base_params = flops_params(teacher, spec)
     pr_flops, pr_params = flops_params(student, spec)
     base_acc = evaluate(teacher, test, config.device).accuracy

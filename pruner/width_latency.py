@@ -90,23 +90,6 @@ class WidthLatency:
         return self.base_s + self._sum(n) - self._full_sum  # type: ignore[attr-defined]
 
 
-def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    names = {m: n for n, m in model.named_modules()}
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(m: nn.Module, inp: tuple, _out: object) -> None:
-        shapes[names[m]] = tuple(inp[0].shape)
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
 def _piece(conv: nn.Conv2d, cin: int, cout: int) -> nn.Module:
     depthwise = conv.groups > 1 and conv.groups == conv.out_channels
     groups = cout if depthwise else conv.groups
@@ -136,8 +119,6 @@ def measure_width_latency(
     """Time every prunable conv of ``space.model`` at a grid of widths; ``base_s`` is the model's
     measured latency (seconds per batch of ``batch_size``) at full width."""
     dev = torch.device(device)
-    example = torch.zeros(1, *_input_shape(space))
-    shapes = _shapes(space.model, example)
     fp = device_info(dev).fingerprint
     todo: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     cells: list[tuple[CostLayer, tuple[int, ...], tuple[int, ...], list[list[str]]]] = []
@@ -146,7 +127,7 @@ def measure_width_latency(
         if layer.kind != "conv" or (layer.in_group < 0 and layer.out_group < 0):
             continue
         conv = space.model.get_submodule(layer.name)
-        _, _, h, w = shapes[layer.name]
+        h, w = space.input_hw[layer.name]
         out_grid = _grid(layer.out_channels, layer.out_group < 0, round_to)
         in_grid = (
             out_grid if layer.depthwise else _grid(layer.in_channels, layer.in_group < 0, round_to)
@@ -181,10 +162,6 @@ def measure_width_latency(
         for layer, ig, og, keys in cells
     )
     return WidthLatency(layers, float(base_s), tuple(float(g.size) for g in space.groups))
-
-
-def _input_shape(space: ChannelSpace) -> tuple[int, ...]:
-    return space.input_shape[1:]
 
 
 def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
