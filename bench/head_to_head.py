@@ -28,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from profiler import TimingOptions, device_info, load_model, measure, retain_freed_memory
+from profiler import (
+    TimingOptions,
+    device_info,
+    load_model,
+    measure,
+    read_checkpoint,
+    retain_freed_memory,
+)
 from pruner import PruneConfig, cached_baseline, evaluate, finetune, load_data, run_pipeline
 from pruner.hfp_pipeline import macs
 from pruner.pipeline import first_samples
@@ -47,7 +54,11 @@ def speedups(base: torch.nn.Module, pruned: torch.nn.Module, spec, batches, budg
             [lambda a=a, x=x: a(x), lambda p=p, x=x: p(x)], "cpu", TimingOptions(budget_s=budget_s),
             device_info("cpu").fingerprint,
         )  # fmt: skip
-        out[b] = {"base_s": ma.median_s, "pruned_s": mp.median_s, "speedup": ma.median_s / mp.median_s}
+        out[b] = {
+            "base_s": ma.median_s,
+            "pruned_s": mp.median_s,
+            "speedup": ma.median_s / mp.median_s,
+        }
     return out
 
 
@@ -99,7 +110,7 @@ def main() -> int:
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     ckpt = cached_baseline("resnet56", "fashion-mnist", 6, lr=0.05, limit=8000)
     teacher = load_model("resnet56", checkpoint=ckpt).eval()
-    spec = read_spec(ckpt)
+    spec = read_checkpoint(ckpt).spec
     data = load_data("fashion-mnist", batch_size=128, seed=0, limit=args.limit)
     test = first_samples(data.test, args.test_samples)
     base_acc = evaluate(teacher, test).accuracy
@@ -144,15 +155,11 @@ def main() -> int:
             }  # fmt: skip
             print(row, flush=True)
             rows.append(row)
-            (OUT / "head_to_head.json").write_text(json.dumps({"baseline_accuracy": base_acc, "rows": rows}, indent=1))
+            (OUT / "head_to_head.json").write_text(
+                json.dumps({"baseline_accuracy": base_acc, "rows": rows}, indent=1)
+            )
     write(args, rows, base_acc, load_before, time.time() - t0)
     return 0
-
-
-def read_spec(ckpt):
-    from profiler import read_checkpoint
-
-    return read_checkpoint(ckpt).spec
 
 
 def write(args, rows, base_acc, load_before, seconds) -> None:

@@ -34,6 +34,9 @@ RETAIN_ENV = {
     "MALLOC_TOP_PAD_": str(_TOP_PAD),
 }
 
+#: Set to "1" to keep the C library's default policy (``prunerd --system-malloc`` sets it).
+OPT_OUT_ENV = "PRUNERD_SYSTEM_MALLOC"
+
 _retained = False
 
 
@@ -50,12 +53,15 @@ def retain_freed_memory() -> bool:
     """Make this process's glibc malloc keep freed memory for reuse (see the module docstring).
 
     Returns True when the policy is in force, False where there is no glibc
-    (another C library, or an allocator preloaded in its place) and nothing
-    was changed. Safe to call more than once.
+    (another C library, or an allocator preloaded in its place) or the
+    environment opts out (:data:`OPT_OUT_ENV` = "1") and nothing was changed.
+    Safe to call more than once.
     """
     global _retained
     if _retained:
         return True
+    if os.environ.get(OPT_OUT_ENV) == "1":
+        return False
     if _preloaded():
         return False
     libc = _glibc()

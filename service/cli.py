@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.system_malloc:
-        os.environ["PRUNERD_SYSTEM_MALLOC"] = "1"  # daemon workers inherit it
-    elif args.command in TIMING_COMMANDS and os.environ.get("PRUNERD_SYSTEM_MALLOC") != "1":
+        os.environ["PRUNERD_SYSTEM_MALLOC"] = (
+            "1"  # profiler.allocator.OPT_OUT_ENV; workers inherit it
+        )
+    if args.command in TIMING_COMMANDS:
         from profiler import retain_freed_memory
 
         retain_freed_memory()

@@ -359,10 +359,9 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
     # Ctrl-C in a terminal signals the whole process group; the daemon decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    if os.environ.get("PRUNERD_SYSTEM_MALLOC") != "1":
-        from profiler import retain_freed_memory  # same heap policy as `prunerd profile`
+    from profiler import retain_freed_memory  # same heap policy as `prunerd profile`
 
-        retain_freed_memory()
+    retain_freed_memory()
     ctx = JobContext(conn, Path(state_dir))
     try:
         result = JOB_KINDS[kind].run(json.loads(params_json), ctx)
