@@ -33,6 +33,7 @@ from profiler import (
     measure,
     profile_model,
     read_checkpoint,
+    retain_freed_memory,
 )
 from pruner import PrunePlan, RemovedBlock, apply_plan, cached_baseline
 from pruner.pipeline import PruneConfig, candidates_from_profile, run_pipeline
@@ -58,8 +59,8 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="train and test samples for pruning and fine-tuning (default: --limit)",
     )
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs")
-    p.add_argument("--test-samples", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    p.add_argument("--test-samples", type=int, default=1500)
     p.add_argument("--calibration-samples", type=int, default=1000)
     p.add_argument("--heldout-samples", type=int, default=500)
     p.add_argument("--latency-threads", type=int, default=1)
@@ -139,6 +140,7 @@ def prediction_study(ckpt: str, args: argparse.Namespace, log: list[str]) -> lis
 def main() -> None:
     args = parse_args()
     args.limit = args.limit or None  # 0: the whole dataset
+    retain_freed_memory()  # as the prunerd command does
     started = time.time()
     if args.table is None:
         # A fresh table: pieces timed under other loads on other days must not mix in.
@@ -214,7 +216,8 @@ def write(args, info, ckpt, meta, baseline_s, runs, rows, load_before, started) 
         f"- command: `{cmd}`",
         f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
         f"- machine: {info.name}, {os.cpu_count()} logical cores, latency threads "
-        f"{args.latency_threads}, torch {torch.__version__}, {platform.platform()}",
+        f"{args.latency_threads}, torch {torch.__version__}, heap policy "
+        f"{info.details['allocator']}, {platform.platform()}",
         f"- load before: `{load_before}`; after: `{uptime()}` (shared machine: other jobs ran)",
         f"- total wall time: {(time.time() - started) / 60:.1f} min",
         "",

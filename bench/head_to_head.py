@@ -107,7 +107,18 @@ def main() -> int:
     ap.add_argument("--timing-budget", type=float, default=4.0)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--work", type=Path, default=Path("/tmp/prunerd-h2h"))
+    ap.add_argument(
+        "--report-only", action="store_true",
+        help="rewrite the .md and .png from bench/results/head_to_head.json without running",
+    )  # fmt: skip
+    ap.add_argument(
+        "--merge", action="store_true",
+        help="replace only the rows of the levels and methods given in head_to_head.json",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.report_only:
+        write(args, json.loads((OUT / "head_to_head.json").read_text()))
+        return 0
     retain_freed_memory()
     torch.manual_seed(0)
     t0 = time.time()
@@ -119,6 +130,18 @@ def main() -> int:
     test = first_samples(data.test, args.test_samples)
     base_acc = evaluate(teacher, test).accuracy
     rows: list[dict] = []
+    this = {
+        "command": f"python {' '.join(sys.argv)}",
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "load_before": load_before,
+    }
+    run = {**this, "baseline_accuracy": base_acc, "rows": rows}
+    if args.merge:
+        run = json.loads((OUT / "head_to_head.json").read_text())
+        redo = {(m, lv) for m in args.methods for lv in args.levels}
+        run["rows"] = rows = [r for r in run["rows"] if (r["method"], r["level"]) not in redo]
+        run.setdefault("reruns", []).append(this)
+        t0 -= run["minutes"] * 60
     hfp_macs: dict[float, float] = {}
     common = dict(
         model="resnet56", checkpoint=str(ckpt), data="fashion-mnist", epochs=args.epochs,
@@ -159,14 +182,34 @@ def main() -> int:
             }  # fmt: skip
             print(row, flush=True)
             rows.append(row)
-            (OUT / "head_to_head.json").write_text(
-                json.dumps({"baseline_accuracy": base_acc, "rows": rows}, indent=1)
-            )
-    write(args, rows, base_acc, load_before, time.time() - t0)
+            run["minutes"] = (time.time() - t0) / 60
+            (OUT / "head_to_head.json").write_text(json.dumps(run, indent=1))
+    write(args, run)
     return 0
 
 
-def write(args, rows, base_acc, load_before, seconds) -> None:
+def at_equal_accuracy(rows: list[dict], batch: int, within: float = 0.003) -> list[dict]:
+    """For each filter-pruning row, the fastest block-pruning row no less accurate.
+
+    "No less accurate" allows ``within`` (0.3 points) below the filter row's
+    accuracy; ratio is that DBP row's speed-up over the filter row's.
+    """
+    key = f"speedup_b{batch}"
+    dbp = [r for r in rows if r["method"] == "dbp"]
+    out = []
+    for f in (r for r in rows if r["method"] in ("hfp", "tp-magnitude")):
+        ok = [d for d in dbp if d["accuracy"] >= f["accuracy"] - within]
+        best = max(ok, key=lambda d: d[key], default=None)
+        out.append(
+            {"filter": f, "dbp": best, "ratio": best[key] / f[key] if best else float("nan")}
+        )
+    return out
+
+
+def write(args, run: dict) -> None:
+    order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp"]
+    rows = sorted(run["rows"], key=lambda r: (-r["level"], order.index(r["method"])))
+    base_acc = run["baseline_accuracy"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,11 +234,15 @@ def write(args, rows, base_acc, load_before, seconds) -> None:
     lines = [
         "# Block pruning vs filter pruning, resnet56 on Fashion-MNIST, CPU",
         "",
-        f"- command: `python {' '.join(sys.argv)}`",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- command: `{run['command']}`",
+        f"- date: {run['date']}",
         f"- machine: {info.name}, {info.threads} threads, torch {torch.__version__}, "
         f"heap policy {info.details['allocator']}, {platform.platform()}",
-        f"- load before: `{load_before}`; wall time {seconds / 60:.1f} min",
+        f"- load before: `{run['load_before']}`; wall time {run['minutes']:.1f} min",
+        *(
+            f"- rows re-run by `{r['command']}` on {r['date']} (load before `{r['load_before']}`)"
+            for r in run.get("reruns", [])
+        ),
         f"- baseline accuracy (first {args.test_samples} test images): {base_acc:.4f}; "
         f"fine-tuning {args.epochs} epoch(s) of KD on {args.limit} train images for every method",
         "",
@@ -209,6 +256,35 @@ def write(args, rows, base_acc, load_before, seconds) -> None:
             + " | ".join(f"{r.get(f'speedup_b{b}', float('nan')):.2f}x" for b in args.batches)
             + f" | {r['note'][:120]} |"
         )
+    lines += [
+        "",
+        "Speed-ups are medians of the pruned model timed interleaved with the baseline, "
+        f"{torch.get_num_threads()} threads. MACs and parameters are counted by torch's "
+        "FlopCounterMode on the pruned model, independently of HFP's own counter.",
+        "",
+        "## At equal accuracy",
+        "",
+        "For each filter-pruned model, the fastest DBP model whose accuracy is at most "
+        "0.3 points lower (or higher), and how much faster it is:",
+        "",
+        "| filter method | level | accuracy | speed-up | DBP level | DBP accuracy | DBP speed-up "
+        "| DBP / filter |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in args.batches:
+        key = f"speedup_b{b}"
+        for c in at_equal_accuracy(rows, b):
+            f, d = c["filter"], c["dbp"]
+            dbp_cells = (
+                f"{d['level']} | {d['accuracy']:.4f} | {d[key]:.2f}x | **{c['ratio']:.2f}x**"
+                if d
+                else "none as accurate | | |"
+            )
+            lines.append(
+                f"| {f['method']} (b{b}) | {f['level']} | {f['accuracy']:.4f} | {f[key]:.2f}x | "
+                + dbp_cells
+                + " |"
+            )
     lines += ["", "![accuracy vs speed-up](head_to_head.png)", ""]
     (OUT / "head_to_head.md").write_text("\n".join(lines))
 

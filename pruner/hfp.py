@@ -521,33 +521,38 @@ def fit_widths(
         out[gi] = float(a[idx])
         return out
 
-    # Shrink until every target holds.
-    while True:
-        now = costs(n)
-        over = [i for i, tg in enumerate(targets) if now[i] > tg.ratio]
-        if not over:
-            break
-        # Best strength lost per cost saved; but when some step alone brings every target
-        # under, take the one of those that loses least, so a big last step cannot overshoot.
-        best, best_pick = math.inf, None
-        final, final_pick = math.inf, None
-        for gi in range(len(allowed)):
-            trial = step(n, gi, -1)
-            if trial is None:
-                continue
-            after = costs(trial)
-            saved = sum(now[i] - after[i] for i in over)
-            if saved <= 0:
-                continue
-            lost = step_value(gi, int(trial[gi]), int(n[gi]))
-            if lost / saved < best:
-                best, best_pick = lost / saved, trial
-            if fits(after) and lost < final:
-                final, final_pick = lost, trial
-        pick = final_pick or best_pick
-        if pick is None:
-            raise BudgetError(f"cannot meet targets {[(t.name, t.ratio) for t in targets]}")
-        n = pick
+    def shrink(m: list[float], hold: int | None = None) -> list[float] | None:
+        """Step groups (never ``hold``) down until every target holds; None if none can."""
+        while True:
+            now = costs(m)
+            over = [i for i, tg in enumerate(targets) if now[i] > tg.ratio]
+            if not over:
+                return m
+            # Best strength lost per cost saved; but when some step alone brings every target
+            # under, take the one of those that loses least, so a big last step cannot overshoot.
+            best, best_pick = math.inf, None
+            final, final_pick = math.inf, None
+            for gi in range(len(allowed)):
+                trial = None if gi == hold else step(m, gi, -1)
+                if trial is None:
+                    continue
+                after = costs(trial)
+                saved = sum(now[i] - after[i] for i in over)
+                if saved <= 0:
+                    continue
+                lost = step_value(gi, int(trial[gi]), int(m[gi]))
+                if lost / saved < best:
+                    best, best_pick = lost / saved, trial
+                if fits(after) and lost < final:
+                    final, final_pick = lost, trial
+            m = final_pick or best_pick
+            if m is None:
+                return None
+
+    shrunk = shrink(n)
+    if shrunk is None:
+        raise BudgetError(f"cannot meet targets {[(t.name, t.ratio) for t in targets]}")
+    n = shrunk
 
     def grow(m: list[float]) -> list[float]:
         """Add back what fits, strongest channels per unit of cost first."""
@@ -567,8 +572,10 @@ def fit_widths(
             m = pick
 
     n = grow(n)
-    # Rounding can leave a target short by more than one small step: exchange one step down
-    # in one group for one up in another while that brings the ratios closer to the targets.
+    # Rounding can leave a target short by more than one small step: exchange steps between
+    # groups while that brings the ratios closer to the targets. Either up to three steps down
+    # in one group for one up in another (or the greedy fill), or one step up in a group that
+    # is costly to widen (a residual stream) paid for by the cheapest steps down elsewhere.
     for _ in range(4 * len(allowed)):
         now = costs(n)
         if all((tg.ratio - now[i]) / tg.ratio <= 0.005 for i, tg in enumerate(targets)):
@@ -587,6 +594,11 @@ def fit_widths(
                         continue
                     if (sf := shortfall(after)) < best_sf:
                         best_sf, pick = sf, trial
+        for gj in range(len(allowed)):
+            up = step(n, gj, +1)
+            trial = shrink(up, hold=gj) if up is not None else None
+            if trial is not None and (sf := shortfall(costs(trial := grow(trial)))) < best_sf:
+                best_sf, pick = sf, trial
         if pick is None:
             break
         n = grow(pick)
