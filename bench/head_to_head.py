@@ -117,7 +117,7 @@ def main() -> int:
     )  # fmt: skip
     args = ap.parse_args()
     if args.report_only:
-        write(args, json.loads((OUT / "head_to_head.json").read_text()))
+        write(json.loads((OUT / "head_to_head.json").read_text()))
         return 0
     retain_freed_memory()
     torch.manual_seed(0)
@@ -130,14 +130,20 @@ def main() -> int:
     test = first_samples(data.test, args.test_samples)
     base_acc = evaluate(teacher, test).accuracy
     rows: list[dict] = []
+    info = device_info("cpu")
     this = {
         "command": f"python {' '.join(sys.argv)}",
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "load_before": load_before,
+        "machine": f"{info.name}, {info.threads} threads, torch {torch.__version__}, "
+        f"heap policy {info.details['allocator']}, {platform.platform()}",
     }
-    run = {**this, "baseline_accuracy": base_acc, "rows": rows}
+    settings = {k: getattr(args, k) for k in ("epochs", "limit", "test_samples", "batches")}
+    run = {**this, "settings": settings, "baseline_accuracy": base_acc, "rows": rows}
     if args.merge:
         run = json.loads((OUT / "head_to_head.json").read_text())
+        if run["settings"] != settings:
+            raise SystemExit(f"--merge needs the settings of the first run: {run['settings']}")
         redo = {(m, lv) for m in args.methods for lv in args.levels}
         run["rows"] = rows = [r for r in run["rows"] if (r["method"], r["level"]) not in redo]
         run.setdefault("reruns", []).append(this)
@@ -184,7 +190,7 @@ def main() -> int:
             rows.append(row)
             run["minutes"] = (time.time() - t0) / 60
             (OUT / "head_to_head.json").write_text(json.dumps(run, indent=1))
-    write(args, run)
+    write(run)
     return 0
 
 
@@ -206,45 +212,55 @@ def at_equal_accuracy(rows: list[dict], batch: int, within: float = 0.003) -> li
     return out
 
 
-def write(args, run: dict) -> None:
+def write(run: dict) -> None:
     order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp"]
     rows = sorted(run["rows"], key=lambda r: (-r["level"], order.index(r["method"])))
-    base_acc = run["baseline_accuracy"]
+    methods = [m for m in order if any(r["method"] == m for r in rows)]
+    base_acc, cfg = run["baseline_accuracy"], run["settings"]
+    se = (base_acc * (1 - base_acc) / cfg["test_samples"]) ** 0.5
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.batches), figsize=(6 * len(args.batches), 4.5))
+    fig, axes = plt.subplots(1, len(cfg["batches"]), figsize=(6 * len(cfg["batches"]), 4.5))
     markers = {"dbp": "o", "hfp": "s", "tp-magnitude": "^", "dbp+hfp": "D"}
-    for ax, b in zip(axes, args.batches):
-        for m in args.methods:
-            pts = sorted((r[f"speedup_b{b}"], r["accuracy"]) for r in rows if r["method"] == m)
-            if pts:
-                ax.plot(*zip(*pts), marker=markers.get(m, "x"), label=m)
+    for ax, b in zip(axes, cfg["batches"]):
+        for m in methods:
+            pts = sorted(
+                (r[f"speedup_b{b}"], r["accuracy"], r["level"]) for r in rows if r["method"] == m
+            )
+            if not pts:
+                continue
+            xs, ys, levels = zip(*pts)
+            # Error bars: one standard error of accuracy on this many test images.
+            ax.errorbar(xs, ys, yerr=se, marker=markers.get(m, "x"), capsize=3, label=m)
+            for x, y, lv in pts:
+                ax.annotate(f"{lv}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(base_acc, color="grey", ls="--", lw=0.8, label="baseline")
         ax.set_xlabel(f"measured speed-up, CPU batch {b}")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("resnet56 on Fashion-MNIST: block vs filter pruning")
+    fig.suptitle(
+        "resnet56 on Fashion-MNIST: block vs filter pruning (labels: level; bars: ±1 s.e.)"
+    )
     fig.tight_layout()
     fig.savefig(OUT / "head_to_head.png", dpi=110)
-    info = device_info("cpu")
     lines = [
         "# Block pruning vs filter pruning, resnet56 on Fashion-MNIST, CPU",
         "",
         f"- command: `{run['command']}`",
         f"- date: {run['date']}",
-        f"- machine: {info.name}, {info.threads} threads, torch {torch.__version__}, "
-        f"heap policy {info.details['allocator']}, {platform.platform()}",
+        f"- machine: {run['machine']}",
         f"- load before: `{run['load_before']}`; wall time {run['minutes']:.1f} min",
         *(
             f"- rows re-run by `{r['command']}` on {r['date']} (load before `{r['load_before']}`)"
             for r in run.get("reruns", [])
         ),
-        f"- baseline accuracy (first {args.test_samples} test images): {base_acc:.4f}; "
-        f"fine-tuning {args.epochs} epoch(s) of KD on {args.limit} train images for every method",
+        f"- baseline accuracy (first {cfg['test_samples']} test images): {base_acc:.4f}; "
+        f"fine-tuning {cfg['epochs']} epoch(s) of KD on {cfg['limit']} train images for every "
+        "method",
         "",
         "| method | level | accuracy | before FT | MACs | params | speed-up b1 | speed-up b16 | note |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -253,13 +269,15 @@ def write(args, run: dict) -> None:
         lines.append(
             f"| {r['method']} | {r['level']} | {r['accuracy']:.4f} | {r['accuracy_before_ft']:.4f} | "
             f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
-            + " | ".join(f"{r.get(f'speedup_b{b}', float('nan')):.2f}x" for b in args.batches)
+            + " | ".join(f"{r.get(f'speedup_b{b}', float('nan')):.2f}x" for b in cfg["batches"])
             + f" | {r['note'][:120]} |"
         )
     lines += [
         "",
-        "Speed-ups are medians of the pruned model timed interleaved with the baseline, "
-        f"{torch.get_num_threads()} threads. MACs and parameters are counted by torch's "
+        "Speed-ups are medians of the pruned model timed interleaved with the baseline. "
+        f"Accuracy is on {cfg['test_samples']} test images: one standard error is about "
+        f"{se * 100:.1f} points, so rows closer than about {2 * se * 100:.0f} points are not "
+        "told apart by this test set. MACs and parameters are counted by torch's "
         "FlopCounterMode on the pruned model, independently of HFP's own counter.",
         "",
         "## At equal accuracy",
@@ -271,7 +289,7 @@ def write(args, run: dict) -> None:
         "| DBP / filter |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for b in args.batches:
+    for b in cfg["batches"]:
         key = f"speedup_b{b}"
         for c in at_equal_accuracy(rows, b):
             f, d = c["filter"], c["dbp"]
