@@ -41,7 +41,7 @@ def test_cost_model_matches_an_independent_counter(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ZOO)
-@pytest.mark.parametrize(("macs", "params"), [(0.5, None), (0.3, None), (None, 0.4)])
+@pytest.mark.parametrize(("macs", "params"), [(0.5, None), (0.3, None), (None, 0.4), (0.3, 0.35)])
 def test_exact_targets_after_physical_removal(
     name: str, macs: float | None, params: float | None
 ) -> None:
