@@ -22,16 +22,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler import (
-    LatencyTable,
     ModelSpec,
     TimingOptions,
     device_info,
-    load_model,
-    read_checkpoint,
 )
 
-from .data import load_data
-from .finetune import finetune
 from .hfp import (
     ChannelSpace,
     GateRecord,
@@ -49,11 +44,13 @@ from .pipeline import (
     PruneConfig,
     PruneReport,
     RoundRecord,
-    _check_inputs,
     _run,
-    first_samples,
     flops_params,
+    load_inputs,
     measure_pair,
+    open_table,
+    over_budget,
+    recover,
     torch_threads,
     write_artefacts,
 )
@@ -78,22 +75,17 @@ def split_budget(budget: float, depth_share: float, width_floor: float) -> tuple
 def _width_model(space: ChannelSpace, base_s: float, config: PruneConfig, step: ProgressFn) -> Any:
     from .width_latency import measure_width_latency
 
-    table = LatencyTable(config.table) if config.table != "" else None
-    try:
-        with torch_threads(config.latency_threads or config.threads):
-            return measure_width_latency(
-                space,
-                base_s,
-                batch_size=config.latency_batch_size,
-                round_to=config.round_to,
-                device=config.device,
-                options=TimingOptions(budget_s=config.timing_budget_s),
-                table=table,
-                progress=step,
-            )
-    finally:
-        if table is not None:
-            table.close()
+    with open_table(config) as table, torch_threads(config.latency_threads or config.threads):
+        return measure_width_latency(
+            space,
+            base_s,
+            batch_size=config.latency_batch_size,
+            round_to=config.round_to,
+            device=config.device,
+            options=TimingOptions(budget_s=config.timing_budget_s),
+            table=table,
+            progress=step,
+        )
 
 
 def _floor(space: ChannelSpace, predict: Any, round_to: int) -> float:
@@ -104,21 +96,8 @@ def _floor(space: ChannelSpace, predict: Any, round_to: int) -> float:
 def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
     """Run ``config`` (method "hfp" or "dbp+hfp"); write plan, checkpoint, export and report."""
     out = Path(config.out)
-    spec = read_checkpoint(config.checkpoint).spec
-    if config.model not in ("", spec.name):
-        raise ValueError(
-            f"checkpoint {config.checkpoint!r} holds model {spec.name!r}, not {config.model!r}"
-        )
-    teacher = load_model(spec, checkpoint=config.checkpoint).eval()
-    data = load_data(
-        config.data,
-        root=config.data_root,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        limit=config.limit,
-    )
-    _check_inputs(spec, data, config)
-    test = first_samples(data.test, config.test_samples)
+    spec, teacher, data, test = load_inputs(config)
+    teacher.eval()
     warnings: list[str] = []
     rounds: list[RoundRecord] = []
     removed: tuple[RemovedBlock, ...] = ()
@@ -221,19 +200,7 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
                 f"(channel counts are multiples of {config.round_to})"
             )
     emit({"event": "selected", "widths": choice.widths, "ratios": choice.ratios})
-    acc_before = evaluate(student, test, config.device).accuracy
-    if config.epochs > 0:
-        finetune(
-            student,
-            teacher,
-            data.train,
-            data.val,
-            config.epochs,
-            lr=config.lr,
-            device=config.device,
-            progress=config.progress_bar,
-        )
-    acc_after = evaluate(student, test, config.device).accuracy if config.epochs else acc_before
+    acc_before, acc_after = recover(student, teacher, data, test, config)
     emit({"event": "finetuned", "accuracy_before": acc_before, "accuracy_after": acc_after})
 
     step("measuring", 0, 1)
@@ -244,10 +211,7 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
     predicted_s = float(predict(list(map(float, choice.widths.values())))) if predict else 0.0
     met = budget_check_s == 0.0 or measured_s <= budget_check_s * (1 + config.tolerance)
     if not met:
-        warnings.append(
-            f"measured latency {measured_s * 1e3:.3f} ms is over the budget "
-            f"{budget_check_s * 1e3:.3f} ms (+{config.tolerance:.0%} tolerance)"
-        )
+        warnings.append(over_budget(measured_s, budget_check_s, config))
     rounds.append(
         RoundRecord(len(rounds), budget_s, (), predicted_s, acc_before, acc_after, measured_s)
     )

@@ -418,6 +418,69 @@ def _select(
     )
 
 
+def load_inputs(config: PruneConfig) -> tuple[ModelSpec, nn.Module, DataBundle, Any]:
+    """The checkpoint's spec and model, the data, and the test subset; checked against each other."""
+    spec = read_checkpoint(config.checkpoint).spec
+    if config.model not in ("", spec.name):
+        raise ValueError(
+            f"checkpoint {config.checkpoint!r} holds model {spec.name!r}, not {config.model!r}"
+        )
+    teacher = load_model(spec, checkpoint=config.checkpoint)
+    data = load_data(
+        config.data,
+        root=config.data_root,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        limit=config.limit,
+    )
+    _check_inputs(spec, data, config)
+    return spec, teacher, data, first_samples(data.test, config.test_samples)
+
+
+@contextlib.contextmanager
+def open_table(config: PruneConfig) -> Iterator[LatencyTable | None]:
+    """The latency table ``config`` names (None when ``table=""`` turns it off), closed after."""
+    table = LatencyTable(config.table) if config.table != "" else None
+    try:
+        yield table
+    finally:
+        if table is not None:
+            table.close()
+
+
+def recover(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: DataBundle,
+    test: Any,
+    config: PruneConfig,
+    tune: bool = True,
+) -> tuple[float, float]:
+    """Test accuracy of ``student`` before and after distillation fine-tuning (when ``tune``)."""
+    before = evaluate(student, test, config.device).accuracy
+    if not (tune and config.epochs > 0):
+        return before, before
+    finetune(
+        student,
+        teacher,
+        data.train,
+        data.val,
+        config.epochs,
+        lr=config.lr,
+        device=config.device,
+        progress=config.progress_bar,
+    )
+    return before, evaluate(student, test, config.device).accuracy
+
+
+def over_budget(measured_s: float, budget_s: float, config: PruneConfig) -> str:
+    """The warning for a measured latency over its budget (seconds)."""
+    return (
+        f"measured latency {measured_s * 1e3:.3f} ms is over the budget "
+        f"{budget_s * 1e3:.3f} ms (+{config.tolerance:.0%} tolerance)"
+    )
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` torch threads (unchanged when None); restore them after."""
@@ -510,27 +573,12 @@ def run_pipeline(
 
 def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
     out = Path(config.out)
-    spec = read_checkpoint(config.checkpoint).spec
-    if config.model not in ("", spec.name):
-        raise ValueError(
-            f"checkpoint {config.checkpoint!r} holds model {spec.name!r}, not {config.model!r}"
-        )
-    teacher = load_model(spec, checkpoint=config.checkpoint)
-    data = load_data(
-        config.data,
-        root=config.data_root,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        limit=config.limit,
-    )
-    _check_inputs(spec, data, config)
-    test = first_samples(data.test, config.test_samples)
+    spec, teacher, data, test = load_inputs(config)
     warnings: list[str] = []
 
     # 1. Profile the baseline (the table serves what this device has already timed).
     step("profiling", 0, 1)
-    table = LatencyTable(config.table) if config.table != "" else None
-    try:
+    with open_table(config) as table:
         profile = profile_model(
             teacher,
             spec,
@@ -541,9 +589,6 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             threads=config.latency_threads or config.threads,
             progress=step,
         )
-    finally:
-        if table is not None:
-            table.close()
     base_s = profile.end_to_end_s
     budget_s = base_s * config.budget if config.budget is not None else config.budget_ms / 1e3
     cands, rest_s, scale = candidates_from_profile(profile, {})
@@ -627,20 +672,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
         step("surgery", i, i + 1)
         student = remove_more(student, new, spec, data.train)
         removed.extend(new)
-        test_acc_before = evaluate(student, test, config.device).accuracy
-        if config.epochs > 0 and new:
-            finetune(
-                student,
-                teacher,
-                data.train,
-                data.val,
-                config.epochs,
-                lr=config.lr,
-                device=config.device,
-                progress=config.progress_bar,
-            )
-        tuned = config.epochs > 0 and bool(new)
-        test_acc = evaluate(student, test, config.device).accuracy if tuned else test_acc_before
+        test_acc_before, test_acc = recover(student, teacher, data, test, config, bool(new))
         emit(
             {
                 "event": "finetuned",
@@ -685,10 +717,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             break
         targets.append(tightened)
     if measured_s > budget_check_s * (1 + config.tolerance):
-        warnings.append(
-            f"measured latency {measured_s * 1e3:.3f} ms is over the budget "
-            f"{budget_check_s * 1e3:.3f} ms (+{config.tolerance:.0%} tolerance)"
-        )
+        warnings.append(over_budget(measured_s, budget_check_s, config))
 
     # 7. Write plan, checkpoint, export and report.
     assert selection is not None

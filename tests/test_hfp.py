@@ -133,20 +133,23 @@ def digits_resnet20(tmp_path_factory):
     )
 
 
+def digits_config(checkpoint, out, **kw) -> PruneConfig:
+    """A one-epoch resnet20-on-digits prune into ``out``, without export."""
+    return PruneConfig(
+        model="resnet20",
+        checkpoint=str(checkpoint),
+        data="digits",
+        out=str(out),
+        epochs=1,
+        timing_budget_s=0.5,
+        export=False,
+        **kw,
+    )
+
+
 def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20) -> None:
     report = run_pipeline(
-        PruneConfig(
-            model="resnet20",
-            checkpoint=str(digits_resnet20),
-            data="digits",
-            out=str(tmp_path / "hfp"),
-            method="hfp",
-            target_macs=0.5,
-            epochs=1,
-            timing_budget_s=0.5,
-            table="",
-            export=False,
-        )
+        digits_config(digits_resnet20, tmp_path / "hfp", method="hfp", target_macs=0.5, table="")
     )
     assert report.width["targets"] == {"macs": 0.5}
     assert 0.49 <= report.width["macs_ratio"] <= 0.5
@@ -165,17 +168,12 @@ def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20
 
 def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
     report = run_pipeline(
-        PruneConfig(
-            model="resnet20",
-            checkpoint=str(digits_resnet20),
-            data="digits",
-            out=str(tmp_path / "both"),
+        digits_config(
+            digits_resnet20,
+            tmp_path / "both",
             method="dbp+hfp",
             budget=0.6,
-            epochs=1,
-            timing_budget_s=0.5,
             table=str(tmp_path / "lut.sqlite"),
-            export=False,
             calibration_samples=300,
             heldout_samples=100,
         )
