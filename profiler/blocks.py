@@ -289,20 +289,31 @@ def _scope_nodes(all_nodes: list[fx.Node], scope: str) -> list[fx.Node]:
 
 
 def _name_for(all_nodes: list[fx.Node], span: list[fx.Node], fallback: str) -> str:
-    """The module path when the span is exactly one module's nodes, else the output node's name."""
+    """The module path when the span is exactly one module's nodes, else the output node's name.
+
+    Among the modules whose nodes are exactly the span, the outermost that is not a
+    plain container wins (`features.1` rather than `features.1.conv`). A container
+    matches only because its other children are gone (a stage pruned down to one
+    unit), so it would rename the unit after surgery; it is a last resort.
+    """
 
     def computing(nodes: list[fx.Node]) -> set[fx.Node]:
         # Only nodes that produce tensors: not parameters, not export's input guards.
         return {n for n in nodes if n.op != "get_attr" and tensor_meta(n) is not None}
 
-    common = None
+    common: list[tuple[str, str, str]] | None = None
     for n in span:
-        s = scopes(n)
-        common = s if common is None else [a for a, b in zip(common, s) if a == b]
-    for scope in common or []:  # outermost first: `features.0` rather than `features.0.conv`
-        if computing(_scope_nodes(all_nodes, scope)) == computing(span):
-            return next(path for n in span for key, path, _ in module_stack(n) if key == scope)
-    return fallback
+        s = module_stack(n)
+        common = s if common is None else [a for a, b in zip(common, s) if a[0] == b[0]]
+    matches = [
+        (path, cls)
+        for key, path, cls in common or []  # outermost first
+        if computing(_scope_nodes(all_nodes, key)) == computing(span)
+    ]
+    for path, cls in matches:
+        if cls not in CONTAINERS:
+            return path
+    return matches[-1][0] if matches else fallback
 
 
 def _chain_name(chain: list[fx.Node]) -> str:

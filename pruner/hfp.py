@@ -25,6 +25,7 @@ outputs zero, so removing it does not change what the network computes.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -521,8 +522,13 @@ def fit_widths(
         out[gi] = float(a[idx])
         return out
 
-    def shrink(m: list[float], hold: int | None = None) -> list[float] | None:
-        """Step groups (never ``hold``) down until every target holds; None if none can."""
+    def shrink(m: list[float], hold: int | None = None, spare: bool = False) -> list[float] | None:
+        """Step groups (never ``hold``) down until every target holds; None if none can.
+
+        Steps are ranked by strength lost per cost saved; with ``spare``, by what they
+        cut beyond each target's excess per excess removed (so a trade between targets
+        can pay).
+        """
         while True:
             now = costs(m)
             over = [i for i, tg in enumerate(targets) if now[i] > tg.ratio]
@@ -541,6 +547,15 @@ def fit_widths(
                 if saved <= 0:
                     continue
                 lost = step_value(gi, int(trial[gi]), int(m[gi]))
+                if spare:  # waste: whatever a target loses beyond what it is over by
+                    excess = [max(now[i] - tg.ratio, 0.0) for i, tg in enumerate(targets)]
+                    cut = [now[i] - after[i] for i in range(len(targets))]
+                    lost = 1e-9 * lost + sum(
+                        max(c - e, 0.0) / tg.ratio for c, e, tg in zip(cut, excess, targets)
+                    )
+                    saved = sum(min(c, e) / tg.ratio for c, e, tg in zip(cut, excess, targets))
+                    if saved <= 0:
+                        continue
                 if lost / saved < best:
                     best, best_pick = lost / saved, trial
                 if fits(after) and lost < final:
@@ -596,12 +611,15 @@ def fit_widths(
                         best_sf, pick = sf, trial
         for gj in range(len(allowed)):
             up = step(n, gj, +1)
-            trial = shrink(up, hold=gj) if up is not None else None
-            if trial is not None and (sf := shortfall(costs(trial := grow(trial)))) < best_sf:
-                best_sf, pick = sf, trial
+            for spare in (False, True) if len(targets) > 1 else (False,):
+                trial = shrink(up, hold=gj, spare=spare) if up is not None else None
+                if trial is not None and (sf := shortfall(costs(trial := grow(trial)))) < best_sf:
+                    best_sf, pick = sf, trial
         if pick is None:
             break
         n = grow(pick)
+    if any((tg.ratio - c) / tg.ratio > 0.02 for c, tg in zip(costs(n), targets)):
+        n = grow(anneal(n, costs, allowed, [tg.ratio for tg in targets], sorted_strength))
     keep = {}
     for gi, g in enumerate(space.groups):
         k = int(n[gi])
@@ -614,6 +632,65 @@ def fit_widths(
         ratios=ratios,
         widths={g.root: int(n[gi]) for gi, g in enumerate(space.groups)},
     )
+
+
+def anneal(
+    n: list[float],
+    costs: Callable[[list[float]], list[float]],
+    allowed: Sequence[Sequence[int]],
+    goals: Sequence[float],
+    strength: Sequence[torch.Tensor],
+    steps: int = 20000,
+    seed: int = 0,
+) -> list[float]:
+    """Widths from ``n`` whose cost ratios sit within 1% under every goal, if a walk finds them.
+
+    Joint targets (MACs and params) pull widths in different directions: params
+    live in the deep layers, MACs in the early ones, so the greedy exchange can
+    stop well under one target. This walks one allowed step at a time, accepting
+    worse moves with a falling probability (simulated annealing), on: what is over
+    a goal (heavily), what is under a goal by more than 1%, and a little for strength
+    lost. Deterministic for a given ``seed``; returns the closest fitting widths seen.
+    """
+    rng = random.Random(seed)
+    total = float(sum(float(s.sum()) for s in strength)) or 1.0
+
+    def kept(m: list[float]) -> float:
+        return sum(float(s[: int(k)].sum()) for s, k in zip(strength, m)) / total
+
+    def energy(c: list[float], keep: float) -> float:
+        over = sum(max(r - g, 0.0) / g for r, g in zip(c, goals))
+        short = sum(max(0.99 * g - r, 0.0) / g for r, g in zip(c, goals))
+        return 10.0 * over + short + 1e-3 * (1.0 - keep)
+
+    def short_of(c: list[float]) -> float:
+        return sum((g - r) / g for r, g in zip(c, goals))
+
+    best, best_short = list(n), short_of(costs(n))
+    m, keep = list(n), kept(n)
+    e = energy(costs(m), keep)
+    temperature = 0.05
+    for _ in range(steps):
+        gi = rng.randrange(len(allowed))
+        a = allowed[gi]
+        idx = a.index(int(m[gi])) + rng.choice((-1, 1))
+        if not 0 <= idx < len(a):
+            continue
+        trial = list(m)
+        trial[gi] = float(a[idx])
+        lo, hi = sorted((int(m[gi]), int(trial[gi])))
+        delta = float(strength[gi][lo:hi].sum()) / total
+        trial_keep = keep + (delta if trial[gi] > m[gi] else -delta)
+        c = costs(trial)
+        e_trial = energy(c, trial_keep)
+        if e_trial <= e or rng.random() < math.exp((e - e_trial) / temperature):
+            m, keep, e = trial, trial_keep, e_trial
+            if all(r <= g for r, g in zip(c, goals)) and short_of(c) < best_short:
+                best, best_short = list(m), short_of(c)
+                if all(r >= 0.99 * g for r, g in zip(c, goals)):
+                    break
+        temperature *= 0.9995
+    return best
 
 
 def thin(model: nn.Module, widths: dict[str, int], example: torch.Tensor) -> nn.Module:

@@ -194,10 +194,16 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
     space.remove(choice.keep)
     for t in targets:
         if choice.ratios[t.name] < t.ratio * (1 - config.width_tolerance):
+            binding = [o for o in targets if o is not t]
+            why = (
+                f"with {binding[0].name} at most {binding[0].ratio:.4f}, no model on this "
+                f"channel grid keeps more {t.name}; raise --target-{binding[0].name} to keep more"
+                if binding
+                else f"channel counts are multiples of {config.round_to}"
+            )
             warnings.append(
                 f"{t.name} ratio {choice.ratios[t.name]:.4f} is more than "
-                f"{config.width_tolerance:.0%} under its target {t.ratio:.4f} "
-                f"(channel counts are multiples of {config.round_to})"
+                f"{config.width_tolerance:.0%} under its target {t.ratio:.4f} ({why})"
             )
     emit({"event": "selected", "widths": choice.widths, "ratios": choice.ratios})
     acc_before, acc_after = recover(student, teacher, data, test, config)

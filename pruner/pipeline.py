@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from profiler import (
+    Block,
     BlockProfile,
     LatencyTable,
     ModelSpec,
@@ -352,17 +353,22 @@ def flops_params(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
 
 
 def remove_more(
-    gm: fx.GraphModule, names: Sequence[str], spec: ModelSpec, calibration: Any
+    gm: fx.GraphModule, blocks: Sequence[Block], spec: ModelSpec, calibration: Any
 ) -> fx.GraphModule:
-    """Remove the named blocks (as discovery names them on ``gm`` itself) from ``gm`` in place."""
-    if not names:
+    """Remove ``blocks`` (records from the unpruned model's profile) from ``gm`` in place.
+
+    Each is found again in ``gm`` by its output node, which surgery never renames,
+    and failing that by its name.
+    """
+    if not blocks:
         return gm
     bg = discover(gm, example_input(spec))  # traces gm to itself: node names hold
+    by_output = {b.output_node: b for b in bg.blocks}
     by_name = {b.name: b for b in bg.blocks}
-    missing = [n for n in names if n not in by_name]
+    chosen = [by_output.get(b.output_node) or by_name.get(b.name) for b in blocks]
+    missing = [b.name for b, c in zip(blocks, chosen) if c is None]
     if missing:
         raise ValueError(f"blocks {missing} are no longer blocks of the pruned model")
-    chosen = [by_name[n] for n in names]
     adapters = fit_adapters(bg.gm, chosen, calibration)
     return remove_blocks(bg.gm, chosen, adapters)
 
@@ -670,7 +676,8 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             }
         )
         step("surgery", i, i + 1)
-        student = remove_more(student, new, spec, data.train)
+        by_name = {t.block.name: t.block for t in profile.blocks}
+        student = remove_more(student, [by_name[n] for n in new], spec, data.train)
         removed.extend(new)
         test_acc_before, test_acc = recover(student, teacher, data, test, config, bool(new))
         emit(

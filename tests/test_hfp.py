@@ -41,7 +41,10 @@ def test_cost_model_matches_an_independent_counter(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ZOO)
-@pytest.mark.parametrize(("macs", "params"), [(0.5, None), (0.3, None), (None, 0.4), (0.3, 0.35)])
+@pytest.mark.parametrize(
+    ("macs", "params"),
+    [(0.5, None), (0.3, None), (None, 0.4), (0.3, 0.35), (0.5, 0.4), (0.7, 0.3)],
+)
 def test_exact_targets_after_physical_removal(
     name: str, macs: float | None, params: float | None
 ) -> None:
@@ -72,6 +75,15 @@ def test_exact_target_when_training_closed_the_residual_streams(macs: float) -> 
     strength = [s * (1e-3 if gi in streams else 1.0) for gi, s in enumerate(channel_ranking(space))]
     choice = fit_widths(space, strength, size_targets(space, macs=macs), 8)
     assert macs * 0.98 <= choice.ratios["macs"] <= macs + 1e-12, choice.ratios
+
+
+def test_joint_targets_no_model_can_meet_keep_the_binding_one_exact() -> None:
+    # resnet20 at MACs 0.3 holds at most ~0.47 of its params on the 8-channel grid.
+    model, x = zoo_model("resnet20")
+    space = ChannelSpace(model, x)
+    choice = fit_widths(space, channel_ranking(space), size_targets(space, 0.3, 0.7), 8)
+    assert 0.3 * 0.98 <= choice.ratios["macs"] <= 0.3
+    assert 0.4 < choice.ratios["params"] < 0.7
 
 
 def test_rounding_is_configurable() -> None:

@@ -142,3 +142,20 @@ def test_digits_plan_runs_on_real_data():
     pruned = apply_plan(_model(), PrunePlan(SPEC, (RemovedBlock("layer1.0", "identity"),)))
     x, _ = next(iter(data.test))
     assert pruned(x).shape == (len(x), 10)
+
+
+def test_units_keep_their_names_when_their_stage_is_pruned_down_to_one():
+    # A stage container holding one unit is no reason to rename the unit: a second
+    # round of removal looks blocks up in the pruned graph by what the first profile called them.
+    from pruner.pipeline import remove_more, trace
+
+    model = _model()
+    x = torch.randn(1, 1, 8, 8)
+    blocks = {b.name: b for b in discover(trace(model), x).blocks}
+    gm = remove_more(trace(model), [blocks["layer1.0"], blocks["layer1.1"]], SPEC, None)
+    names = [b.name for b in discover(gm, x).blocks]
+    assert "layer1.2" in names and "layer1" not in names
+    gm = remove_more(gm, [blocks["layer1.2"], blocks["layer2.1"]], SPEC, None)
+    keys = set(gm.state_dict())
+    assert not any(k.startswith(("layer1.", "layer2.1.")) for k in keys)
+    assert gm(x).shape == (1, 10)
