@@ -129,3 +129,16 @@ def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
     removed = [name for r in report.rounds for name in r.removed]
     assert sorted(removed) == sorted(report.removed_blocks)
     assert report.rounds[0].target_s > report.rounds[1].target_s
+
+
+def test_later_rounds_cut_into_stages_earlier_rounds_thinned(checkpoint, tmp_path):
+    # Rounds look blocks up in the model the earlier rounds pruned: a stage left with one
+    # unit (or with its stem) must still answer to the names the first profile gave.
+    report = run_pipeline(
+        _config(checkpoint, tmp_path, budget=0.42, iterative=True, iterative_rounds=3, epochs=0)
+    )
+    removed = [name for r in report.rounds for name in r.removed]
+    assert len(removed) == len(set(removed)) >= 5
+    assert sum(1 for r in report.rounds if r.removed) >= 2
+    rebuilt = load_pruned(report.checkpoint_path)
+    assert rebuilt(torch.randn(2, 1, 16, 16)).shape == (2, 4)
