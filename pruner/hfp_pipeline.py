@@ -5,15 +5,17 @@ and/or parameter ratios, and/or a latency budget through the measured
 width-latency model), fit the widths exactly, remove the channels, fine-tune
 with distillation, measure.
 
-dbp+hfp: the block pipeline first takes the model to part of the way
-(``depth_share`` of the latency cut), then the width pass thins what remains
-to the one budget. The plan holds both the removed blocks and the widths.
+dbp+hfp: the block pipeline first takes the model part of the way (how far:
+:func:`split_budget`, from what each pass saves on this device), then the
+width pass thins what remains to the one budget. The plan holds both the
+removed blocks and the widths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler import (
+    BlockProfile,
     ModelSpec,
     TimingOptions,
     device_info,
@@ -45,31 +48,106 @@ from .pipeline import (
     PruneReport,
     RoundRecord,
     _run,
+    candidates_from_profile,
     flops_params,
     load_inputs,
     measure_pair,
     open_table,
     over_budget,
+    profile_baseline,
     recover,
     torch_threads,
     write_artefacts,
 )
 from .plan import PrunePlan, RemovedBlock
-from .select import BudgetError
+from .select import BudgetError, min_latency
 from .surgery import apply_plan, example_input, load_pruned
 from .train import evaluate
 
 
-def split_budget(budget: float, depth_share: float, width_floor: float) -> tuple[float, float]:
-    """(depth fraction, width ratio) whose product is ``budget``.
+@dataclass(frozen=True)
+class BudgetSplit:
+    """How dbp+hfp divides one latency budget between its two passes.
 
-    The width pass takes ``budget ** (1 - depth_share)`` of it, but never more
-    than halfway from 1 to ``width_floor`` (the latency ratio with every group
-    at its narrowest): on devices where thinning buys little, blocks go instead.
+    ``depth`` is the block pass's budget (a fraction of the baseline latency),
+    ``width`` the latency ratio the width pass takes of what the blocks leave;
+    their product is the budget. The yields are the latency fraction each pass
+    saves per fraction of multiplications it removes on this device: removing
+    every removable block, and thinning every channel group to half.
     """
-    width = max(budget ** (1.0 - depth_share), width_floor + 0.5 * (1.0 - width_floor))
-    width = min(width, 1.0)
-    return budget / width, width
+
+    depth: float
+    width: float
+    block_yield: float
+    width_yield: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def split_budget(
+    budget: float,
+    *,
+    depth_floor: float,
+    width_floor: float,
+    block_yield: float,
+    width_yield: float,
+    depth_share: float | None = None,
+) -> BudgetSplit:
+    """Divide ``budget`` (fraction of the baseline latency) between blocks and widths.
+
+    Where thinning saves less latency per multiplication than removing blocks
+    (a CPU at batch 1: the removed channels mostly ran in parallel with the kept
+    ones), the blocks take the budget alone, down to 5% above their floor
+    (``depth_floor``, every stage keeping one block), and the widths only what
+    is left. Otherwise, or with an explicit ``depth_share``, the width pass
+    takes ``budget ** (1 - share)`` (share 0.5 by default), never more than
+    halfway from 1 to ``width_floor`` (every group at its narrowest).
+    """
+    ceiling = min(1.0, depth_floor * 1.05)  # the least the block pass is asked for
+    if depth_share is None and width_yield < block_yield:
+        depth = max(budget, ceiling)
+        reason = (
+            f"removing blocks saves more latency per multiplication removed than thinning "
+            f"({block_yield:.2f} against {width_yield:.2f}): blocks take the budget"
+            + (f" down to {depth:.3f}, widths the rest" if depth > budget else " alone")
+        )
+    else:
+        share = 0.5 if depth_share is None else depth_share
+        width = min(1.0, max(budget ** (1.0 - share), width_floor + 0.5 * (1.0 - width_floor)))
+        depth = max(budget / width, ceiling)
+        reason = (
+            f"--depth-share {depth_share}"
+            if depth_share is not None
+            else f"thinning saves as much latency per multiplication removed as removing "
+            f"blocks ({width_yield:.2f} against {block_yield:.2f}): the passes share the cut"
+        )
+    return BudgetSplit(depth, min(1.0, budget / depth), block_yield, width_yield, reason)
+
+
+def block_yield(profile: BlockProfile) -> float:
+    """Latency fraction saved per fraction of MACs removed, removing every removable block."""
+    cands, _, _ = candidates_from_profile(profile, {})
+    saved = sum(c.latency_s - c.replacement_s for c in cands if c.removable)
+    macs = sum(t.block.macs for t in profile.blocks)
+    macs += sum(seg.flops // 2 for seg in profile.rest)
+    cut = sum(t.block.macs for t in profile.blocks if t.block.removable)
+    if macs <= 0 or cut <= 0:
+        return 0.0
+    return (saved / profile.end_to_end_s) / (cut / macs)
+
+
+def width_yield(space: ChannelSpace, predict: Any, round_to: int) -> float:
+    """Latency fraction saved per fraction of MACs removed, every group thinned to half."""
+    half = []
+    for gi, g in enumerate(space.groups):
+        allowed = space.allowed(gi, round_to)
+        half.append(float(min(allowed, key=lambda k: abs(k - g.size / 2))))
+    macs_cut = 1.0 - float(space.macs(half)) / space.base_macs
+    if macs_cut <= 0:
+        return 0.0
+    return (1.0 - float(predict(half)) / predict.base_s) / macs_cut
 
 
 def _width_model(space: ChannelSpace, base_s: float, config: PruneConfig, step: ProgressFn) -> Any:
@@ -105,13 +183,21 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
 
     if config.method == "dbp+hfp":
         assert config.budget is not None  # PruneConfig checks it
+        profile = profile_baseline(teacher, spec, config, step)
         full = apply_plan(teacher, PrunePlan(spec))
         full_space = ChannelSpace(full, example_input(spec))
-        base_s, _ = measure_pair(teacher, full, spec, config)
-        width_floor = _floor(
-            full_space, _width_model(full_space, base_s, config, step), config.round_to
+        full_widths = _width_model(full_space, profile.end_to_end_s, config, step)
+        cands, rest_s, _ = candidates_from_profile(profile, {})
+        split = split_budget(
+            config.budget,
+            depth_floor=min_latency(rest_s, cands) / profile.end_to_end_s,
+            width_floor=_floor(full_space, full_widths, config.round_to),
+            block_yield=block_yield(profile),
+            width_yield=width_yield(full_space, full_widths, config.round_to),
+            depth_share=config.depth_share,
         )
-        frac, width_ratio = split_budget(config.budget, config.depth_share, width_floor)
+        emit({"event": "split", **split.to_dict()})
+        frac = split.depth
         del full, full_space
         depth_config = dataclasses.replace(
             config, method="dbp", budget=frac, out=str(out / "depth"), export=False
@@ -124,8 +210,7 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
         warnings.extend(report.warnings)
         depth = {
             "budget": frac,
-            "width_ratio": width_ratio,
-            "width_floor": width_floor,
+            "split": split.to_dict(),
             "report": str(out / "depth" / "report.json"),
         }
     else:

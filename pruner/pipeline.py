@@ -75,7 +75,8 @@ class PruneConfig:
     Filter pruning ("hfp", "dbp+hfp"): ``target_macs`` / ``target_params``
     are ratios of the unpruned model in (0, 1]; "hfp" takes them and/or a
     budget, "dbp+hfp" needs ``budget`` (the depth pass takes ``depth_share``
-    of the cut). Channel counts are multiples of ``round_to``; the gates train
+    of the cut; None: chosen from what each pass buys on this device, see
+    :func:`pruner.hfp_pipeline.split_budget`). Channel counts are multiples of ``round_to``; the gates train
     for ``sparsity_epochs``; a ratio more than
     ``width_tolerance`` under its target is reported as a warning.
     """
@@ -114,7 +115,7 @@ class PruneConfig:
     target_params: float | None = None
     round_to: int = 8
     sparsity_epochs: int = 1
-    depth_share: float = 0.5
+    depth_share: float | None = None
     width_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
@@ -140,7 +141,7 @@ class PruneConfig:
             raise ValueError("--method dbp+hfp needs --budget (a fraction of the baseline latency)")
         if self.round_to < 1:
             raise ValueError(f"--round-to must be >= 1 channel, got {self.round_to}")
-        if not 0.0 <= self.depth_share <= 1.0:
+        if self.depth_share is not None and not 0.0 <= self.depth_share <= 1.0:
             raise ValueError(f"depth_share must be in [0, 1], got {self.depth_share}")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
             raise ValueError(
@@ -577,16 +578,14 @@ def run_pipeline(
         return _run(config, step, emit, t_start)
 
 
-def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
-    out = Path(config.out)
-    spec, teacher, data, test = load_inputs(config)
-    warnings: list[str] = []
-
-    # 1. Profile the baseline (the table serves what this device has already timed).
+def profile_baseline(
+    model: nn.Module, spec: ModelSpec, config: PruneConfig, step: ProgressFn
+) -> BlockProfile:
+    """Per-block serial latency of ``model`` as ``config`` asks (the table serves what it holds)."""
     step("profiling", 0, 1)
     with open_table(config) as table:
-        profile = profile_model(
-            teacher,
+        return profile_model(
+            model,
             spec,
             batch_size=config.latency_batch_size,
             device=config.device,
@@ -595,6 +594,15 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             threads=config.latency_threads or config.threads,
             progress=step,
         )
+
+
+def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
+    out = Path(config.out)
+    spec, teacher, data, test = load_inputs(config)
+    warnings: list[str] = []
+
+    # 1. Profile the baseline (the table serves what this device has already timed).
+    profile = profile_baseline(teacher, spec, config, step)
     base_s = profile.end_to_end_s
     budget_s = base_s * config.budget if config.budget is not None else config.budget_ms / 1e3
     cands, rest_s, scale = candidates_from_profile(profile, {})

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from profiler import build_model, resolve_spec
+from profiler import TimingOptions, build_model, resolve_spec
 from pruner import BudgetError, PruneConfig, load_pruned, run_pipeline
 from pruner.hfp import ChannelSpace, Gates, channel_ranking, fit_widths, size_targets
+from pruner.hfp_pipeline import split_budget
 from pruner.plan import PrunePlan
 from pruner.surgery import apply_plan
 
@@ -188,13 +189,55 @@ def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
             table=str(tmp_path / "lut.sqlite"),
             calibration_samples=300,
             heldout_samples=100,
+            depth_share=0.5,  # both passes cut, whatever each saves on this machine
         )
     )
     plan = PrunePlan.from_json((tmp_path / "both" / "plan.json").read_text())
     assert plan.method == "dbp+hfp" and plan.removed and plan.channels
     assert report.removed_blocks == plan.removed_names
-    depth = report.width["depth"]
-    assert depth["budget"] * depth["width_ratio"] == pytest.approx(0.6)
+    split = report.width["depth"]["split"]
+    assert split["depth"] * split["width"] == pytest.approx(0.6)
+    assert split["width"] < 1.0 and split["reason"] == "--depth-share 0.5"
     model = load_pruned(report.checkpoint_path)  # blocks removed, then groups thinned
     x = torch.randn(plan.spec.input_shape(2))
     assert model(x).shape == (2, 10)
+
+
+YIELDS = dict(depth_floor=0.3, width_floor=0.6)
+
+
+def test_split_gives_the_budget_to_blocks_where_thinning_saves_less() -> None:
+    split = split_budget(0.5, **YIELDS, block_yield=1.0, width_yield=0.3)
+    assert (split.depth, split.width) == (0.5, 1.0)
+    assert "blocks take the budget alone" in split.reason
+    # Below what blocks alone reach, blocks stop 5% above their floor and widths take the rest.
+    split = split_budget(0.2, **YIELDS, block_yield=1.0, width_yield=0.3)
+    assert split.depth == pytest.approx(0.315)
+    assert split.depth * split.width == pytest.approx(0.2)
+
+
+def test_split_shares_the_cut_where_thinning_pays_as_well() -> None:
+    split = split_budget(0.5, depth_floor=0.3, width_floor=0.2, block_yield=0.8, width_yield=0.9)
+    assert split.width == pytest.approx(0.5**0.5) and split.depth == pytest.approx(0.5**0.5)
+    assert "share the cut" in split.reason
+    # The width pass never goes more than halfway to its floor: the blocks take the rest.
+    split = split_budget(0.4, **YIELDS, block_yield=1.0, width_yield=0.3, depth_share=0.0)
+    assert split.width == pytest.approx(0.8) and split.depth == pytest.approx(0.5)
+
+
+def test_yields_are_measured_on_the_model() -> None:
+    from profiler import profile_model
+    from pruner.hfp_pipeline import block_yield, width_yield
+    from pruner.width_latency import measure_width_latency
+
+    spec = resolve_spec("resnet20")
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    opts = TimingOptions(budget_s=0.2)
+    profile = profile_model(model, spec, options=opts, threads=1)
+    b = block_yield(profile)
+    assert 0.3 < b < 3.0  # most latency of a ResNet sits in its removable units
+    space = ChannelSpace(apply_plan(model, PrunePlan(spec)), torch.randn(spec.input_shape(1)))
+    predict = measure_width_latency(space, profile.end_to_end_s, options=opts, round_to=8)
+    w = width_yield(space, predict, 8)
+    assert 0.0 < w < 1.5

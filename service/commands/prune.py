@@ -74,9 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--depth-share",
         type=float,
-        default=0.5,
+        default=None,
         metavar="S",
-        help="dbp+hfp: share of the latency cut the block pass takes (0.5)",
+        help="dbp+hfp: share of the latency cut the block pass takes, in [0, 1] (default: "
+        "chosen from the latency each pass saves per multiplication removed on this device)",
     )
     p.add_argument(
         "--iterative", action="store_true", help="remove in rounds, rescoring after each"
