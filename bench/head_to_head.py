@@ -11,7 +11,10 @@ On Fashion-MNIST with the cached resnet56 baseline, for each level:
   Its ``round_to=8`` is not used: on 16-channel layers it rounds a 10% ratio
   to half the channels, so MACs jump (0.52 at ratio 0.1, uniform) and no ratio
   lands on HFP's MACs;
-- dbp+hfp: blocks then filters, to that fraction of the latency;
+- dbp+hfp: blocks then filters, to that fraction of the latency, the split
+  chosen by the pipeline from what each pass saves on this device;
+- dbp+hfp-share0.5: the same with ``--depth-share 0.5`` (the width pass takes
+  the square root of the budget, at most halfway to its floor);
 all fine-tuned the same way (KD from the baseline, same epochs and data). For
 each: accuracy, MACs and parameter ratios (torch's FLOP counter), and the
 speed-up measured on this CPU at batch 1 and 16 (baseline and pruned timed
@@ -167,11 +170,15 @@ def main() -> int:
                 note = f"pruning_ratio {pr:.3f}"
             else:
                 kw = {"target_macs": level} if method == "hfp" else {"budget": level}
+                if method == "dbp+hfp-share0.5":
+                    kw["depth_share"] = 0.5
                 out = args.work / f"{method}_{level}"
-                report = run_pipeline(PruneConfig(out=str(out), method=method, **common, **kw))
+                name = method.split("-share")[0]
+                report = run_pipeline(PruneConfig(out=str(out), method=name, **common, **kw))
                 model = load_pruned(report.checkpoint_path)
                 acc, acc_before = report.pruned.accuracy, report.accuracy_before_finetune
-                note = "; ".join(report.warnings)
+                split = (report.width or {}).get("depth", {}).get("split", {})
+                note = "; ".join([*report.warnings, *([split["reason"]] if split else [])])
                 if method == "hfp":
                     hfp_macs[level] = report.width["macs_ratio"]
             ratio = macs(model, spec) / macs(teacher, spec)
@@ -213,7 +220,7 @@ def at_equal_accuracy(rows: list[dict], batch: int, within: float = 0.003) -> li
 
 
 def write(run: dict) -> None:
-    order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp"]
+    order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp", "dbp+hfp-share0.5"]
     rows = sorted(run["rows"], key=lambda r: (-r["level"], order.index(r["method"])))
     methods = [m for m in order if any(r["method"] == m for r in rows)]
     base_acc, cfg = run["baseline_accuracy"], run["settings"]
@@ -224,7 +231,7 @@ def write(run: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(cfg["batches"]), figsize=(6 * len(cfg["batches"]), 4.5))
-    markers = {"dbp": "o", "hfp": "s", "tp-magnitude": "^", "dbp+hfp": "D"}
+    markers = {"dbp": "o", "hfp": "s", "tp-magnitude": "^", "dbp+hfp": "D", "dbp+hfp-share0.5": "v"}
     for ax, b in zip(axes, cfg["batches"]):
         for m in methods:
             pts = sorted(
