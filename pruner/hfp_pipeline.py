@@ -229,27 +229,27 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
         budget_s = (
             config.budget * base_now_s if config.budget is not None else config.budget_ms / 1e3
         )
-        predict = _width_model(space, student_s, config, step)
         ratio = budget_s / student_s
-        floor = _floor(space, predict, config.round_to)
-        if ratio < floor:
-            warnings.append(
-                f"thinning every channel group to {config.round_to} channels predicts "
-                f"{floor:.3f} of {student_s * 1e3:.3f} ms, above the budget's {ratio:.3f}: "
-                "width pruning cannot meet this budget on this device; pruned to the floor"
-            )
-            ratio = floor
         # After the block pass, within the tolerance is met (as that pass judges it): a
         # width pass for the last percent would cost a round of gating and fine-tuning.
         slack = 1 + config.tolerance if config.method == "dbp+hfp" else 1.0
         if ratio * slack < 1.0:
+            predict = _width_model(space, student_s, config, step)
+            floor = _floor(space, predict, config.round_to)
+            if ratio < floor:
+                warnings.append(
+                    f"thinning every channel group to {config.round_to} channels predicts "
+                    f"{floor:.3f} of {student_s * 1e3:.3f} ms, above the budget's {ratio:.3f}: "
+                    "width pruning cannot meet this budget on this device; pruned to the floor"
+                )
+                ratio = floor
             targets.append(Target("latency", ratio, predict, student_s))
         emit(
             {
                 "event": "profiled",
                 "end_to_end_s": student_s,
                 "budget_s": budget_s,
-                "width_layers": len(predict.layers),
+                "width_layers": len(predict.layers) if predict else 0,
             }
         )
     if not targets and config.method == "dbp+hfp":
@@ -294,7 +294,7 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
                 f"{config.width_tolerance:.0%} under its target {t.ratio:.4f} ({why})"
             )
     emit({"event": "selected", "widths": choice.widths, "ratios": choice.ratios})
-    acc_before, acc_after = recover(student, teacher, data, test, config)
+    acc_before, acc_after = recover(student, teacher, data, test, config, bool(targets))
     emit({"event": "finetuned", "accuracy_before": acc_before, "accuracy_after": acc_after})
 
     step("measuring", 0, 1)

@@ -241,3 +241,32 @@ def test_yields_are_measured_on_the_model() -> None:
     predict = measure_width_latency(space, profile.end_to_end_s, options=opts, round_to=8)
     w = width_yield(space, predict, 8)
     assert 0.0 < w < 1.5
+
+
+def test_depth_then_width_splits_by_what_each_pass_saves(tmp_path, digits_resnet20) -> None:
+    events: list[dict] = []
+    report = run_pipeline(
+        digits_config(
+            digits_resnet20,
+            tmp_path / "auto",
+            method="dbp+hfp",
+            budget=0.6,
+            table=str(tmp_path / "lut.sqlite"),
+            calibration_samples=300,
+            heldout_samples=100,
+        ),
+        on_event=events.append,
+    )
+    split = report.width["depth"]["split"]
+    assert [e for e in events if e["event"] == "split"][0]["reason"] == split["reason"]
+    assert split["depth"] * split["width"] == pytest.approx(0.6)
+    assert split["block_yield"] > 0 and split["width_yield"] > 0
+    if split["width_yield"] < split["block_yield"]:
+        assert "blocks take the budget alone" in split["reason"] and split["width"] == 1.0
+    else:
+        assert "share the cut" in split["reason"]
+    if "the block pass met the budget on its own: no channels removed" in report.warnings:
+        # Nothing thinned, so nothing fine-tuned twice: the model is the block pass's.
+        last = report.rounds[-1]
+        assert last.accuracy_before_finetune == last.accuracy_after_finetune
+        assert not report.width["targets"]
