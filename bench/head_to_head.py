@@ -178,7 +178,7 @@ def main() -> int:
                 model = load_pruned(report.checkpoint_path)
                 acc, acc_before = report.pruned.accuracy, report.accuracy_before_finetune
                 split = (report.width or {}).get("depth", {}).get("split", {})
-                note = "; ".join([*report.warnings, *([split["reason"]] if split else [])])
+                note = "; ".join([*([split["reason"]] if split else []), *report.warnings])
                 if method == "hfp":
                     hfp_macs[level] = report.width["macs_ratio"]
             ratio = macs(model, spec) / macs(teacher, spec)
@@ -277,7 +277,7 @@ def write(run: dict) -> None:
             f"| {r['method']} | {r['level']} | {r['accuracy']:.4f} | {r['accuracy_before_ft']:.4f} | "
             f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
             + " | ".join(f"{r.get(f'speedup_b{b}', float('nan')):.2f}x" for b in cfg["batches"])
-            + f" | {r['note'][:120]} |"
+            + f" | {r['note'][:200]} |"
         )
     lines += [
         "",
@@ -286,6 +286,17 @@ def write(run: dict) -> None:
         f"{se * 100:.1f} points, so rows closer than about {2 * se * 100:.0f} points are not "
         "told apart by this test set. MACs and parameters are counted by torch's "
         "FlopCounterMode on the pruned model, independently of HFP's own counter.",
+        *(
+            [
+                "",
+                "dbp+hfp chooses its split from the latency each pass saves per multiplication "
+                "removed on the device; dbp+hfp-share0.5 is the fixed rule it used before "
+                "(`--depth-share 0.5`: the width pass takes the square root of the budget, at "
+                "most halfway to its floor).",
+            ]
+            if any(r["method"] == "dbp+hfp-share0.5" for r in rows)
+            else []
+        ),
         "",
         "## At equal accuracy",
         "",
