@@ -282,13 +282,15 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
     space.remove(choice.keep)
     for t in targets:
         if choice.ratios[t.name] < t.ratio * (1 - config.width_tolerance):
-            binding = [o for o in targets if o is not t]
-            why = (
-                f"with {binding[0].name} at most {binding[0].ratio:.4f}, no model on this "
-                f"channel grid keeps more {t.name}; raise --target-{binding[0].name} to keep more"
-                if binding
-                else f"channel counts are multiples of {config.round_to}"
-            )
+            others = [o for o in targets if o is not t]
+            why = f"channel counts are multiples of {config.round_to}"
+            if others:  # the target that binds is the one its ratio reaches
+                b = max(others, key=lambda o: choice.ratios[o.name] / o.ratio)
+                flag = "--budget" if b.name == "latency" else f"--target-{b.name}"
+                why = (
+                    f"with {b.name} at most {b.ratio:.4f}, no model on this channel grid "
+                    f"keeps more {t.name}; raise {flag} to keep more"
+                )
             warnings.append(
                 f"{t.name} ratio {choice.ratios[t.name]:.4f} is more than "
                 f"{config.width_tolerance:.0%} under its target {t.ratio:.4f} ({why})"

@@ -270,3 +270,21 @@ def test_depth_then_width_splits_by_what_each_pass_saves(tmp_path, digits_resnet
         last = report.rounds[-1]
         assert last.accuracy_before_finetune == last.accuracy_after_finetune
         assert not report.width["targets"]
+
+
+def test_pipeline_names_the_binding_target_when_the_grid_cannot_meet_both(
+    tmp_path, digits_resnet20
+) -> None:
+    report = run_pipeline(
+        digits_config(
+            digits_resnet20,
+            tmp_path / "joint",
+            method="hfp",
+            target_macs=0.3,
+            target_params=0.7,
+            table="",
+        )
+    )
+    assert 0.3 * 0.98 <= report.width["ratios"]["macs"] <= 0.3
+    (warning,) = [w for w in report.warnings if w.startswith("params ratio")]
+    assert "with macs at most 0.3000" in warning and "raise --target-macs" in warning
