@@ -26,20 +26,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from profiler import build_model, resolve_spec
+from profiler import ModelSpec, build_model, resolve_spec
 from pruner.hfp import ChannelSpace, channel_ranking, fit_widths, size_targets
+from pruner.hfp_pipeline import macs as count_macs
 
 OUT = Path(__file__).resolve().parent / "results"
 MACS = (0.3, 0.5, 0.7)
 PARAMS = (0.3, 0.4, 0.5, 0.7)
 
 
-def counted(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.eval()(x)
-    return fc.get_total_flops() / 2, sum(p.numel() for p in model.parameters())
+def counted(model: torch.nn.Module, spec: ModelSpec) -> tuple[float, int]:
+    """MACs per image (torch's FLOP counter) and the parameter count."""
+    return count_macs(model, spec), sum(p.numel() for p in model.parameters())
 
 
 def reachable(space: ChannelSpace, macs: float, params: float, restarts: int = 6) -> bool:
@@ -103,14 +102,14 @@ def main() -> int:
             torch.manual_seed(0)
             model = build_model(spec).eval()
             x = torch.randn(spec.input_shape(2))
-            m0, p0 = counted(model, x[:1])
+            m0, p0 = counted(model, spec)
             space = ChannelSpace(model, x)
             t = time.perf_counter()
             choice = fit_widths(space, channel_ranking(space), size_targets(space, macs, params))
             seconds = time.perf_counter() - t
             probe = ChannelSpace(build_model(spec).eval(), x)  # unpruned, for the reach search
             space.remove(choice.keep)
-            m1, p1 = counted(model, x[:1])
+            m1, p1 = counted(model, spec)
             ok = all(
                 t_ is None or t_ * 0.98 <= r <= t_ + 1e-12
                 for t_, r in ((macs, m1 / m0), (params, p1 / p0))

@@ -465,6 +465,33 @@ def channel_ranking(space: ChannelSpace, gates: Gates | None = None) -> list[tor
     return (gates or Gates(space)).magnitudes()
 
 
+def _fits(ratios: Sequence[float], goals: Sequence[float]) -> bool:
+    """Every cost ratio at or under its goal."""
+    return all(r <= g for r, g in zip(ratios, goals))
+
+
+def _shortfall(ratios: Sequence[float], goals: Sequence[float]) -> float:
+    """How far under their goals the ratios sit, summed relative to each goal."""
+    return sum((g - r) / g for r, g in zip(ratios, goals))
+
+
+def _moved(allowed: Sequence[Sequence[int]], m: list[float], gi: int, d: int) -> list[float] | None:
+    """``m`` with group ``gi`` moved ``d`` allowed widths; None past either end."""
+    a = allowed[gi]
+    idx = a.index(int(m[gi])) + d
+    if not 0 <= idx < len(a):
+        return None
+    out = list(m)
+    out[gi] = float(a[idx])
+    return out
+
+
+def _strength_between(strength: Sequence[torch.Tensor], gi: int, k_from: int, k_to: int) -> float:
+    """The strength of group ``gi``'s channels ranked between widths ``k_from`` and ``k_to``."""
+    lo, hi = sorted((k_from, k_to))
+    return float(strength[gi][lo:hi].sum())
+
+
 def fit_widths(
     space: ChannelSpace,
     strength: Sequence[torch.Tensor],
@@ -499,28 +526,22 @@ def fit_widths(
                 f"raise the target or lower --round-to"
             )
 
+    goals = [tg.ratio for tg in targets]
+
     def step_value(gi: int, k_from: int, k_to: int) -> float:
-        lo, hi = sorted((k_from, k_to))
-        return float(sorted_strength[gi][lo:hi].sum())
+        return _strength_between(sorted_strength, gi, k_from, k_to)
 
     def costs(m: list[float]) -> list[float]:
         return [tg.ratio_at(m) for tg in targets]
 
     def fits(c: list[float]) -> bool:
-        return all(c[i] <= tg.ratio for i, tg in enumerate(targets))
+        return _fits(c, goals)
 
     def shortfall(c: list[float]) -> float:
-        return sum((tg.ratio - c[i]) / tg.ratio for i, tg in enumerate(targets))
+        return _shortfall(c, goals)
 
     def step(m: list[float], gi: int, d: int) -> list[float] | None:
-        """``m`` with group ``gi`` moved ``d`` allowed widths; None past either end."""
-        a = allowed[gi]
-        idx = a.index(int(m[gi])) + d
-        if not 0 <= idx < len(a):
-            return None
-        out = list(m)
-        out[gi] = float(a[idx])
-        return out
+        return _moved(allowed, m, gi, d)
 
     def shrink(m: list[float], hold: int | None = None, spare: bool = False) -> list[float] | None:
         """Step groups (never ``hold``) down until every target holds; None if none can.
@@ -619,7 +640,7 @@ def fit_widths(
             break
         n = grow(pick)
     if any((tg.ratio - c) / tg.ratio > 0.02 for c, tg in zip(costs(n), targets)):
-        n = grow(anneal(n, costs, allowed, [tg.ratio for tg in targets], sorted_strength))
+        n = grow(anneal(n, costs, allowed, goals, sorted_strength))
     keep = {}
     for gi, g in enumerate(space.groups):
         k = int(n[gi])
@@ -663,30 +684,23 @@ def anneal(
         short = sum(max(0.99 * g - r, 0.0) / g for r, g in zip(c, goals))
         return 10.0 * over + short + 1e-3 * (1.0 - keep)
 
-    def short_of(c: list[float]) -> float:
-        return sum((g - r) / g for r, g in zip(c, goals))
-
-    best, best_short = list(n), short_of(costs(n))
+    best, best_short = list(n), _shortfall(costs(n), goals)
     m, keep = list(n), kept(n)
     e = energy(costs(m), keep)
     temperature = 0.05
     for _ in range(steps):
         gi = rng.randrange(len(allowed))
-        a = allowed[gi]
-        idx = a.index(int(m[gi])) + rng.choice((-1, 1))
-        if not 0 <= idx < len(a):
+        trial = _moved(allowed, m, gi, rng.choice((-1, 1)))
+        if trial is None:
             continue
-        trial = list(m)
-        trial[gi] = float(a[idx])
-        lo, hi = sorted((int(m[gi]), int(trial[gi])))
-        delta = float(strength[gi][lo:hi].sum()) / total
+        delta = _strength_between(strength, gi, int(m[gi]), int(trial[gi])) / total
         trial_keep = keep + (delta if trial[gi] > m[gi] else -delta)
         c = costs(trial)
         e_trial = energy(c, trial_keep)
         if e_trial <= e or rng.random() < math.exp((e - e_trial) / temperature):
             m, keep, e = trial, trial_keep, e_trial
-            if all(r <= g for r, g in zip(c, goals)) and short_of(c) < best_short:
-                best, best_short = list(m), short_of(c)
+            if _fits(c, goals) and _shortfall(c, goals) < best_short:
+                best, best_short = list(m), _shortfall(c, goals)
                 if all(r >= 0.99 * g for r, g in zip(c, goals)):
                     break
         temperature *= 0.9995

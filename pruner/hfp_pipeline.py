@@ -202,7 +202,7 @@ def run_width(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: flo
         depth_config = dataclasses.replace(
             config, method="dbp", budget=frac, out=str(out / "depth"), export=False
         )
-        report = _run(depth_config, step, emit, time.perf_counter())
+        report = _run(depth_config, step, emit, time.perf_counter(), profile)
         student = load_pruned(report.checkpoint_path)
         plan = PrunePlan.from_json(Path(report.plan_path).read_text())
         removed = plan.removed

@@ -596,13 +596,20 @@ def profile_baseline(
         )
 
 
-def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -> PruneReport:
+def _run(
+    config: PruneConfig,
+    step: ProgressFn,
+    emit: EventFn,
+    t_start: float,
+    profile: BlockProfile | None = None,
+) -> PruneReport:
+    """The block pipeline; ``profile``: the baseline's, when the caller has already taken it."""
     out = Path(config.out)
     spec, teacher, data, test = load_inputs(config)
     warnings: list[str] = []
 
     # 1. Profile the baseline (the table serves what this device has already timed).
-    profile = profile_baseline(teacher, spec, config, step)
+    profile = profile or profile_baseline(teacher, spec, config, step)
     base_s = profile.end_to_end_s
     budget_s = base_s * config.budget if config.budget is not None else config.budget_ms / 1e3
     cands, rest_s, scale = candidates_from_profile(profile, {})
@@ -659,6 +666,7 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
     else:
         targets = [budget_s]
     student: fx.GraphModule = trace(copy.deepcopy(teacher))
+    by_name = {t.block.name: t.block for t in profile.blocks}
     removed: list[str] = []
     rounds: list[RoundRecord] = []
     selection: Selection | None = None
@@ -684,7 +692,6 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
             }
         )
         step("surgery", i, i + 1)
-        by_name = {t.block.name: t.block for t in profile.blocks}
         student = remove_more(student, [by_name[n] for n in new], spec, data.train)
         removed.extend(new)
         test_acc_before, test_acc = recover(student, teacher, data, test, config, bool(new))
@@ -736,7 +743,6 @@ def _run(config: PruneConfig, step: ProgressFn, emit: EventFn, t_start: float) -
 
     # 7. Write plan, checkpoint, export and report.
     assert selection is not None
-    by_name = {t.block.name: t.block for t in profile.blocks}
     ordered = [t.block.name for t in profile.blocks if t.block.name in set(removed)]
     plan = PrunePlan(
         spec=spec,

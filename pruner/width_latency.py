@@ -90,9 +90,13 @@ class WidthLatency:
         return self.base_s + self._sum(n) - self._full_sum  # type: ignore[attr-defined]
 
 
+def _depthwise(conv: nn.Conv2d) -> bool:
+    """One filter per channel: its width follows its input's, and so does its group count."""
+    return conv.groups > 1 and conv.groups == conv.out_channels
+
+
 def _piece(conv: nn.Conv2d, cin: int, cout: int) -> nn.Module:
-    depthwise = conv.groups > 1 and conv.groups == conv.out_channels
-    groups = cout if depthwise else conv.groups
+    groups = cout if _depthwise(conv) else conv.groups
     c = nn.Conv2d(
         cin,
         cout,
@@ -177,7 +181,7 @@ def _signature(conv: nn.Conv2d, cin: int, cout: int, batch: int, h: int, w: int,
         conv.stride,
         conv.padding,
         conv.dilation,
-        conv.groups > 1 and conv.groups == conv.out_channels,
+        _depthwise(conv),
         conv.bias is not None,
         batch,
         h,

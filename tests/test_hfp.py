@@ -179,18 +179,24 @@ def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20
     assert report.pruned.accuracy > 0.5  # digits: 10 classes, chance is 0.1
 
 
+def depth_then_width_config(checkpoint, tmp_path, out: str, **kw) -> PruneConfig:
+    """dbp+hfp at budget 0.6 on digits, writing to ``tmp_path / out``."""
+    return digits_config(
+        checkpoint,
+        tmp_path / out,
+        method="dbp+hfp",
+        budget=0.6,
+        table=str(tmp_path / "lut.sqlite"),
+        calibration_samples=300,
+        heldout_samples=100,
+        **kw,
+    )
+
+
 def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
+    # depth_share 0.5: both passes cut, whatever each saves on this machine.
     report = run_pipeline(
-        digits_config(
-            digits_resnet20,
-            tmp_path / "both",
-            method="dbp+hfp",
-            budget=0.6,
-            table=str(tmp_path / "lut.sqlite"),
-            calibration_samples=300,
-            heldout_samples=100,
-            depth_share=0.5,  # both passes cut, whatever each saves on this machine
-        )
+        depth_then_width_config(digits_resnet20, tmp_path, "both", depth_share=0.5)
     )
     plan = PrunePlan.from_json((tmp_path / "both" / "plan.json").read_text())
     assert plan.method == "dbp+hfp" and plan.removed and plan.channels
@@ -246,16 +252,7 @@ def test_yields_are_measured_on_the_model() -> None:
 def test_depth_then_width_splits_by_what_each_pass_saves(tmp_path, digits_resnet20) -> None:
     events: list[dict] = []
     report = run_pipeline(
-        digits_config(
-            digits_resnet20,
-            tmp_path / "auto",
-            method="dbp+hfp",
-            budget=0.6,
-            table=str(tmp_path / "lut.sqlite"),
-            calibration_samples=300,
-            heldout_samples=100,
-        ),
-        on_event=events.append,
+        depth_then_width_config(digits_resnet20, tmp_path, "auto"), on_event=events.append
     )
     split = report.width["depth"]["split"]
     assert [e for e in events if e["event"] == "split"][0]["reason"] == split["reason"]
