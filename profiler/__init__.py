@@ -2,6 +2,8 @@
 
 from .allocator import allocator_policy, retain_freed_memory
 from .blocks import BlockGraph, count_ops, discover
+from .compare import measure_pair, torch_threads
+from .cost import ModelCost, example_input, model_cost
 from .device import device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
 from .measure import profile_model
@@ -25,6 +27,11 @@ __all__ = [
     "retain_freed_memory",
     "BlockGraph",
     "count_ops",
+    "example_input",
+    "measure_pair",
+    "model_cost",
+    "ModelCost",
+    "torch_threads",
     "LatencyTable",
     "TimingOptions",
     "TraceError",
