@@ -65,6 +65,9 @@ class Daemon:
         self.stopping = False
         self.started_at = time.time()
         self._queue_changed = True
+        # Both read the filesystem (package metadata, sys.path): once here, not on every ping.
+        self.version = _version()
+        self.kinds = {kind: check_kind(kind) for kind in p.PARAMS_TYPES}
         self.ctx = zmq.Context()
         self.auth = None
         self.endpoints: dict[str, str] = {}
@@ -125,7 +128,7 @@ class Daemon:
             "ingest": self.ingest.last_endpoint.decode(),
             "metrics": f"http://{st.host}:{self.metrics.server_port}/metrics",
         }
-        info = {"pid": os.getpid(), "version": _version(), "curve": st.curve, **self.endpoints}
+        info = {"pid": os.getpid(), "version": self.version, "curve": st.curve, **self.endpoints}
         tmp = self.state_dir / "daemon.json.tmp"
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(self.state_dir / "daemon.json")
@@ -143,7 +146,7 @@ class Daemon:
             log.warning(
                 "job %s was running when the daemon last stopped: marked interrupted", job_id
             )
-        log.info("prunerd %s serving %s", _version(), self.endpoints)
+        log.info("prunerd %s serving %s", self.version, self.endpoints)
 
         self.poller = zmq.Poller()
         self.poller.register(self.rpc, zmq.POLLIN)
@@ -206,17 +209,17 @@ class Daemon:
 
     def _op_ping(self, req: p.Ping) -> dict[str, Any]:
         return {
-            "version": _version(),
+            "version": self.version,
             "protocol": p.PROTOCOL_VERSION,
             "pid": os.getpid(),
             "uptime_s": time.time() - self.started_at,
             "running": len(self.workers),
-            "kinds": {kind: check_kind(kind) or "available" for kind in p.PARAMS_TYPES},
+            "kinds": {kind: reason or "available" for kind, reason in self.kinds.items()},
             "endpoints": self.endpoints,
         }
 
     def _op_submit(self, req: p.Submit) -> dict[str, Any]:
-        reason = check_kind(req.kind)
+        reason = self.kinds[req.kind]
         if reason:
             raise p.ProtocolError("unavailable", reason, "kind")
         job = self.store.create(req.kind, req.params.to_dict())
