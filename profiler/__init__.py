@@ -6,6 +6,7 @@ from .compare import measure_pair, torch_threads
 from .cost import ModelCost, example_input, model_cost
 from .device import device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
+from .interference import InterferenceWatch
 from .measure import profile_model
 from .models import (
     Checkpoint,
@@ -18,8 +19,18 @@ from .models import (
     resolve_spec,
     save_checkpoint,
 )
-from .records import Block, BlockProfile, BlockTiming, DeviceInfo, Measurement, Segment
-from .table import LatencyTable, default_table_path
+from .quality import QualityLimits
+from .records import (
+    Block,
+    BlockProfile,
+    BlockTiming,
+    DeviceInfo,
+    Interference,
+    Measurement,
+    ProfileQuality,
+    Segment,
+)
+from .table import LatencyTable, TableQuality, default_table_path
 from .timing import TimingOptions, measure
 
 __all__ = [
@@ -33,6 +44,11 @@ __all__ = [
     "ModelCost",
     "torch_threads",
     "LatencyTable",
+    "Interference",
+    "InterferenceWatch",
+    "ProfileQuality",
+    "QualityLimits",
+    "TableQuality",
     "TimingOptions",
     "TraceError",
     "default_table_path",

@@ -23,8 +23,10 @@ from torch import nn
 from .blocks import BlockGraph, count_ops, discover
 from .device import device_info, resolve_device, throttle_warning
 from .graph import extract, signature, tensor_meta
+from .interference import InterferenceWatch
 from .models import ModelSpec, eval_mode
-from .records import BlockProfile, BlockTiming, Measurement, Segment
+from .quality import QualityLimits, assess
+from .records import BlockProfile, BlockTiming, DeviceInfo, Interference, Measurement, Segment
 from .table import LatencyTable
 from .timing import Progress, TimingOptions, measure
 
@@ -84,14 +86,19 @@ def profile_model(
     example: torch.Tensor | None = None,
     progress: Progress | None = None,
     on_block: Callable[[BlockTiming], None] | None = None,
+    limits: QualityLimits | None = None,
+    store_failed: bool = False,
 ) -> BlockProfile:
     """Measure each block's serial latency (seconds) on ``device``.
 
     ``example`` is the input batch (shape ``spec.input_shape(batch_size)``);
     random normal data when omitted. With ``table``, measurements of pieces
     already timed on this device are reused unless ``remeasure``; new ones
-    are stored. ``fused`` measures the model as deployed with fused
-    Conv-BN-ReLU kernels. The caller's model is not modified.
+    are stored only when the profile passes its own checks (``limits``:
+    additivity, spread, drift, other processes' CPU use), or always with
+    ``store_failed``. The checks are in ``profile.quality``. ``fused``
+    measures the model as deployed with fused Conv-BN-ReLU kernels. The
+    caller's model is not modified.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -104,99 +111,131 @@ def profile_model(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _profile(
-            model,
-            spec,
-            batch_size,
-            dev,
-            dtype,
-            fused,
-            table,
-            remeasure,
-            options,
-            example,
-            progress,
-            on_block,
-        )
+        run = _Run(dev, batch_size, dtype, fused, options, progress, limits or QualityLimits())
+        profile, todo = _profile(model, spec, run, table, remeasure, example, on_block)
+        if table is not None and todo and (store_failed or profile.quality.ok):  # type: ignore[union-attr]
+            table.remember_device(profile.device)
+            table.put_many(
+                profile.device.fingerprint,
+                [(it.signature, it.measurement, it.label) for it in todo],  # type: ignore[misc]
+                quality=profile.quality,
+            )
+        return profile
     finally:
         torch.set_num_threads(previous_threads)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How one profile is taken (the options that do not change what is measured)."""
+
+    dev: torch.device
+    batch_size: int
+    dtype: str
+    fused: bool
+    options: TimingOptions | None
+    progress: Progress | None
+    limits: QualityLimits
 
 
 def _profile(
     model: nn.Module,
     spec: ModelSpec,
-    batch_size: int,
-    dev: torch.device,
-    dtype: str,
-    fused: bool,
+    run: _Run,
     table: LatencyTable | None,
     remeasure: bool,
-    options: TimingOptions | None,
     example: torch.Tensor | None,
-    progress: Progress | None,
     on_block: Callable[[BlockTiming], None] | None,
-) -> BlockProfile:
+) -> tuple[BlockProfile, list[_Item]]:
+    """The checked profile, and the items timed in this run (what the table may store)."""
+    dev, dtype = run.dev, run.dtype
     info = device_info(dev)
-    fp = info.fingerprint
     model = eval_mode(copy.deepcopy(model).to(device=dev, dtype=DTYPES[dtype]))
-    if fused:
+    if run.fused:
         from kernels import fuse  # the deploy-time form of the model
 
         model = fuse(model)
     if example is None:
         gen = torch.Generator().manual_seed(0)
-        example = torch.randn(spec.input_shape(batch_size), generator=gen)
+        example = torch.randn(spec.input_shape(run.batch_size), generator=gen)
     x = example.to(device=dev, dtype=DTYPES[dtype])
-    if progress:
-        progress("tracing", 0, 1)
+    if run.progress:
+        run.progress("tracing", 0, 1)
     with torch.inference_mode():
         bg = discover(model, x)
-    items, layout = _plan_items(bg, model, x, dtype, fused)
+    items, layout = _plan_items(bg, model, x, dtype, run.fused)
     served = 0
     if table is not None and not remeasure:
         for it in items:
-            if it.module is not None and (m := table.get(fp, it.signature)) is not None:
+            if (
+                it.module is not None
+                and (m := table.get(info.fingerprint, it.signature)) is not None
+            ):
                 it.measurement = m
                 served += 1
     todo = [it for it in items if it.measurement is None and it.module is not None]
+    seen = None
     if todo:
-        works = _bind_inputs(bg, x, todo)
-        warnings = [w for w in [throttle_warning(dev)] if w]
-        results = measure(works, dev, options, fp, progress)
-        for it, m in zip(todo, results):
-            it.measurement = m
-        warnings += [w for w in [throttle_warning(dev)] if w and w not in warnings]
-        if warnings:
-            info = dataclasses.replace(info, warnings=tuple(warnings))
-        if table is not None:
-            table.remember_device(info)
-            table.put_many(fp, [(it.signature, it.measurement, it.label) for it in todo])  # type: ignore[misc]
+        info, seen = _time_items(bg, x, todo, info, run)
     for it in items:
         if it.measurement is None:
-            it.measurement = Measurement.exact(0.0, fp)
+            it.measurement = Measurement.exact(0.0, info.fingerprint)
+    profile = _assemble(spec, bg, x, items, layout, info, run, served, on_block)
+    quality = assess(profile, [it.measurement for it in todo], seen, run.limits)  # type: ignore[misc]
+    return dataclasses.replace(profile, quality=quality), todo
+
+
+def _time_items(
+    bg: BlockGraph, x: torch.Tensor, todo: list[_Item], info: DeviceInfo, run: _Run
+) -> tuple[DeviceInfo, Interference | None]:
+    """Time ``todo`` in place (filling each item's measurement), watching the CPU meanwhile."""
+    works = _bind_inputs(bg, x, todo)
+    warnings = [w for w in [throttle_warning(run.dev)] if w]
+    watch = InterferenceWatch(torch.get_num_threads()).start() if run.dev.type == "cpu" else None
+    results = measure(works, run.dev, run.options, info.fingerprint, run.progress)
+    seen = watch.stop() if watch is not None else None
+    for it, m in zip(todo, results):
+        it.measurement = m
+    warnings += [w for w in [throttle_warning(run.dev)] if w and w not in warnings]
+    if warnings:
+        info = dataclasses.replace(info, warnings=tuple(warnings))
+    return info, seen
+
+
+def _assemble(
+    spec: ModelSpec,
+    bg: BlockGraph,
+    x: torch.Tensor,
+    items: list[_Item],
+    layout: dict[str, tuple[tuple[str, ...], int, int]],
+    info: DeviceInfo,
+    run: _Run,
+    served: int,
+    on_block: Callable[[BlockTiming], None] | None,
+) -> BlockProfile:
     by_label = {it.label: it.measurement for it in items}
     timings = []
     for b in bg.blocks:
         rep = by_label.get(f"replace:{b.name}") if b.removable else None
-        t = BlockTiming(b, by_label[f"block:{b.name}"], rep)
+        t = BlockTiming(b, by_label[f"block:{b.name}"], rep)  # type: ignore[arg-type]
         timings.append(t)
         if on_block:
             on_block(t)
     rest = tuple(
-        Segment(name, names, by_label[f"rest:{name}"], flops, params)
+        Segment(name, names, by_label[f"rest:{name}"], flops, params)  # type: ignore[arg-type]
         for name, (names, flops, params) in layout.items()
     )
     return BlockProfile(
         model=spec.name,
         batch_size=int(x.shape[0]),
         input_shape=tuple(x.shape),
-        dtype=dtype,
+        dtype=run.dtype,
         device=info,
         blocks=tuple(timings),
         rest=rest,
         end_to_end=by_label["model"],  # type: ignore[arg-type]
         eager=by_label["eager"],
-        fused=fused,
+        fused=run.fused,
         from_table=served,
         created_at=time.time(),
     )

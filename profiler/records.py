@@ -265,6 +265,85 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Interference:
+    """CPU use while a profile was timed, from ``profiler.interference``.
+
+    ``own_cores`` and ``other_cores`` are average numbers of busy logical cores
+    (this process, everything else) over ``wall_s`` seconds; ``cores`` is how
+    many this process may run on and ``threads`` how many it timed with.
+    """
+
+    wall_s: float
+    cores: int
+    threads: int
+    own_cores: float
+    other_cores: float
+    load_1m_start: float
+    load_1m_end: float
+
+    @property
+    def spare_cores(self) -> float:
+        """Cores left to other processes before they compete with the timed threads."""
+        return max(self.cores - self.threads, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interference:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ProfileQuality:
+    """The profile's own checks: passed (``ok``), or the problems, each with its cause and fix.
+
+    ``spread`` is the latency-weighted relative IQR of the timed pieces
+    (sum of IQRs / sum of medians); ``drift`` the relative change of the
+    whole model's median between the first and last third of the timing
+    rounds; both ``nan`` when nothing was timed in this run.
+    """
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+    additivity_error: float = 0.0
+    spread: float = math.nan
+    drift: float = math.nan
+    interference: Interference | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "additivity_error": self.additivity_error,
+            "spread": _finite_or_none(self.spread),
+            "drift": _finite_or_none(self.drift),
+            "interference": None if self.interference is None else self.interference.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProfileQuality:
+        seen = d.get("interference")
+        return cls(
+            ok=bool(d["ok"]),
+            problems=tuple(d.get("problems", ())),
+            additivity_error=float(d.get("additivity_error", 0.0)),
+            spread=_none_to_nan(d.get("spread")),
+            drift=_none_to_nan(d.get("drift")),
+            interference=None if seen is None else Interference.from_dict(seen),
+        )
+
+
+def _finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: an unknown figure is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def _none_to_nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(frozen=True)
 class BlockProfile:
     """Per-block serial latency of one model on one device at one batch size.
 
@@ -284,6 +363,7 @@ class BlockProfile:
     from_table: int = 0  # how many measurements were served from the latency table
     eager: Measurement | None = None  # the model as given, not traced (for reference)
     created_at: float = 0.0  # Unix time
+    quality: ProfileQuality | None = None  # None: not checked (a profile from an older prunerd)
 
     @property
     def rest_s(self) -> float:
@@ -329,6 +409,7 @@ class BlockProfile:
             "additivity_error": self.additivity_error,
             "from_table": self.from_table,
             "created_at": self.created_at,
+            "quality": None if self.quality is None else self.quality.to_dict(),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -355,6 +436,7 @@ class BlockProfile:
             eager=Measurement.from_dict(d["eager"]) if d.get("eager") else None,
             from_table=int(d.get("from_table", 0)),
             created_at=float(d.get("created_at", 0.0)),
+            quality=ProfileQuality.from_dict(d["quality"]) if d.get("quality") else None,
         )
 
     @classmethod

@@ -13,11 +13,15 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .records import DeviceInfo, Measurement
+from .records import DeviceInfo, Measurement, ProfileQuality
 
-TABLE_VERSION = 2  # 2: chained in-place timing; "model" is the traced graph
+# 2: chained in-place timing; "model" is the traced graph.
+# 3: each entry keeps its spread and the conditions it was taken under; entries of
+#    older tables were stored unchecked (a disturbed run among them), so they are dropped.
+TABLE_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,9 +37,29 @@ CREATE TABLE IF NOT EXISTS latency (
     measurement TEXT NOT NULL,
     median_s REAL NOT NULL,
     created_at REAL NOT NULL,
+    spread REAL NOT NULL,          -- IQR / median of this entry's samples
+    ok INTEGER NOT NULL,           -- 1: its profile passed the checks; 0: stored anyway
+    conditions TEXT NOT NULL,      -- JSON: the profile's checks (load, other CPU use, problems)
     PRIMARY KEY (fingerprint, signature)
 );
 """
+
+
+@dataclass(frozen=True)
+class TableQuality:
+    """The latency table's entries for one device: count, failed, median and worst spread."""
+
+    measurements: int
+    failed: int
+    median_spread: float
+    worst_spread: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _relative_iqr(m: Measurement) -> float:
+    return m.iqr_s / m.median_s if m.median_s > 0 else 0.0
 
 
 def default_table_path() -> Path:
@@ -61,7 +85,8 @@ class LatencyTable:
                 self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(TABLE_VERSION),))
             elif int(row[0]) != TABLE_VERSION:
                 # An older layout's signatures mean something else: start afresh rather than mislead.
-                self._db.execute("DELETE FROM latency")
+                self._db.execute("DROP TABLE IF EXISTS latency")
+                self._db.executescript(_SCHEMA)
                 self._db.execute(
                     "UPDATE meta SET value=? WHERE key='version'", (str(TABLE_VERSION),)
                 )
@@ -85,29 +110,41 @@ class LatencyTable:
         return None if row is None else Measurement.from_dict(json.loads(row[0]))
 
     def put(
-        self, fingerprint: str, signature: str, measurement: Measurement, label: str = ""
+        self,
+        fingerprint: str,
+        signature: str,
+        measurement: Measurement,
+        label: str = "",
+        quality: ProfileQuality | None = None,
     ) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    fingerprint,
-                    signature,
-                    label,
-                    json.dumps(measurement.to_dict()),
-                    measurement.median_s,
-                    time.time(),
-                ),
-            )
+        self.put_many(fingerprint, [(signature, measurement, label)], quality)
 
-    def put_many(self, fingerprint: str, rows: list[tuple[str, Measurement, str]]) -> None:
-        """Store (signature, measurement, label) rows in one transaction."""
+    def put_many(
+        self,
+        fingerprint: str,
+        rows: list[tuple[str, Measurement, str]],
+        quality: ProfileQuality | None = None,
+    ) -> None:
+        """Store (signature, measurement, label) rows in one transaction, with the checks of
+        the profile they came from (``None``: taken outside a profile, unchecked)."""
         now = time.time()
+        ok = 1 if quality is None or quality.ok else 0
+        conditions = json.dumps(None if quality is None else quality.to_dict())
         with self._lock, self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (fingerprint, sig, label, json.dumps(m.to_dict()), m.median_s, now)
+                    (
+                        fingerprint,
+                        sig,
+                        label,
+                        json.dumps(m.to_dict()),
+                        m.median_s,
+                        now,
+                        _relative_iqr(m),
+                        ok,
+                        conditions,
+                    )
                     for sig, m, label in rows
                 ],
             )
@@ -124,9 +161,24 @@ class LatencyTable:
             rows = self._db.execute("SELECT info FROM devices ORDER BY updated_at").fetchall()
         return [DeviceInfo.from_dict(json.loads(r[0])) for r in rows]
 
-    def invalidate(self, fingerprint: str | None = None, older_than_s: float | None = None) -> int:
-        """Forget measurements (of one device, or older than an age in seconds, or all); returns how many."""
-        clauses, params = [], []
+    def invalidate(
+        self,
+        fingerprint: str | None = None,
+        older_than_s: float | None = None,
+        *,
+        failed_only: bool = False,
+        spread_above: float | None = None,
+    ) -> int:
+        """Forget measurements; returns how many. Filters combine: of one device, older than
+        an age in seconds, stored despite failed checks, or scattering more than
+        ``spread_above`` (IQR / median). No filter: all."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if failed_only:
+            clauses.append("ok=0")
+        if spread_above is not None:
+            clauses.append("spread>?")
+            params.append(spread_above)
         if fingerprint is not None:
             clauses.append("fingerprint=?")
             params.append(fingerprint)
@@ -139,11 +191,23 @@ class LatencyTable:
 
     def counts(self) -> dict[str, int]:
         """Number of measurements per device fingerprint."""
+        return {fp: q.measurements for fp, q in self.quality_summary().items()}
+
+    def quality_summary(self) -> dict[str, TableQuality]:
+        """Per device fingerprint: how many entries, how many stored despite failed checks,
+        and the median and worst spread (IQR / median) of the entries."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT fingerprint, COUNT(*) FROM latency GROUP BY fingerprint"
+                "SELECT fingerprint, ok, spread FROM latency ORDER BY fingerprint, spread"
             ).fetchall()
-        return {fp: int(n) for fp, n in rows}
+        spreads: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
+        for fp, ok, spr in rows:
+            spreads.setdefault(fp, []).append(float(spr))
+            failed[fp] = failed.get(fp, 0) + (0 if ok else 1)
+        return {
+            fp: TableQuality(len(v), failed[fp], v[len(v) // 2], v[-1]) for fp, v in spreads.items()
+        }
 
     def __len__(self) -> int:
         with self._lock:

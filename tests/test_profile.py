@@ -121,33 +121,55 @@ def test_short_work_is_timed_in_blocks() -> None:
 def test_table_reuse_and_invalidation(tmp_path: Path) -> None:
     table = LatencyTable(tmp_path / "lut.sqlite")
     model = load_model(SPEC)
-    first = profile_model(model, SPEC, device="cpu", options=QUICK, threads=1, table=table)
+    first = profile_model(
+        model, SPEC, device="cpu", options=QUICK, threads=1, table=table, store_failed=True
+    )
     assert first.from_table == 0
     timed = len(table)
     # 10 blocks + 2 shortcut replacements + head + whole graph + eager model; identity costs nothing.
     assert timed == 15
-    second = profile_model(model, SPEC, device="cpu", options=QUICK, threads=1, table=table)
+    second = profile_model(
+        model, SPEC, device="cpu", options=QUICK, threads=1, table=table, store_failed=True
+    )
     assert second.from_table == timed
     assert [b.latency for b in second.blocks] == [b.latency for b in first.blocks]
     assert second.end_to_end == first.end_to_end
     # Asked to re-measure: everything is timed again and replaced.
     third = profile_model(
-        model, SPEC, device="cpu", options=QUICK, threads=1, table=table, remeasure=True
+        model,
+        SPEC,
+        device="cpu",
+        options=QUICK,
+        threads=1,
+        table=table,
+        remeasure=True,
+        store_failed=True,
     )
     assert third.from_table == 0 and third.end_to_end != first.end_to_end
     # A different thread count is a different device fingerprint: nothing reused.
-    other = profile_model(model, SPEC, device="cpu", options=QUICK, threads=2, table=table)
+    other = profile_model(
+        model, SPEC, device="cpu", options=QUICK, threads=2, table=table, store_failed=True
+    )
     assert other.from_table == 0 and other.device.fingerprint != first.device.fingerprint
     # Same blocks at another batch size are different pieces.
     batch = profile_model(
-        model, SPEC, batch_size=2, device="cpu", options=QUICK, threads=1, table=table
+        model,
+        SPEC,
+        batch_size=2,
+        device="cpu",
+        options=QUICK,
+        threads=1,
+        table=table,
+        store_failed=True,
     )
     assert batch.from_table == 0
     # Forgetting one device leaves the others.
     removed = table.invalidate(fingerprint=first.device.fingerprint)
     assert removed == 2 * timed
     assert (
-        profile_model(model, SPEC, device="cpu", options=QUICK, threads=2, table=table).from_table
+        profile_model(
+            model, SPEC, device="cpu", options=QUICK, threads=2, table=table, store_failed=True
+        ).from_table
         == timed
     )
     assert {d.fingerprint for d in table.devices()} == {
@@ -160,10 +182,24 @@ def test_table_reuse_and_invalidation(tmp_path: Path) -> None:
 def test_table_shared_blocks_between_models(tmp_path: Path) -> None:
     """resnet56's stages hold the same unit shapes as resnet20's: its profile reuses them."""
     table = LatencyTable(tmp_path / "lut.sqlite")
-    profile_model(load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1, table=table)
+    profile_model(
+        load_model(SPEC),
+        SPEC,
+        device="cpu",
+        options=QUICK,
+        threads=1,
+        table=table,
+        store_failed=True,
+    )
     spec56 = ModelSpec("resnet56", input_size=(8, 8))
     p56 = profile_model(
-        load_model(spec56), spec56, device="cpu", options=QUICK, threads=1, table=table
+        load_model(spec56),
+        spec56,
+        device="cpu",
+        options=QUICK,
+        threads=1,
+        table=table,
+        store_failed=True,
     )
     # Stem, the first units of stages 2 and 3 (and their shortcuts), the repeated units, the head.
     assert p56.from_table >= 8
@@ -196,7 +232,8 @@ def test_bad_arguments_are_clear() -> None:
 def test_cli_profile_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.json"
     argv = ["profile", "resnet20", "--input-size", "8,8", "--threads", "1", "--budget-s", "0.2"]
-    argv += ["--table", str(tmp_path / "t.sqlite"), "--json", str(out)]
+    # --store-failed: what is tested is the table's reuse, whatever the machine's load.
+    argv += ["--table", str(tmp_path / "t.sqlite"), "--json", str(out), "--store-failed"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "layer3.2" in printed and "additivity error" in printed
@@ -304,6 +341,7 @@ def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
         "--table",
         str(table),
         "--quiet",
+        "--store-failed",
     ]
     assert main(argv) == 0
     capsys.readouterr()

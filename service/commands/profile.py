@@ -32,7 +32,11 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: torch's choice; recorded)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: torch's choice, one per physical core, as a deployed model "
+        "runs; recorded). On a shared machine use no more than the cores left free",
     )
     p.add_argument(
         "--fused", action="store_true", help="measure with Conv-BN-ReLU chains fused, as deployed"
@@ -48,6 +52,12 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--remeasure", action="store_true", help="time everything again even if the table has it"
+    )
+    p.add_argument(
+        "--store-failed",
+        action="store_true",
+        help="store the measurements in the table even when the profile fails its checks "
+        "(additivity, spread, drift, other processes' CPU use)",
     )
     p.add_argument(
         "--budget-s", type=float, default=10.0, help="time budget for timing, seconds (default: 10)"
@@ -86,6 +96,7 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
                 options=options,
                 threads=args.threads,
                 progress=progress,
+                store_failed=args.store_failed,
             )
     finally:
         if table is not None:

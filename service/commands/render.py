@@ -71,5 +71,31 @@ def console() -> Console:
     return c if c.is_terminal else Console(width=160)
 
 
+def print_quality(p: BlockProfile, out: Console | None = None) -> None:
+    """The profile's checks: one line when it passed, each problem with its fix when not."""
+    out = out or console()
+    q = p.quality
+    if q is None:
+        return
+    seen = q.interference
+    load = (
+        ""
+        if seen is None
+        else f"; other processes used {seen.other_cores:.2f} of {seen.cores} cores"
+        f" (load average {seen.load_1m_end:.2f})"
+    )
+    if q.ok:
+        out.print(f"[green]checks passed[/green]: additivity {q.additivity_error:+.1%}{load}")
+        return
+    out.print(f"[bold yellow]this profile failed its checks[/bold yellow]{load}:")
+    for problem in q.problems:
+        out.print(f"  - {problem}")
+    out.print(
+        "  measurements from a failed profile go into the latency table only with --store-failed"
+    )
+
+
 def print_profile(p: BlockProfile, out: Console | None = None) -> None:
-    (out or console()).print(profile_table(p))
+    out = out or console()
+    out.print(profile_table(p))
+    print_quality(p, out)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from profiler import LatencyTable
+from profiler import LatencyTable, TableQuality
 
 from .render import console
 
@@ -14,23 +14,35 @@ from .render import console
 def handle(args: argparse.Namespace) -> int:
     with LatencyTable(args.table) as table:
         if args.action == "clear":
-            if args.device is None and args.older_than_days is None and not args.all:
+            filters = (args.device, args.older_than_days, args.spread_above)
+            if all(f is None for f in filters) and not (args.all or args.failed):
                 raise ValueError(
-                    "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N or --all"
+                    "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N, "
+                    "--failed, --spread-above RATIO or --all"
                 )
             age = None if args.older_than_days is None else args.older_than_days * 86400.0
-            removed = table.invalidate(fingerprint=args.device, older_than_s=age)
+            removed = table.invalidate(
+                fingerprint=args.device,
+                older_than_s=age,
+                failed_only=args.failed,
+                spread_above=args.spread_above,
+            )
             print(f"removed {removed} measurements from {table.path}")
             return 0
         devices = table.devices()
-        counts = table.counts()
+        quality = table.quality_summary()
+    counts = {fp: q.measurements for fp, q in quality.items()}
     if args.json:
         print(
             json.dumps(
                 {
                     "path": str(table.path),
                     "devices": [
-                        {**d.to_dict(), "measurements": counts.get(d.fingerprint, 0)}
+                        {
+                            **d.to_dict(),
+                            "measurements": counts.get(d.fingerprint, 0),
+                            "quality": _quality_dict(quality.get(d.fingerprint)),
+                        }
                         for d in devices
                     ],
                 }
@@ -40,10 +52,29 @@ def handle(args: argparse.Namespace) -> int:
     out = console()
     out.print(f"latency table {table.path}: {sum(counts.values())} measurements")
     for d in devices:
+        q = quality.get(d.fingerprint)
+        checks = (
+            ""
+            if q is None
+            else f"  failed checks={q.failed}  spread median {q.median_spread:.1%}"
+            f" worst {q.worst_spread:.1%}"
+        )
         out.print(
-            f"  {d.fingerprint}  {d.kind}  {d.name}  threads={d.threads}  torch {d.torch_version}  measurements={counts.get(d.fingerprint, 0)}"
+            f"  {d.fingerprint}  {d.kind}  {d.name}  threads={d.threads}  torch {d.torch_version}"
+            f"  measurements={counts.get(d.fingerprint, 0)}{checks}"
         )
     return 0
+
+
+def _quality_dict(q: TableQuality | None) -> dict[str, float | int] | None:
+    return None if q is None else q.to_dict()
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a ratio > 0 (0.2 = 20%), got {text}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +92,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="clear: only measurements older than this",
+    )
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="clear: only measurements stored despite failed checks (--store-failed)",
+    )
+    p.add_argument(
+        "--spread-above",
+        type=_ratio,
+        default=None,
+        metavar="RATIO",
+        help="clear: only measurements whose IQR / median exceeds RATIO (e.g. 0.2)",
     )
     p.add_argument("--all", action="store_true", help="clear: everything")
     p.add_argument("--json", action="store_true", help="list as JSON")
