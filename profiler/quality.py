@@ -64,11 +64,18 @@ def _suggested_threads(seen: Interference) -> int:
 def _interference_problem(seen: Interference | None, limits: QualityLimits) -> str | None:
     if seen is None or seen.other_cores <= seen.spare_cores + limits.other_cores:
         return None
+    fewer = _suggested_threads(seen)
+    fix = (
+        f"profile on a quieter machine, or with --threads {fewer} (no more threads than the "
+        "cores left free)"
+        if fewer < seen.threads
+        else "profile on a quieter machine (other processes leave no core free)"
+    )
+    threads = f"{seen.threads} thread{'s' if seen.threads != 1 else ''}"
     return (
         f"other processes used {seen.other_cores:.2f} of {seen.cores} cores on average while "
-        f"{seen.threads} threads were timed (load average {seen.load_1m_end:.2f}): the timed "
-        f"threads were competing for the CPU. Fix: profile on a quieter machine, or with "
-        f"--threads {_suggested_threads(seen)} (no more threads than the cores left free)"
+        f"{threads} were timed (load average {seen.load_1m_end:.2f}): the timed threads were "
+        f"competing for the CPU. Fix: {fix}"
     )
 
 
