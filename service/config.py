@@ -23,6 +23,7 @@ Example ``prunerd.toml``::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,16 @@ DEFAULT_RPC_PORT = 5750
 DEFAULT_EVENTS_PORT = 5751
 DEFAULT_INGEST_PORT = 5752
 DEFAULT_METRICS_PORT = 9750
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or "localhost"; a name that needs DNS counts as not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_state_dir() -> Path:
@@ -70,8 +81,33 @@ class Settings:
     model_dirs: tuple[Path, ...] = ()
     path_roots: tuple[Path, ...] = ()
     server_secret_key: Path | None = None
-    authorized_keys_dir: Path | None = None
+    authorized_keys_dir: Path | None = None  # operator keys: submit, cancel, list, samples
+    monitor_keys_dir: Path | None = None  # monitor keys: deployment samples only
+    insecure: bool = False  # allow a non-loopback bind without CurveZMQ
+    metrics_host: str = DEFAULT_HOST
+    metrics_auth_file: Path | None = None  # "user:password"; /metrics then needs basic auth
     budgets: dict[str, float] = field(default_factory=dict)
+    # Quotas and bounds ([limits]): what one request or one client may ask of the daemon.
+    max_queued_per_client: int = 32
+    max_queued_total: int = 256
+    list_page_max: int = 100  # jobs in one `list` reply
+    max_reply_bytes: int = 1024 * 1024  # a `list` page stops before a reply grows past this
+    max_batch_size: int = 1024
+    max_channels: int = 64  # input channels of a model
+    max_input_side: int = 1024  # pixels, height and width each
+    max_activation_bytes: int = 4 * 1024**3  # estimated activation memory of one forward pass
+    max_epochs: int = 100  # every *epochs and *rounds option of a prune job
+    max_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_timing_budget_s: float = 600.0
+    ingest_messages_per_turn: int = 200  # then the loop serves requests again
+    ingest_slice_ms: float = 5.0  # or after this long, whichever comes first
+    ingest_memory_bytes: int = 64 * 1024**2  # all senders together, queued in libzmq
+    max_sample_bytes: int = 64 * 1024  # one sample message (ZMQ_MAXMSGSIZE of the ingest socket)
+    max_connections: int = 256  # per request and event socket
+    max_ingest_connections: int = 64
+    fd_reserve: int = 256  # file descriptors no client connection may take (jobs, SQLite, HTTP)
+    max_deployments_per_client: int = 16
+    deployment_idle_s: float = 600.0  # a deployment silent this long may be evicted
 
     @property
     def curve(self) -> bool:
@@ -93,6 +129,30 @@ class Settings:
             raise ValueError(
                 "CurveZMQ needs both server_secret_key and authorized_keys_dir (or neither)"
             )
+        if self.monitor_keys_dir is not None and self.server_secret_key is None:
+            raise ValueError(
+                "monitor_keys_dir needs CurveZMQ (server_secret_key, authorized_keys_dir)"
+            )
+        if not is_loopback(self.host) and not self.curve and not self.insecure:
+            raise ValueError(
+                f"host {self.host!r} is not loopback: anyone who reaches it could run jobs. "
+                "Turn on CurveZMQ (server_secret_key, authorized_keys_dir), or pass --insecure "
+                "(insecure = true) if the network is trusted"
+            )
+        if (
+            not is_loopback(self.metrics_host)
+            and self.metrics_auth_file is None
+            and not self.insecure
+        ):
+            raise ValueError(
+                f"metrics_host {self.metrics_host!r} is not loopback: set metrics_auth_file "
+                "(basic auth) or pass --insecure"
+            )
+        for name in LIMIT_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_sample_bytes > self.max_frame_bytes:
+            raise ValueError("max_sample_bytes must not exceed max_frame_bytes")
         for name, seconds in self.budgets.items():
             if not seconds > 0:
                 raise ValueError(
@@ -100,14 +160,44 @@ class Settings:
                 )
 
 
-_PATH_FIELDS = {"state_dir", "server_secret_key", "authorized_keys_dir"}
+# Each [limits] setting and what it bounds; `prunerd serve` makes a flag of each.
+LIMIT_FIELDS = {
+    "max_queued_per_client": "jobs one client may have queued",
+    "max_queued_total": "jobs queued across all clients",
+    "list_page_max": "jobs in one `list` reply",
+    "max_reply_bytes": "bytes a `list` reply may grow to",
+    "max_batch_size": "batch_size of a job",
+    "max_channels": "in_channels of a job's model",
+    "max_input_side": "input height and width, pixels",
+    "max_activation_bytes": "estimated activation memory of one forward pass",
+    "max_epochs": "epochs and rounds options of a prune job",
+    "max_threads": "threads options of a prune job",
+    "max_timing_budget_s": "timing_budget_s option of a prune job",
+    "ingest_messages_per_turn": "sample messages read before serving requests again",
+    "ingest_slice_ms": "milliseconds spent reading samples before serving requests again",
+    "ingest_memory_bytes": "sample messages queued in libzmq, all senders together",
+    "max_sample_bytes": "bytes of one sample message",
+    "max_connections": "connections to the request socket, and to the event socket",
+    "max_ingest_connections": "connections to the sample socket",
+    "fd_reserve": "file descriptors kept free of client connections",
+    "max_deployments_per_client": "deployment names one client may report",
+    "deployment_idle_s": "seconds without samples before a deployment may be evicted",
+}
+
+_PATH_FIELDS = {
+    "state_dir",
+    "server_secret_key",
+    "authorized_keys_dir",
+    "monitor_keys_dir",
+    "metrics_auth_file",
+}
 _PATH_TUPLES = {"model_dirs", "path_roots"}
 
 
 def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
     """Map the TOML tables onto Settings fields ([models] and [curve] are just grouping)."""
     flat = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    for table in ("models", "curve"):
+    for table in ("models", "curve", "limits"):
         flat.update(doc.get(table, {}))
     if "budgets" in doc:
         flat["budgets"] = {str(k): float(v) for k, v in doc["budgets"].items()}

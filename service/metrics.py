@@ -10,12 +10,18 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -96,33 +102,74 @@ class DeploymentTracker:
     """Deployment latency samples from service.monitor. The daemon's loop adds, the scrape thread reads.
 
     The number of deployments is capped (``max_deployments``) so that a misbehaving
-    client cannot blow up the label cardinality; samples beyond the cap are rejected
-    and counted.
+    client cannot blow up the label cardinality, and so is the number one client may
+    start (``per_client``): the first client to report a name owns its slot. When a cap
+    is reached, the deployment silent longest is evicted if it has been silent
+    ``idle_s``; otherwise the new name's samples are rejected and counted. Deployments
+    named in the daemon's ``[budgets]`` always have a slot and are never evicted.
     """
 
-    def __init__(self, budgets: dict[str, float] | None = None, max_deployments: int = 256) -> None:
+    def __init__(
+        self,
+        budgets: dict[str, float] | None = None,
+        max_deployments: int = 256,
+        per_client: int | None = None,
+        idle_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
         self._stats: dict[str, DeploymentStats] = {}
         self._configured = dict(budgets or {})  # the daemon's own budgets win over a client's claim
         self.max_deployments = max_deployments
+        self.per_client = per_client if per_client is not None else max_deployments
+        self.idle_s = idle_s
+        self._clock = clock
+        self._owner: dict[str, str] = {}
+        self._seen: dict[str, float] = {}
         self.samples_total = 0
+        self.evicted = 0
         self.rejected: dict[str, int] = {}
 
     def reject(self, reason: str, samples: int = 1) -> None:
         with self._lock:
             self.rejected[reason] = self.rejected.get(reason, 0) + samples
 
-    def add(self, batch: SampleBatch) -> bool:
-        """Count a batch; False (and counted as rejected) when the deployment cap is reached."""
+    def _evict_idle(self, names: list[str], now: float) -> bool:
+        idle = [
+            n for n in names if n not in self._configured and now - self._seen[n] >= self.idle_s
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=self._seen.__getitem__)
+        del self._stats[oldest], self._owner[oldest], self._seen[oldest]
+        self.evicted += 1
+        return True
+
+    def _admit(self, name: str, client: str, now: float) -> str | None:
+        """Make room for a new deployment; the reason it cannot have one, or None."""
+        if name not in self._configured:
+            mine = [n for n, c in self._owner.items() if c == client and n not in self._configured]
+            if len(mine) >= self.per_client and not self._evict_idle(mine, now):
+                return "too_many_deployments_for_client"
+            unconfigured = [n for n in self._stats if n not in self._configured]
+            if len(self._stats) >= self.max_deployments and not self._evict_idle(unconfigured, now):
+                return "too_many_deployments"
+        self._stats[name] = DeploymentStats()
+        self._owner[name] = client
+        return None
+
+    def add(self, batch: SampleBatch, client: str = "") -> bool:
+        """Count a batch; False (and counted as rejected) when no slot can be had for it."""
         with self._lock:
+            now = self._clock()
             stats = self._stats.get(batch.deployment)
             if stats is None:
-                if len(self._stats) >= self.max_deployments:
-                    self.rejected["too_many_deployments"] = self.rejected.get(
-                        "too_many_deployments", 0
-                    ) + len(batch.samples)
+                reason = self._admit(batch.deployment, client, now)
+                if reason is not None:
+                    self.rejected[reason] = self.rejected.get(reason, 0) + len(batch.samples)
                     return False
-                stats = self._stats[batch.deployment] = DeploymentStats()
+                stats = self._stats[batch.deployment]
+            self._seen[batch.deployment] = now
             budget = self._configured.get(batch.deployment, batch.budget_s)
             stats.budget_s = budget
             counts, bounds = stats.counts, INFERENCE_BUCKETS_S
@@ -303,6 +350,12 @@ class PrunerdCollector(Collector):
         for reason, n in sorted(self.deployments.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        evicted = CounterMetricFamily(
+            "prunerd_deployments_evicted_total",
+            "Deployments dropped to make room after they were idle deployment_idle_s.",
+        )
+        evicted.add_metric([], self.deployments.evicted)
+        yield evicted
 
     def _gpus(self) -> Iterator[Metric]:
         # No GPU (or no NVML): the gauges are absent, not zero, so dashboards show "no data".
@@ -343,10 +396,21 @@ def default_gpu_telemetry() -> Callable[[], list[dict[str, Any]]] | None:
     return safe
 
 
-def serve_metrics(host: str, port: int, collector: Collector) -> Any:
-    """Start /metrics on a daemon thread; returns the server (``.server_port``, ``.shutdown()``)."""
+def serve_metrics(
+    host: str, port: int, collector: Collector, basic_auth: tuple[str, str] | None = None
+) -> Any:
+    """Start /metrics on a daemon thread; returns the server (``.server_port``, ``.shutdown()``).
+
+    With ``basic_auth`` (user, password) every request must carry those credentials.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     ProcessCollector(registry=registry)  # the daemon's own CPU, memory and open files
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    if basic_auth is None:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        return server
+    # prometheus_client's own server has TLS options but no basic auth: wrap its WSGI app.
+    from .auth import basic_auth as guard
+    from .auth import serve_wsgi
+
+    return serve_wsgi(host, port, guard(make_wsgi_app(registry), *basic_auth))

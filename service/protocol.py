@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from pruner.config import DATASETS, METHODS
+
+from .trust import untrusted_reason
 
 PROTOCOL_VERSION = 1
 
@@ -35,24 +40,19 @@ JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted
 FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
 
 # Datasets the pruner ships (DESIGN.md); anything else must be an allowed import path.
-BUILTIN_DATASETS = ("fashion-mnist", "digits", "synthetic")
-PRUNE_METHODS = (
-    "dbp",
-    "greedy",
-    "random",
-    "l1",
-    "hfp",
-    "dbp+hfp",
-)  # pruner.pipeline.METHODS, without importing torch
+# pruner.config holds the names and imports no torch.
+BUILTIN_DATASETS = DATASETS
+PRUNE_METHODS = METHODS
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:[0-9]{1,2})?)$")
-_IMPORT_RE = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
-)
+# ``package.module:name``: one name defined in the module, never a dotted attribute path
+# (``allowed.module:torch.os.system`` would walk out of the allowed module), never private.
+_IMPORT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*")
 MAX_STRING = 4096
 MAX_SAMPLES_PER_MESSAGE = 65536
+MAX_SAMPLE_S = 3600.0  # a latency sample above an hour is a broken sender, not a measurement
 
 
 class ProtocolError(Exception):
@@ -97,6 +97,12 @@ def _take(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> A
     return default
 
 
+def _show(value: Any) -> str:
+    """A value for an error message: a 400-digit integer is named, not echoed."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int, default: Any = _MISSING) -> int:
     v = _take(d, key, where, default)
     # bool is a subclass of int in Python, but true is not a batch size.
@@ -106,7 +112,7 @@ def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int, default: Any
         )
     if not lo <= v <= hi:
         raise ProtocolError(
-            "bad_request", f"{where + key} must be in {lo}..{hi}, got {v}", where + key
+            "bad_request", f"{where + key} must be in {lo}..{hi}, got {_show(v)}", where + key
         )
     return v
 
@@ -117,7 +123,8 @@ def _float(
     v = _take(d, key, where, default)
     if v is None and default is None:
         return None  # type: ignore[return-value]
-    if type(v) not in (int, float) or not math.isfinite(v):
+    # isfinite() on a 400-digit integer raises OverflowError; compare ints exactly instead.
+    if type(v) not in (int, float) or (type(v) is float and not math.isfinite(v)):
         raise ProtocolError(
             "bad_request",
             f"{where + key} must be a finite number, got {_type_name(v)}",
@@ -125,7 +132,7 @@ def _float(
         )
     if not lo <= v <= hi:
         raise ProtocolError(
-            "bad_request", f"{where + key} must be in [{lo}, {hi}], got {v}", where + key
+            "bad_request", f"{where + key} must be in [{lo}, {hi}], got {_show(v)}", where + key
         )
     return float(v)
 
@@ -163,7 +170,8 @@ def _str(
         raise ProtocolError(
             "bad_request", f"{where + key} must be one of {list(choices)}, got {v!r}", where + key
         )
-    if pattern is not None and not pattern.match(v):
+    # fullmatch: "$" in a pattern would also accept a trailing newline.
+    if pattern is not None and not pattern.fullmatch(v):
         raise ProtocolError(
             "bad_request", f"{where + key}={v!r} does not match {pattern.pattern}", where + key
         )
@@ -211,8 +219,12 @@ class ModelPolicy:
     path_roots: tuple[Path, ...] = ()
 
     def import_allowed(self, target: str) -> bool:
+        """``target`` is an exact ``module:name`` entry, or its module is under a module entry."""
         module = target.partition(":")[0]
-        return any(module == p or module.startswith(p + ".") for p in self.allow_imports)
+        return any(
+            target == p if ":" in p else module == p or module.startswith(p + ".")
+            for p in self.allow_imports
+        )
 
     def check_model(self, name: str, where: str) -> str:
         """The canonical model name (export files become absolute paths), or ProtocolError."""
@@ -220,10 +232,18 @@ class ModelPolicy:
             return name
         if name.endswith((".pt2", ".pt2e")):
             path = self._confine(name, self.model_dirs, where, "model_dirs")
-            if not path.is_file():
+            if not _is_file(path):
                 raise ProtocolError("not_found", f"model file {name!r} does not exist", where)
+            root = next(r for r in self.model_dirs if path.is_relative_to(r))
+            if reason := untrusted_reason(path, root):
+                raise ProtocolError(
+                    "not_allowed",
+                    f"model file {name!r} is refused: {reason}; only files that no other user "
+                    "can write are loaded",
+                    where,
+                )
             return str(path)
-        if _IMPORT_RE.match(name) and self.import_allowed(name):
+        if _IMPORT_RE.fullmatch(name) and self.import_allowed(name):
             return name
         raise ProtocolError(
             "not_allowed",
@@ -233,7 +253,7 @@ class ModelPolicy:
         )
 
     def check_dataset(self, name: str, where: str) -> str:
-        if name in BUILTIN_DATASETS or (_IMPORT_RE.match(name) and self.import_allowed(name)):
+        if name in BUILTIN_DATASETS or (_IMPORT_RE.fullmatch(name) and self.import_allowed(name)):
             return name
         raise ProtocolError(
             "not_allowed",
@@ -243,8 +263,31 @@ class ModelPolicy:
 
     def check_path(self, name: str, where: str, must_exist: bool = True) -> str:
         path = self._confine(name, self.path_roots, where, "path_roots")
-        if must_exist and not path.is_file():
+        if must_exist and not _is_file(path):
             raise ProtocolError("not_found", f"file {name!r} does not exist", where)
+        return str(path)
+
+    def check_new_dir(self, name: str, where: str) -> str:
+        """A path inside ``path_roots`` that does not exist yet (the daemon creates it)."""
+        path = self._confine(name, self.path_roots, where, "path_roots")
+        if os.path.lexists(path):
+            raise ProtocolError(
+                "conflict",
+                f"{name!r} exists; a job writes into a new directory the daemon creates, so "
+                "name one that does not exist yet",
+                where,
+            )
+        return str(path)
+
+    def check_dir(self, name: str, where: str) -> str:
+        """An existing directory inside ``path_roots``."""
+        path = self._confine(name, self.path_roots, where, "path_roots")
+        try:
+            is_dir = path.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            raise ProtocolError("not_found", f"directory {name!r} does not exist", where)
         return str(path)
 
     @staticmethod
@@ -252,12 +295,22 @@ class ModelPolicy:
         candidates = [Path(name)] if Path(name).is_absolute() else [r / name for r in roots]
         for c in candidates:
             # resolve() follows symlinks and "..", so a link out of the root is caught too.
-            resolved = c.resolve()
+            try:
+                resolved = c.resolve()
+            except (OSError, RuntimeError):  # a symlink loop, a name too long
+                continue
             if any(resolved.is_relative_to(r) for r in roots):
                 return resolved
         raise ProtocolError(
             "not_allowed", f"path {name!r} is outside the configured {setting}", where
         )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a directory on the way that we may not search
+        return False
 
 
 # --------------------------------------------------------------------------- job parameters
@@ -372,10 +425,8 @@ class PruneParams(ModelParams):
             dataset=policy.check_dataset(
                 _str(d, "dataset", w, "digits", max_len=1024), w + "dataset"
             ),
-            output=None
-            if output is None
-            else policy.check_path(output, w + "output", must_exist=False),
-            options=dict(options),
+            output=None if output is None else policy.check_new_dir(output, w + "output"),
+            options=_confined_options(options, policy, w + "options."),
         )
         if parsed.checkpoint is None:
             raise ProtocolError(
@@ -384,6 +435,16 @@ class PruneParams(ModelParams):
                 w + "checkpoint",
             )
         return parsed
+
+
+def _confined_options(options: dict[str, Any], policy: ModelPolicy, w: str) -> dict[str, Any]:
+    """Options that name a directory are confined like every other path a request names."""
+    out = dict(options)
+    if out.get("data_root") is not None:
+        if type(out["data_root"]) is not str:
+            raise ProtocolError("bad_request", f"{w}data_root must be a string", w + "data_root")
+        out["data_root"] = policy.check_dir(out["data_root"], w + "data_root")
+    return out
 
 
 @dataclass(frozen=True)
@@ -446,8 +507,11 @@ class JobRequest(Request):
 
 @dataclass(frozen=True)
 class ListJobs(Request):
+    """Newest first; ``before``: the ``next`` of the previous page (the daemon caps a page)."""
+
     limit: int = 50
     status: str | None = None
+    before: str | None = None
 
 
 def _reject_constant(name: str) -> float:
@@ -513,12 +577,13 @@ def parse_request(doc: Any, policy: ModelPolicy) -> Request:
             )
         return Submit(op, req_id, kind, PARAMS_TYPES[kind].parse(params, policy))
     if op == "list":
-        _no_extra(doc, base | {"limit", "status"}, "")
+        _no_extra(doc, base | {"limit", "status", "before"}, "")
         return ListJobs(
             op,
             req_id,
             _int(doc, "limit", "", 1, 10_000, 50),
             _str(doc, "status", "", None, choices=JOB_STATUSES),
+            _str(doc, "before", "", None, pattern=JOB_ID_RE, max_len=12),
         )
     _no_extra(doc, base | {"job_id"}, "")
     return JobRequest(op, req_id, _str(doc, "job_id", "", pattern=JOB_ID_RE, max_len=12))
@@ -610,16 +675,20 @@ def encode_samples(
 
 def decode_samples(data: bytes, max_bytes: int) -> SampleBatch:
     doc = loads_strict(data, max_bytes)
-    if type(doc) is not dict or doc.get("v") != PROTOCOL_VERSION:
+    if type(doc) is not dict or type(doc.get("v")) is not int or doc["v"] != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", "not a version-1 sample batch", "v")
+    _no_extra(doc, {"v", "d", "s", "b", "x"}, "")
     name = _str(doc, "d", "", pattern=DEPLOYMENT_RE, max_len=64)
     samples = doc.get("s")
     if type(samples) is not list or len(samples) > MAX_SAMPLES_PER_MESSAGE:
         raise ProtocolError("bad_request", "s must be an array of seconds", "s")
     for s in samples:
-        if type(s) not in (float, int) or not 0 <= s < math.inf:
+        # Bounded, so that the sums the metrics keep can never overflow (math.fsum of 1e308s).
+        if type(s) not in (float, int) or not 0 <= s <= MAX_SAMPLE_S:
             raise ProtocolError(
-                "bad_request", "every sample must be a finite number of seconds >= 0", "s"
+                "bad_request",
+                f"every sample must be a number of seconds in 0..{MAX_SAMPLE_S:g}",
+                "s",
             )
     budget = _float(doc, "b", "", 1e-9, 3600.0, None)
     dropped = _int(doc, "x", "", 0, 2**62, 0)

@@ -35,9 +35,11 @@ def free_port() -> int:
 class DaemonProcess:
     """A `prunerd serve` subprocess. ``start()`` waits until it serves; ``stop()`` sends SIGTERM."""
 
-    def __init__(self, state_dir: Path, *extra_args: str) -> None:
+    def __init__(self, state_dir: Path, *extra_args: str, preexec_fn: Any = None) -> None:
+        """``preexec_fn`` runs in the child before it execs (e.g. to lower a resource limit)."""
         self.state_dir = Path(state_dir)
         self.extra_args = extra_args
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
@@ -64,7 +66,9 @@ class DaemonProcess:
         ]
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=self.preexec_fn
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         info_file = self.state_dir / "daemon.json"

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import load_settings
+from ..config import LIMIT_FIELDS, Settings, load_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,6 +67,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="CurveZMQ: directory of allowed client public keys (*.key)",
     )
+    p.add_argument(
+        "--monitor-keys-dir",
+        type=Path,
+        default=None,
+        help="CurveZMQ: directory of monitor public keys (*.key): they may only send samples",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without CurveZMQ, or --metrics-host without auth",
+    )
+    p.add_argument("--metrics-host", default=None, help="address of /metrics (default 127.0.0.1)")
+    p.add_argument(
+        "--metrics-auth-file",
+        type=Path,
+        default=None,
+        help="file with one line user:password; /metrics then needs HTTP basic auth",
+    )
+    limits = p.add_argument_group("quotas and bounds ([limits] in the config file)")
+    defaults = Settings()
+    for name, what in LIMIT_FIELDS.items():
+        default = getattr(defaults, name)
+        limits.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=None,
+            metavar="N",
+            help=f"{what} (default {default})",
+        )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=handler)
 
@@ -91,6 +121,11 @@ def handler(args: argparse.Namespace) -> int:
         path_roots=args.path_roots,
         server_secret_key=args.server_secret_key,
         authorized_keys_dir=args.authorized_keys_dir,
+        monitor_keys_dir=args.monitor_keys_dir,
+        insecure=args.insecure,
+        metrics_host=args.metrics_host,
+        metrics_auth_file=args.metrics_auth_file,
+        **{name: getattr(args, name) for name in LIMIT_FIELDS},
     )
     return run(settings)
 

@@ -1,0 +1,138 @@
+"""Per-request bounds: what one job may ask of the machine, checked before it is queued.
+
+The protocol checks that a field is well formed (an integer, a size); these bounds are
+the daemon's own policy on top (``[limits]`` in the settings): batch, channels, input
+size, the activation memory they add up to, and the prune options that decide how long
+a job runs (epochs and rounds, threads, the timing budget). A request over a bound gets
+``too_large`` naming the field, the bound and the setting that raises it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .protocol import ProtocolError
+
+# Feature-map channels per input pixel one forward pass keeps alive, fp32: a CNN's widest
+# full-resolution stage is 64 channels in the zoo, and a forward holds a few maps of it at
+# once (conv output, BN output, the residual input), so 4 x 64 is a generous estimate.
+FEATURE_CHANNELS = 256
+BYTES_PER_VALUE = 4
+
+# Prune options that multiply a job's run time, by the bound that caps them.
+EPOCH_OPTIONS = ("epochs", "sparsity_epochs", "iterative_rounds", "max_rounds")
+THREAD_OPTIONS = ("threads", "latency_threads")
+# Counts that size a job's data or search; fixed ceilings well above any useful value.
+COUNT_OPTIONS = {
+    "calibration_samples": 1_000_000,
+    "heldout_samples": 1_000_000,
+    "limit": 10_000_000,
+    "test_samples": 10_000_000,
+    "buckets": 100_000,
+    "remove_count": 10_000,
+    "round_to": 1024,
+}
+
+
+def activation_bytes(batch: int, in_channels: int, height: int, width: int) -> int:
+    """Estimated memory of one forward pass: the input plus the feature maps it keeps alive."""
+    return BYTES_PER_VALUE * batch * height * width * (in_channels + FEATURE_CHANNELS)
+
+
+def _too_large(field: str, value: Any, bound: Any, setting: str) -> ProtocolError:
+    return ProtocolError(
+        "too_large",
+        f"{field}={value} is over this daemon's {setting} ({bound}); ask for less, or raise "
+        f"{setting} in the daemon's [limits] settings",
+        field,
+    )
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    max_batch_size: int
+    max_channels: int
+    max_input_side: int
+    max_activation_bytes: int
+    max_epochs: int
+    max_threads: int
+    max_timing_budget_s: float
+
+    @classmethod
+    def from_settings(cls, st: Settings) -> RequestBounds:
+        return cls(
+            st.max_batch_size,
+            st.max_channels,
+            st.max_input_side,
+            st.max_activation_bytes,
+            st.max_epochs,
+            st.max_threads,
+            st.max_timing_budget_s,
+        )
+
+    def check(self, kind: str, params: dict[str, Any]) -> None:
+        """Raise ProtocolError("too_large") when a job's parameters exceed a bound."""
+        if "model" not in params:
+            return  # selftest: the protocol's own ranges are its bounds
+        options = params.get("options") or {}
+        self._check_shape(params, options)
+        self._check_options(options)
+
+    def _check_shape(self, params: dict[str, Any], options: dict[str, Any]) -> None:
+        batch = params["batch_size"]
+        if batch > self.max_batch_size:
+            raise _too_large("params.batch_size", batch, self.max_batch_size, "max_batch_size")
+        train_batch = options.get("batch_size")
+        if type(train_batch) is int and train_batch > self.max_batch_size:
+            raise _too_large(
+                "params.options.batch_size", train_batch, self.max_batch_size, "max_batch_size"
+            )
+        if params["in_channels"] > self.max_channels:
+            raise _too_large(
+                "params.in_channels", params["in_channels"], self.max_channels, "max_channels"
+            )
+        height, width = params["input_size"]
+        if max(height, width) > self.max_input_side:
+            raise _too_large(
+                "params.input_size", [height, width], self.max_input_side, "max_input_side"
+            )
+        biggest = max(batch, train_batch if type(train_batch) is int else 0)
+        need = activation_bytes(biggest, params["in_channels"], height, width)
+        if need > self.max_activation_bytes:
+            raise ProtocolError(
+                "too_large",
+                f"batch {biggest} x {params['in_channels']} channels x {height}x{width} needs about "
+                f"{need / 2**20:.0f} MiB of activations, over this daemon's max_activation_bytes "
+                f"({self.max_activation_bytes / 2**20:.0f} MiB); use a smaller batch or input, or "
+                "raise max_activation_bytes in the daemon's [limits] settings",
+                "params.batch_size",
+            )
+
+    def _check_options(self, options: dict[str, Any]) -> None:
+        def number(name: str) -> Any:
+            v = options.get(name)
+            return v if type(v) in (int, float) else None
+
+        for name in EPOCH_OPTIONS:
+            v = number(name)
+            if v is not None and v > self.max_epochs:
+                raise _too_large(f"params.options.{name}", v, self.max_epochs, "max_epochs")
+        for name in THREAD_OPTIONS:
+            v = number(name)
+            if v is not None and v > self.max_threads:
+                raise _too_large(f"params.options.{name}", v, self.max_threads, "max_threads")
+        v = number("timing_budget_s")
+        if v is not None and v > self.max_timing_budget_s:
+            raise _too_large(
+                "params.options.timing_budget_s", v, self.max_timing_budget_s, "max_timing_budget_s"
+            )
+        for name, ceiling in COUNT_OPTIONS.items():
+            v = number(name)
+            if v is not None and v > ceiling:
+                raise ProtocolError(
+                    "too_large",
+                    f"params.options.{name}={v} is over {ceiling}",
+                    f"params.options.{name}",
+                )
