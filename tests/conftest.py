@@ -1,11 +1,28 @@
-"""Session set-up shared by every test module."""
+"""Session set-up shared by every test module.
+
+The Triton interpreter is chosen here, once, from whether a GPU is present: without one,
+kernels run under the interpreter on CPU tensors; with one, they compile for the GPU and
+the ``gpu`` tests run there. Triton reads TRITON_INTERPRET when its modules are first
+imported, and other packages (Torch-Pruning among them) may import Triton before the
+kernel tests do, so the choice is made before any test module is imported.
+"""
 
 import os
 
+import pytest
 import torch
 
-# Triton reads TRITON_INTERPRET when its modules are first imported, and other packages
-# (Torch-Pruning among them) may import Triton before the kernel tests do: without a GPU,
-# the kernels run under the interpreter for the whole session.
-if not torch.cuda.is_available():
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """With a GPU present, a ``gpu`` test that skipped is a failure: it was meant to run."""
+    outcome = yield
+    report = outcome.get_result()
+    if HAS_CUDA and report.skipped and item.get_closest_marker("gpu") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"a gpu test skipped on a machine with a CUDA device: {reason}"
