@@ -1,9 +1,14 @@
 """Device fingerprint and telemetry: nvidia-ml-py (pynvml) on GPU, CPU model and threads otherwise.
 
 The fingerprint keys the latency table, so it holds exactly what changes
-latency and stays put between runs: device model (and GPU UUID), driver,
-thread count, torch/CUDA versions, and on CPU the heap policy. Temperatures and clocks are telemetry.
-No GPU is never an error on a CPU run.
+latency and stays put between runs: device model, GPU (or MIG slice) UUID and
+SM count, driver, thread count, torch/CUDA versions, and on CPU the heap
+policy. Temperatures and clocks are telemetry. No GPU is never an error on a CPU run.
+
+NVML numbers GPUs its own way: CUDA's index 0 under ``CUDA_VISIBLE_DEVICES=3``
+is NVML's index 3, and a MIG slice is not an NVML index at all. So the NVML
+handle of a CUDA device is found by the UUID CUDA reports for it (a MIG slice
+has its own, ``MIG-...``), and by its PCI bus id when NVML knows no such UUID.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import contextlib
 import hashlib
 import os
 import platform
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -144,6 +151,83 @@ def gpu_names() -> list[str]:
             return []
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def canonical_uuid(text: str) -> str:
+    """The bare lower-case 8-4-4-4-12 UUID of ``GPU-...``, ``MIG-...`` or a bare UUID (torch's form)."""
+    t = text.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        t = t.removeprefix(prefix)
+    if not _UUID.match(t):
+        raise ValueError(f"not a GPU UUID: {text!r}")
+    return t
+
+
+def nvml_uuid_candidates(torch_uuid: str) -> tuple[str, str]:
+    """The names NVML may know a CUDA device by: a whole GPU (``GPU-``) or a MIG slice (``MIG-``)."""
+    bare = canonical_uuid(torch_uuid)
+    return (f"GPU-{bare}", f"MIG-{bare}")
+
+
+def match_uuid(torch_uuid: str, nvml_uuids: Sequence[str]) -> int | None:
+    """Position in ``nvml_uuids`` of the device CUDA calls ``torch_uuid`` (None when absent).
+
+    Malformed entries (NVML's pre-R470 ``MIG-GPU-<uuid>/<gi>/<ci>`` names among them) never match.
+    """
+    want = canonical_uuid(torch_uuid)
+    for i, u in enumerate(nvml_uuids):
+        with contextlib.suppress(ValueError):
+            if canonical_uuid(u) == want:
+                return i
+    return None
+
+
+def pci_bus_id(domain: int, bus: int, device: int) -> str:
+    """NVML's form of a PCI address, ``DDDDDDDD:BB:DD.0`` (hex; function 0)."""
+    return f"{domain:08X}:{bus:02X}:{device:02X}.0"
+
+
+@dataclass(frozen=True)
+class CudaIdentity:
+    """How CUDA names one of its devices: UUID (bare, as torch reports it) and PCI address."""
+
+    index: int
+    uuid: str
+    pci_bus_id: str | None
+    multiprocessors: int
+
+
+def cuda_identity(index: int) -> CudaIdentity:
+    """The identity of CUDA device ``index`` (as numbered under ``CUDA_VISIBLE_DEVICES``)."""
+    props = torch.cuda.get_device_properties(index)
+    pci = None
+    if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        pci = pci_bus_id(props.pci_domain_id, props.pci_bus_id, props.pci_device_id)
+    return CudaIdentity(index, canonical_uuid(str(props.uuid)), pci, props.multi_processor_count)
+
+
+def nvml_handle(nv: object, ident: CudaIdentity) -> tuple[object, str]:
+    """NVML's handle of the CUDA device ``ident`` and NVML's UUID for it (``GPU-``/``MIG-``).
+
+    By UUID first (right under ``CUDA_VISIBLE_DEVICES`` and for MIG slices), then
+    by PCI bus id (the whole GPU). Raises LookupError when NVML knows neither.
+    """
+    for name in nvml_uuid_candidates(ident.uuid):
+        with contextlib.suppress(Exception):
+            return nv.nvmlDeviceGetHandleByUUID(name.encode()), name
+    if ident.pci_bus_id is not None:
+        for lookup in ("nvmlDeviceGetHandleByPciBusId_v2", "nvmlDeviceGetHandleByPciBusId"):
+            fn = getattr(nv, lookup, None)
+            with contextlib.suppress(Exception):
+                if fn is not None:
+                    h = fn(ident.pci_bus_id.encode())
+                    return h, _nvml_text(nv.nvmlDeviceGetUUID(h))
+    raise LookupError(
+        f"NVML knows no device with UUID {ident.uuid} or PCI bus id {ident.pci_bus_id}"
+    )
+
+
 def device_info(device: torch.device | str = "cpu", threads: int | None = None) -> DeviceInfo:
     """Describe ``device``. CPU: model, logical cores, torch threads. CUDA: NVML name, UUID,
     driver, clocks, temperature, power (falling back to torch's view when NVML is absent)."""
@@ -164,26 +248,33 @@ def device_info(device: torch.device | str = "cpu", threads: int | None = None) 
         return DeviceInfo("cpu", name, fp, threads, torch.__version__, details)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
+    ident = cuda_identity(index)
     details = {
         "cuda": str(torch.version.cuda),
         "capability": f"{props.major}.{props.minor}",
         "memory_bytes": str(props.total_memory),
         "multiprocessors": str(props.multi_processor_count),
+        "cuda_index": str(index),
+        "uuid": f"GPU-{ident.uuid}",
     }
+    if ident.pci_bus_id:
+        details["pci_bus_id"] = ident.pci_bus_id
     telemetry: dict[str, float] = {}
     name = props.name
     with _nvml() as nv:
         if nv is not None:
             with contextlib.suppress(Exception):
-                h = nv.nvmlDeviceGetHandleByIndex(index)
+                h, details["uuid"] = nvml_handle(nv, ident)
+                details["mig"] = str(details["uuid"].startswith("MIG-"))
                 name = _nvml_text(nv.nvmlDeviceGetName(h))
-                details["uuid"] = _nvml_text(nv.nvmlDeviceGetUUID(h))
                 details["driver"] = _nvml_text(nv.nvmlSystemGetDriverVersion())
                 telemetry = _read_gpu(nv, h)
+    # The UUID tells MIG slices apart; the SM count says how big a slice is.
     fp = _hash(
         "cuda",
         name,
-        details.get("uuid", index),
+        details["uuid"],
+        props.multi_processor_count,
         details.get("driver", ""),
         torch.__version__,
         torch.version.cuda,
@@ -201,7 +292,8 @@ def throttle_warning(device: torch.device | str) -> str | None:
             return None
         try:
             index = dev.index if dev.index is not None else torch.cuda.current_device()
-            mask = _clock_event_reasons(nv, nv.nvmlDeviceGetHandleByIndex(index))
+            handle, _ = nvml_handle(nv, cuda_identity(index))
+            mask = _clock_event_reasons(nv, handle)
         except Exception:
             return None
     names = throttle_names(mask)
