@@ -7,7 +7,6 @@ optionally a pruning plan as JSON text. No pickled modules anywhere.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .exported import UnsafeExportError, load_export
+from .files import write_with
+from .imports import resolve_callable
 from .zoo import ZOO
 
 CHECKPOINT_FORMAT = "prunerd-checkpoint"
@@ -69,26 +71,15 @@ def builtin_models() -> list[str]:
 
 
 def _import_callable(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
+    if ":" not in spec:
         raise ModelSpecError(
             f"model {spec!r} is not a built-in ({', '.join(builtin_models())}) "
             "nor of the form 'package.module:callable'"
         )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelSpecError(f"model {spec!r}: cannot import module {module_name!r} ({e})") from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelSpecError(
-                f"model {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModelSpecError(f"model {spec!r}: {attr!r} is not callable")
-    return obj
+        return resolve_callable(spec, "model")
+    except ValueError as e:
+        raise ModelSpecError(str(e)) from e.__cause__
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -99,7 +90,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
         path = Path(spec.name)
         if not path.is_file():
             raise ModelSpecError(f"model {spec.name!r}: no such torch.export file")
-        return torch.export.load(str(path)).module()
+        try:
+            return load_export(path)  # inspected first: refused if it carries pickles or code
+        except UnsafeExportError as e:
+            raise ModelSpecError(f"model {spec.name!r} refused: {e}") from None
     fn = _import_callable(spec.name)
     try:
         model = fn(in_channels=spec.in_channels, num_classes=spec.num_classes)
@@ -130,10 +124,8 @@ def save_checkpoint(
         "meta": json.dumps(meta),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
-    return path
+    # Atomic, and never through a symlink planted at the name: see profiler.files.
+    return write_with(path, lambda f: torch.save(payload, f))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib
 import inspect
 import math
 import os
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from profiler.imports import resolve_callable
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "PRUNERD_FASHION_MNIST"
@@ -468,22 +469,13 @@ def load_callable(
     are converted to float32 / int64 as they are drawn; normalisation,
     augmentation and ``limit`` are the callable's own business.
     """
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
+    if ":" not in spec:
         raise ValueError(
             f"dataset {spec!r} is not one of {', '.join(datasets())} nor of the form "
             "'package.module:callable'"
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"dataset {spec!r}: cannot import module {module_name!r} ({e})") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"dataset {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"dataset {spec!r}: {attr!r} is not callable")
+    # The rule models follow too: one name defined in the module, no attribute path.
+    obj = resolve_callable(spec, "dataset")
 
     offered = {"batch_size": batch_size, "seed": seed, "root": root}
     params = inspect.signature(obj).parameters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -26,18 +27,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     import zmq
-    from zmq.auth import create_certificates
 
     if not zmq.has("curve"):
         raise RuntimeError("this libzmq was built without CURVE support")
-    args.dir.mkdir(parents=True, exist_ok=True)
-    public, secret = args.dir / f"{args.name}.key", args.dir / f"{args.name}.key_secret"
-    if not args.force and (public.exists() or secret.exists()):
-        raise RuntimeError(f"{public} or {secret} exists; pass --force to overwrite")
-    public_file, secret_file = create_certificates(args.dir, args.name)
-    os.chmod(secret_file, 0o600)
+    args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public_file, secret_file = args.dir / f"{args.name}.key", args.dir / f"{args.name}.key_secret"
+    if not args.force and (os.path.lexists(public_file) or os.path.lexists(secret_file)):
+        raise RuntimeError(f"{public_file} or {secret_file} exists; pass --force to overwrite")
+    public_key, secret_key = zmq.curve_keypair()
+    _create(secret_file, _certificate(public_key, secret_key), 0o600)
+    _create(public_file, _certificate(public_key, None), 0o644)
     if args.json:
         print(json.dumps({"public": str(public_file), "secret": str(secret_file)}))
     else:
         print(f"public key: {public_file}\nsecret key: {secret_file} (keep it private)")
     return 0
+
+
+def _create(path: Path, text: str, mode: int) -> None:
+    """A new file, ``mode`` from the first byte (O_EXCL: no window in which a secret is 0644;
+    O_NOFOLLOW: a symlink planted at the name is not written through)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # --force; unlink removes a link itself, never its target
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _certificate(public: bytes, secret: bytes | None) -> str:
+    """The ZeroMQ certificate format zmq.auth.load_certificate reads."""
+    lines = ["#   ZeroMQ CURVE certificate (prunerd keys)", "metadata", "curve"]
+    lines.append(f'    public-key = "{public.decode()}"')
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 from ..client import Client, add_client_args, format_event, run_command
+from ..protocol import PARAMS_TYPES
 from .argtypes import input_size
 
 
@@ -76,24 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.set_defaults(func=handler)
 
 
-_NOT_PARAMS = {
-    "command",
-    "kind",
-    "func",
-    "wait",
-    "connect",
-    "events",
-    "timeout",
-    "server_key",
-    "client_key",
-    "json",
-    "option",
-}
-
-
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the flags given: the daemon owns the defaults."""
-    params = {k: v for k, v in vars(args).items() if k not in _NOT_PARAMS and v is not None}
+    """The job's fields among the flags given (the daemon owns the defaults).
+
+    Taken by name from the protocol's parameter type, so that a global flag of the
+    command line (``--system-malloc``) or a client flag never ends up in the request.
+    """
+    names = [f.name for f in dataclasses.fields(PARAMS_TYPES[args.kind]) if f.name != "options"]
+    params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "option", None):
         params["options"] = dict(args.option)
     return params

@@ -1,0 +1,54 @@
+"""Writing output files without following links.
+
+Every file is first created under a fresh random name in the destination directory with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` (what ``tempfile.mkstemp`` does), written, flushed, and
+then renamed onto its name. A rename replaces a symlink planted at the destination; it
+never writes through it, and a reader never sees half a file. With ``overwrite=False``
+the last step is a hard link instead, which fails if the name exists in any form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def new_file(path: str | Path, mode: int = 0o644, overwrite: bool = True) -> Iterator[IO[bytes]]:
+    """``with new_file(p) as f: f.write(...)``: ``p`` appears, complete, when the block ends."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path, follow_symlinks=False)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes, mode: int = 0o644, overwrite: bool = True) -> Path:
+    with new_file(path, mode, overwrite) as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str, mode: int = 0o644, overwrite: bool = True) -> Path:
+    return write_bytes(path, text.encode(), mode, overwrite)
+
+
+def write_with(path: str | Path, writer: Callable[[IO[bytes]], object], mode: int = 0o644) -> Path:
+    """``writer(f)`` fills the file (e.g. ``lambda f: torch.save(obj, f)``)."""
+    with new_file(path, mode) as f:
+        writer(f)
+    return Path(path)
