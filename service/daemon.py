@@ -13,6 +13,7 @@ SIGTERM/SIGINT stop the loop; running jobs are then stopped and marked ``interru
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -25,15 +26,22 @@ from typing import Any
 import zmq
 
 from . import protocol as p
+from .auth import OPERATOR, KeyRing, read_basic_auth, start_authenticator
 from .config import Settings
+from .connections import ConnectionCap, raise_fd_limit
 from .jobs import JobStore, Worker, check_kind, describe_exit, start_worker
+from .limits import RequestBounds
 from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
 from .outputs import make_output_dir
+from .quotas import JobOwners, QueueQuota, client_of, list_page
 
 log = logging.getLogger("prunerd")
 
 POLL_MS = 200  # how often the loop looks at timers (stop flag, SIGKILL escalation)
-MAX_BATCH = 200  # messages taken from one socket per loop turn, so no socket starves the others
+MAX_BATCH = 200  # requests taken per loop turn, so no socket starves the others
+RPC_HWM = 8  # requests and replies queued per request-socket peer
+HANDSHAKE_MS = 10_000
+START_RETRY_S = 1.0  # wait before trying again to start a worker that lacked descriptors
 
 
 def _version() -> str:
@@ -43,6 +51,14 @@ def _version() -> str:
         return version("prunerd")
     except Exception:  # noqa: BLE001 - running from a source tree without metadata
         return "0+unknown"
+
+
+def _kind_unavailable(kind: str) -> str | None:
+    """Why this build cannot run ``kind`` (None when it can); a broken install is a reason too."""
+    try:
+        return check_kind(kind)
+    except Exception as e:  # noqa: BLE001 - e.g. an ImportError inside the package
+        return f"{kind} jobs are not available in this build: {type(e).__name__}: {e}"
 
 
 class Daemon:
@@ -59,7 +75,26 @@ class Daemon:
             model_dirs=settings.model_dirs,
             path_roots=settings.path_roots,
         )
-        self.deployments = DeploymentTracker(settings.budgets, settings.max_deployments)
+        self.deployments = DeploymentTracker(
+            settings.budgets,
+            settings.max_deployments,
+            per_client=settings.max_deployments_per_client,
+            idle_s=settings.deployment_idle_s,
+        )
+        self.owners = JobOwners(
+            self.store.db,
+            QueueQuota(settings.max_queued_per_client, settings.max_queued_total),
+        )
+        self.bounds = RequestBounds.from_settings(settings)
+        self.keys = (
+            KeyRing(settings.authorized_keys_dir, settings.monitor_keys_dir)
+            if settings.curve
+            else None
+        )
+        self.caps: list[ConnectionCap] = []
+        self._client = ""  # who sent the request being answered (service.quotas.client_of)
+        self._reload_keys = False
+        self._start_retry_at = 0.0
         self.workers: dict[str, Worker] = {}
         self.progress: dict[str, dict[str, Any]] = {}
         self.stopping = False
@@ -67,7 +102,7 @@ class Daemon:
         self._queue_changed = True
         # Both read the filesystem (package metadata, sys.path): once here, not on every ping.
         self.version = _version()
-        self.kinds = {kind: check_kind(kind) for kind in p.PARAMS_TYPES}
+        self.kinds = {kind: _kind_unavailable(kind) for kind in p.PARAMS_TYPES}
         self.ctx = zmq.Context()
         self.auth = None
         self.endpoints: dict[str, str] = {}
@@ -86,9 +121,16 @@ class Daemon:
 
     # ------------------------------------------------------------------ setup
 
-    def _socket(self, kind: int, port: int) -> zmq.Socket:
+    def _socket(self, kind: int, port: int, domain: str, **options: int) -> zmq.Socket:
+        """A bound socket. ``options`` are set before bind: libzmq copies a listener's options
+        when it binds, so a limit set afterwards never reaches its connections."""
         s = self.ctx.socket(kind)
         s.linger = 0
+        for name, value in options.items():
+            setattr(s, name, value)
+        s.zap_domain = domain.encode()  # service.auth admits key classes per domain
+        # A connection that has not finished its handshake by then is closed (idle TCP floods).
+        s.handshake_ivl = HANDSHAKE_MS
         if self.settings.curve:
             from zmq.auth import load_certificate
 
@@ -103,30 +145,50 @@ class Daemon:
     def bind(self) -> dict[str, str]:
         """Open every socket and the metrics server; write ``daemon.json`` with the endpoints."""
         st = self.settings
-        if st.curve:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            self.auth = ThreadAuthenticator(self.ctx, log=log)
-            self.auth.start()
-            # Only clients whose public key is in authorized_keys_dir (*.key files) get in.
-            self.auth.configure_curve(domain="*", location=str(st.authorized_keys_dir))
-        self.rpc = self._socket(zmq.ROUTER, st.rpc_port)
-        self.rpc.maxmsgsize = st.max_frame_bytes
-        self.events = self._socket(zmq.PUB, st.events_port)
+        raise_fd_limit(2 * st.max_connections + st.max_ingest_connections + st.fd_reserve)
+        if self.keys is not None:
+            # Only clients whose public key is in an authorised-keys directory get in.
+            self.auth = start_authenticator(self.ctx, self.keys)
+        # Few requests and replies queue per peer: a client that sends without reading
+        # holds at most RPC_HWM of each (replies are at most max_reply_bytes).
+        self.rpc = self._socket(
+            zmq.ROUTER,
+            st.rpc_port,
+            "rpc",
+            maxmsgsize=st.max_frame_bytes,
+            rcvhwm=RPC_HWM,
+            sndhwm=RPC_HWM,
+        )
+        self.events = self._socket(zmq.PUB, st.events_port, "events")
         self.events.linger = 1000  # ms: let the final "interrupted" events out on shutdown
-        self.ingest = self._socket(zmq.PULL, st.ingest_port)
-        self.ingest.maxmsgsize = st.max_frame_bytes
-        self.ingest.rcvhwm = st.ingest_hwm
+        # RCVHWM is per sender: with the sender count capped too, all of them together
+        # queue at most ingest_memory_bytes in libzmq.
+        per_sender = st.ingest_memory_bytes // (st.max_ingest_connections * st.max_sample_bytes)
+        self.ingest = self._socket(
+            zmq.PULL,
+            st.ingest_port,
+            "ingest",
+            maxmsgsize=st.max_sample_bytes,
+            rcvhwm=max(1, min(st.ingest_hwm, per_sender)),
+        )
+        for name, sock, cap in (
+            ("rpc", self.rpc, st.max_connections),
+            ("events", self.events, st.max_connections),
+            ("ingest", self.ingest, st.max_ingest_connections),
+        ):
+            port = int(sock.last_endpoint.decode().rpartition(":")[2])
+            self.caps.append(ConnectionCap(name, sock, cap, port))
         self.metrics = serve_metrics(
-            st.host,
+            st.metrics_host,
             st.metrics_port,
             PrunerdCollector(self.store.path, self.deployments, default_gpu_telemetry()),
+            read_basic_auth(st.metrics_auth_file) if st.metrics_auth_file else None,
         )
         self.endpoints = {
             "rpc": self.rpc.last_endpoint.decode(),
             "events": self.events.last_endpoint.decode(),
             "ingest": self.ingest.last_endpoint.decode(),
-            "metrics": f"http://{st.host}:{self.metrics.server_port}/metrics",
+            "metrics": f"http://{st.metrics_host}:{self.metrics.server_port}/metrics",
         }
         info = {"pid": os.getpid(), "version": self.version, "curve": st.curve, **self.endpoints}
         tmp = self.state_dir / "daemon.json.tmp"
@@ -142,6 +204,7 @@ class Daemon:
             self.bind()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_sighup)
         for job_id in self.store.interrupt_running():
             log.warning(
                 "job %s was running when the daemon last stopped: marked interrupted", job_id
@@ -151,6 +214,8 @@ class Daemon:
         self.poller = zmq.Poller()
         self.poller.register(self.rpc, zmq.POLLIN)
         self.poller.register(self.ingest, zmq.POLLIN)
+        for cap in self.caps:
+            self.poller.register(cap.monitor, zmq.POLLIN)
         try:
             while not self.stopping:
                 self._turn()
@@ -163,6 +228,12 @@ class Daemon:
     def _turn(self) -> None:
         """One loop turn. A handler that fails is logged; the loop goes on serving."""
         ready = dict(self.poller.poll(POLL_MS))
+        for cap in self.caps:
+            if cap.monitor in ready:
+                self._guarded(f"{cap.name} connection count", cap.drain)
+        if self._reload_keys and self.keys is not None:
+            self._reload_keys = False
+            self._guarded("reloading keys", self.keys.reload)
         if self.rpc in ready:
             self._guarded("request handler", self._serve_requests)
         if self.ingest in ready:
@@ -181,6 +252,10 @@ class Daemon:
         except Exception:  # noqa: BLE001 - one bad message or bug must not end the daemon
             log.exception("%s failed; still serving", what)
 
+    def _on_sighup(self, _signum: int, _frame: Any) -> None:
+        log.info("received SIGHUP: reloading authorised keys")
+        self._reload_keys = True
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
@@ -190,17 +265,28 @@ class Daemon:
     def _serve_requests(self) -> None:
         for _ in range(MAX_BATCH):
             try:
-                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
+                msg = self.rpc.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            # Frames carry the connection's metadata: who sent this (its key or address).
+            self._client = client_of(msg[-1], self.settings.curve)
+            frames = [f.bytes for f in msg]
             # ROUTER prepends the peer identity; REQ peers add an empty delimiter. Echo both back.
             route, body = frames[:1], frames[1:]
             if body and body[0] == b"":
                 route, body = route + [b""], body[1:]
+            answer = self._revoked() or self.reply(body)
             try:
-                self.rpc.send_multipart([*route, self.reply(body)], zmq.NOBLOCK)
+                self.rpc.send_multipart([*route, answer], zmq.NOBLOCK)
             except zmq.ZMQError as e:  # the peer is gone or its queue is full: drop the reply
                 log.debug("reply not sent: %s", e)
+
+    def _revoked(self) -> bytes | None:
+        """An error reply when the sender's key was removed since it connected (SIGHUP reload)."""
+        if self.keys is None or self.keys.key_class(self._client[4:]) == OPERATOR:
+            return None
+        err = p.ProtocolError("not_allowed", "this client key is no longer authorised")
+        return p.encode_error(err)
 
     def reply(self, body: list[bytes]) -> bytes:
         """The reply to one request (its frames after the routing envelope). Never raises."""
@@ -240,13 +326,16 @@ class Daemon:
         }
 
     def _op_submit(self, req: p.Submit) -> dict[str, Any]:
+        params = req.params.to_dict()
+        self.bounds.check(req.kind, params)
         reason = self.kinds[req.kind]
         if reason:
             raise p.ProtocolError("unavailable", reason, "kind")
-        params = req.params.to_dict()
+        self.owners.check_queue(self._client)
         if params.get("output"):  # last: a refused request leaves no directory behind
             make_output_dir(params["output"], "params.output")
         job = self.store.create(req.kind, params)
+        self.owners.record(job.id, self._client)
         self._queue_changed = True
         self._publish(job.id, "queued", {"kind": job.kind, "params": job.params})
         return {"job": job.to_dict()}
@@ -267,7 +356,11 @@ class Daemon:
         }
 
     def _op_list(self, req: p.ListJobs) -> dict[str, Any]:
-        return {"jobs": [j.to_dict() for j in self.store.list(req.limit, req.status)]}
+        st = self.settings
+        page = list_page(
+            self.store, req.limit, req.status, req.before, st.list_page_max, st.max_reply_bytes
+        )
+        return {"jobs": page.jobs, "next": page.next}
 
     def _op_result(self, req: p.JobRequest) -> dict[str, Any]:
         job = self._job(req.job_id)
@@ -279,6 +372,7 @@ class Daemon:
 
     def _op_cancel(self, req: p.JobRequest) -> dict[str, Any]:
         job = self._job(req.job_id)
+        self.owners.check_cancel(job.id, self._client)
         if job.status == "queued":
             self._finish_job(
                 job.id, "cancelled", {"type": "Cancelled", "message": "cancelled before it started"}
@@ -293,18 +387,28 @@ class Daemon:
     # ------------------------------------------------------------------ deployment samples
 
     def _ingest_samples(self) -> None:
-        for _ in range(MAX_BATCH):
-            try:
-                data = self.ingest.recv(zmq.NOBLOCK)
-            except zmq.Again:
+        # Time-sliced: a flood of samples waits in libzmq (bounded), requests are served.
+        st = self.settings
+        deadline = time.monotonic() + st.ingest_slice_ms / 1000
+        for _ in range(st.ingest_messages_per_turn):
+            if time.monotonic() >= deadline:
                 return
             try:
-                batch = p.decode_samples(data, self.settings.max_frame_bytes)
+                frame = self.ingest.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            client = client_of(frame, st.curve)
+            if self.keys is not None and self.keys.key_class(client[4:]) is None:
+                self.deployments.reject("revoked_key")  # removed since it connected
+                continue
+            data = frame.bytes
+            try:
+                batch = p.decode_samples(data, st.max_sample_bytes)
             except p.ProtocolError:
                 self.deployments.reject("malformed")
                 continue
             try:
-                self.deployments.add(batch)
+                self.deployments.add(batch, client)
             except Exception:  # noqa: BLE001 - a bug here must cost one batch, not the daemon
                 log.exception("deployment batch from %r dropped", batch.deployment)
                 self.deployments.reject("malformed")
@@ -321,22 +425,36 @@ class Daemon:
     def _start_queued_jobs(self) -> None:
         if not self._queue_changed or len(self.workers) >= self.settings.max_workers:
             return
+        if time.monotonic() < self._start_retry_at:
+            return
         self._queue_changed = False
         for job in self.store.queued()[: self.settings.max_workers - len(self.workers)]:
-            self.store.mark_started(job.id)
             try:
                 worker = start_worker(job, self.state_dir)
-            except Exception as e:  # noqa: BLE001 - e.g. out of file descriptors: fail the job, keep serving
-                self._finish_job(
-                    job.id,
-                    "failed",
-                    {"type": type(e).__name__, "message": f"cannot start worker: {e}"},
-                )
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
+                    self._fail_start(job.id, e)
+                    continue
+                # Out of descriptors or processes for now (a connection flood, say): the
+                # job is not at fault; it stays queued and starting is tried again shortly.
+                log.warning("job %s: cannot start a worker yet (%s); will retry", job.id, e)
+                self._queue_changed = True
+                self._start_retry_at = time.monotonic() + START_RETRY_S
+                return
+            except Exception as e:  # noqa: BLE001 - a job that cannot start fails; the daemon serves on
+                self._fail_start(job.id, e)
                 continue
+            self.store.mark_started(job.id)
             self.workers[job.id] = worker
             self.poller.register(worker.fileno(), zmq.POLLIN)
             self._publish(job.id, "started", {"kind": job.kind, "pid": worker.pid})
             log.info("job %s (%s) started in pid %s", job.id, job.kind, worker.pid)
+
+    def _fail_start(self, job_id: str, e: Exception) -> None:
+        self.store.mark_started(job_id)
+        self._finish_job(
+            job_id, "failed", {"type": type(e).__name__, "message": f"cannot start worker: {e}"}
+        )
 
     def _read_worker(self, worker: Worker) -> None:
         try:
@@ -459,6 +577,8 @@ class Daemon:
         self.metrics.server_close()
         if self.auth is not None:
             self.auth.stop()
+        for cap in self.caps:
+            cap.close()
         for s in (self.rpc, self.events, self.ingest):
             s.close()
         self.ctx.term()

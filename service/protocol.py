@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pruner.config import DATASETS, METHODS
+
 from .trust import untrusted_reason
 
 PROTOCOL_VERSION = 1
@@ -38,15 +40,9 @@ JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted
 FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
 
 # Datasets the pruner ships (DESIGN.md); anything else must be an allowed import path.
-BUILTIN_DATASETS = ("fashion-mnist", "digits", "synthetic")
-PRUNE_METHODS = (
-    "dbp",
-    "greedy",
-    "random",
-    "l1",
-    "hfp",
-    "dbp+hfp",
-)  # pruner.pipeline.METHODS, without importing torch
+# pruner.config holds the names and imports no torch.
+BUILTIN_DATASETS = DATASETS
+PRUNE_METHODS = METHODS
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -511,8 +507,11 @@ class JobRequest(Request):
 
 @dataclass(frozen=True)
 class ListJobs(Request):
+    """Newest first; ``before``: the ``next`` of the previous page (the daemon caps a page)."""
+
     limit: int = 50
     status: str | None = None
+    before: str | None = None
 
 
 def _reject_constant(name: str) -> float:
@@ -578,12 +577,13 @@ def parse_request(doc: Any, policy: ModelPolicy) -> Request:
             )
         return Submit(op, req_id, kind, PARAMS_TYPES[kind].parse(params, policy))
     if op == "list":
-        _no_extra(doc, base | {"limit", "status"}, "")
+        _no_extra(doc, base | {"limit", "status", "before"}, "")
         return ListJobs(
             op,
             req_id,
             _int(doc, "limit", "", 1, 10_000, 50),
             _str(doc, "status", "", None, choices=JOB_STATUSES),
+            _str(doc, "before", "", None, pattern=JOB_ID_RE, max_len=12),
         )
     _no_extra(doc, base | {"job_id"}, "")
     return JobRequest(op, req_id, _str(doc, "job_id", "", pattern=JOB_ID_RE, max_len=12))
