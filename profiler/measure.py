@@ -1,14 +1,18 @@
 """Per-block serial latency in place, end-to-end latency, and the additivity check.
 
 One real forward pass captures every block's input; then each block (and each
-removable block's replacement, and each stretch of "rest") is timed alone on
-its captured input, interleaved with the whole model, on the target device.
+removable block's replacement, and each stretch of "rest") is timed on its
+captured input, on the target device: on CPU alone, interleaved with the whole
+model; on CUDA chained, as one forward pass with timing marks between pieces
+(see ``profiler.chain``), so no piece pays launch overhead the whole model
+overlaps, and that overhead is reported on its own line.
 The sum of blocks and rest is compared with the end-to-end latency: the
 additivity error in every profile is what keeps these numbers honest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -28,9 +32,10 @@ from .models import ModelSpec, eval_mode
 from .quality import QualityLimits, assess
 from .records import BlockProfile, BlockTiming, DeviceInfo, Interference, Measurement, Segment
 from .table import LatencyTable
-from .timing import Progress, TimingOptions, measure
+from .timing import PieceTimings, Progress, TimingOptions, measure_pieces, piece_mode
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GROUPS = ("serial", "side", "whole")  # pieces of the forward pass, replacements, whole models
 
 
 class _Capture(fx.Interpreter):
@@ -110,9 +115,12 @@ def profile_model(
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    # Every CUDA call (events, graph capture, Triton launches) on ``dev``, not the current device.
+    on_device = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
     try:
         run = _Run(dev, batch_size, dtype, fused, options, progress, limits or QualityLimits())
-        profile, todo = _profile(model, spec, run, table, remeasure, example, on_block)
+        with on_device:
+            profile, todo = _profile(model, spec, run, table, remeasure, example, on_block)
         if table is not None and todo and (store_failed or profile.quality.ok):  # type: ignore[union-attr]
             table.remember_device(profile.device)
             table.put_many(
@@ -164,6 +172,12 @@ def _profile(
     with torch.inference_mode():
         bg = discover(model, x)
     items, layout = _plan_items(bg, model, x, dtype, run.fused)
+    options = run.options or TimingOptions()
+    mode = piece_mode(dev, options)
+    for it in items:  # pieces timed another way are other table entries
+        it.signature = _table_signature(
+            it.signature, mode, dev.type == "cuda" and options.cuda_graph
+        )
     served = 0
     if table is not None and not remeasure:
         for it in items:
@@ -174,32 +188,55 @@ def _profile(
                 it.measurement = m
                 served += 1
     todo = [it for it in items if it.measurement is None and it.module is not None]
-    seen = None
+    seen, timed = None, None
     if todo:
-        info, seen = _time_items(bg, x, todo, info, run)
+        info, seen, timed = _time_items(bg, x, todo, info, run)
     for it in items:
         if it.measurement is None:
             it.measurement = Measurement.exact(0.0, info.fingerprint)
     profile = _assemble(spec, bg, x, items, layout, info, run, served, on_block)
+    profile = dataclasses.replace(
+        profile,
+        timing=mode,
+        launch_overhead_s=timed.launch_overhead_s if timed else None,
+        mark_cost_s=timed.mark_cost_s if timed else None,
+    )
     quality = assess(profile, [it.measurement for it in todo], seen, run.limits)  # type: ignore[misc]
     return dataclasses.replace(profile, quality=quality), todo
 
 
+def _table_signature(signature: str, mode: str, cuda_graph: bool) -> str:
+    """The table key of a piece: its signature, plus how it was timed when not alone, eager."""
+    if mode == "alone" and not cuda_graph:
+        return signature
+    return _hash(signature, mode, "graph" if cuda_graph else "eager")
+
+
 def _time_items(
     bg: BlockGraph, x: torch.Tensor, todo: list[_Item], info: DeviceInfo, run: _Run
-) -> tuple[DeviceInfo, Interference | None]:
-    """Time ``todo`` in place (filling each item's measurement), watching the CPU meanwhile."""
+) -> tuple[DeviceInfo, Interference | None, PieceTimings]:
+    """Time ``todo`` in place (filling each item's measurement), watching the CPU meanwhile.
+
+    Pieces of the forward pass (blocks, rest), replacements and whole models are
+    timed as ``measure_pieces`` times each group.
+    """
     works = _bind_inputs(bg, x, todo)
+    group = {"block": "serial", "rest": "serial", "replace": "side"}
+    kinds = [group.get(it.label.split(":", 1)[0], "whole") for it in todo]
+    serial, side, whole = ([w for w, k in zip(works, kinds) if k == g] for g in GROUPS)
     warnings = [w for w in [throttle_warning(run.dev)] if w]
     watch = InterferenceWatch(torch.get_num_threads()).start() if run.dev.type == "cpu" else None
-    results = measure(works, run.dev, run.options, info.fingerprint, run.progress)
+    timed = measure_pieces(
+        serial, side, whole, run.dev, run.options, info.fingerprint, run.progress
+    )
     seen = watch.stop() if watch is not None else None
-    for it, m in zip(todo, results):
-        it.measurement = m
+    results = {g: iter(getattr(timed, g)) for g in GROUPS}
+    for it, k in zip(todo, kinds):
+        it.measurement = next(results[k])
     warnings += [w for w in [throttle_warning(run.dev)] if w and w not in warnings]
     if warnings:
         info = dataclasses.replace(info, warnings=tuple(warnings))
-    return info, seen
+    return info, seen, timed
 
 
 def _assemble(

@@ -13,7 +13,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 TIMERS = ("perf_counter", "cuda_events")
-REPLACEMENTS = ("identity", "shortcut", "adapter", "none")
+REPLACEMENTS = ("identity", "shortcut", "adapter", "zero", "none")
 
 
 def _quantile(sorted_samples: tuple[float, ...], q: float) -> float:
@@ -146,7 +146,7 @@ class Block:
     """
 
     name: str
-    kind: str  # "residual" | "conv_bn_act" | "inverted_residual" | "unit"
+    kind: str  # "residual" | "conv_bn_act" | "inverted_residual" | "dense" | "unit"
     nodes: tuple[str, ...]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -339,6 +339,10 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _optional_float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
 def _none_to_nan(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
@@ -349,6 +353,12 @@ class BlockProfile:
 
     ``end_to_end`` times the traced graph the blocks were cut from (what a
     pruned model runs as, too); ``eager`` times the model exactly as given.
+    ``timing`` says how the pieces were timed: ``alone`` (each in its own
+    launches), ``chained`` (one forward pass, marks between pieces) or
+    ``chained_graph`` (that pass in one captured CUDA graph). When chained,
+    ``launch_overhead_s`` is what the pieces timed alone paid beyond the same
+    pieces in one pass (seconds per forward pass), and ``mark_cost_s`` the cost
+    of one timing mark, already subtracted from each piece.
     """
 
     model: str
@@ -364,6 +374,9 @@ class BlockProfile:
     eager: Measurement | None = None  # the model as given, not traced (for reference)
     created_at: float = 0.0  # Unix time
     quality: ProfileQuality | None = None  # None: not checked (a profile from an older prunerd)
+    timing: str = "alone"
+    launch_overhead_s: float | None = None
+    mark_cost_s: float | None = None
 
     @property
     def rest_s(self) -> float:
@@ -410,6 +423,9 @@ class BlockProfile:
             "from_table": self.from_table,
             "created_at": self.created_at,
             "quality": None if self.quality is None else self.quality.to_dict(),
+            "timing": self.timing,
+            "launch_overhead_s": self.launch_overhead_s,
+            "mark_cost_s": self.mark_cost_s,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -437,6 +453,9 @@ class BlockProfile:
             from_table=int(d.get("from_table", 0)),
             created_at=float(d.get("created_at", 0.0)),
             quality=ProfileQuality.from_dict(d["quality"]) if d.get("quality") else None,
+            timing=d.get("timing", "alone"),
+            launch_overhead_s=_optional_float(d.get("launch_overhead_s")),
+            mark_cost_s=_optional_float(d.get("mark_cost_s")),
         )
 
     @classmethod

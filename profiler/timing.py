@@ -14,6 +14,7 @@ budget is spent.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,10 @@ class TimingOptions:
     ``l2_flush`` (CUDA) overwrites the L2 cache before each sample and times one
     call per sample: cold-cache latency. ``cuda_graph`` (CUDA) captures each
     piece once and replays the graph, removing CPU launch overhead.
+    ``pieces`` says how the pieces of a forward pass are timed: ``alone`` (each
+    in its own launches, interleaved in rounds), ``chained`` (one pass with
+    marks between pieces; see :mod:`profiler.chain`), or ``auto``: chained on
+    CUDA (in one captured graph with ``cuda_graph``), alone on CPU.
     """
 
     warmup: int = 3
@@ -44,8 +49,11 @@ class TimingOptions:
     rel_ci: float = 0.01
     l2_flush: bool = False
     cuda_graph: bool = False
+    pieces: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.pieces not in ("auto", "alone", "chained"):
+            raise ValueError(f"pieces must be auto, alone or chained, got {self.pieces!r}")
         if self.min_rounds < 3 or self.max_rounds < self.min_rounds:
             raise ValueError(
                 f"need 3 <= min_rounds <= max_rounds, got {self.min_rounds} and {self.max_rounds}"
@@ -77,7 +85,7 @@ class _CpuClock:
 
 
 class _CudaClock:
-    """CUDA events on the current stream; one synchronisation per round."""
+    """CUDA events on the current stream of ``device``; one synchronisation per round."""
 
     timer = "cuda_events"
 
@@ -92,6 +100,10 @@ class _CudaClock:
         return self.round([work], [number])[0]
 
     def round(self, works: Sequence[Work], numbers: Sequence[int]) -> list[float]:
+        with torch.cuda.device(self.device):
+            return self._round(works, numbers)
+
+    def _round(self, works: Sequence[Work], numbers: Sequence[int]) -> list[float]:
         events = []
         for w, n in zip(works, numbers):
             if self.flush is not None:
@@ -134,7 +146,9 @@ def measure(
         return []
     cuda = device.type == "cuda"
     clock = _CudaClock(device, options.l2_flush) if cuda else _CpuClock()
-    with torch.inference_mode():
+    # Every CUDA call of the measurement on ``device``, whatever the current device is.
+    on_device = torch.cuda.device(device) if cuda else contextlib.nullcontext()
+    with torch.inference_mode(), on_device:
         if cuda and options.cuda_graph:
             works = [_as_cuda_graph(w, device) for w in works]
         numbers = []
@@ -166,3 +180,83 @@ def measure(
         Measurement(tuple(s), number=n, timer=clock.timer, fingerprint=fingerprint)
         for s, n in zip(samples, numbers)
     ]
+
+
+def piece_mode(device: torch.device | str, options: TimingOptions) -> str:
+    """How pieces of a forward pass are timed on ``device``: one of ``chain.MODES``."""
+    on_cuda = torch.device(device).type == "cuda"
+    chained = options.pieces == "chained" or (options.pieces == "auto" and on_cuda)
+    if not chained:
+        return "alone"
+    return "chained_graph" if on_cuda and options.cuda_graph else "chained"
+
+
+@dataclass(frozen=True)
+class PieceTimings:
+    """Measurements of one profile's work, in the order it was given.
+
+    ``serial``: the pieces of the forward pass; ``side``: work timed like them
+    but outside the pass (replacements); ``whole``: work timed alone (the whole
+    model). ``launch_overhead_s``: what the serial pieces timed one launch at a
+    time pay beyond the same pieces in one pass (None when timed alone);
+    ``mark_cost_s``: the cost of one timing mark, already subtracted.
+    """
+
+    serial: list[Measurement]
+    side: list[Measurement]
+    whole: list[Measurement]
+    mode: str
+    launch_overhead_s: float | None = None
+    mark_cost_s: float | None = None
+
+
+def measure_pieces(
+    serial: Sequence[Work],
+    side: Sequence[Work],
+    whole: Sequence[Work],
+    device: torch.device | str = "cpu",
+    options: TimingOptions | None = None,
+    fingerprint: str = "",
+    progress: Progress | None = None,
+) -> PieceTimings:
+    """Time the pieces of a forward pass (``serial``, in network order, each feeding the
+    next), work beside it (``side``) and whole models (``whole``), per ``options.pieces``.
+
+    Alone: one interleaved :func:`measure` of everything. Chained: the whole
+    models and the serial pieces alone (for the launch overhead) in one
+    :func:`measure`, then the serial pieces in one pass and the side work in
+    another (:mod:`profiler.chain`); the profile keeps the chained figures.
+    """
+    from .chain import launch_overhead, runner, time_chain
+
+    options = options or TimingOptions()
+    device = torch.device(device)
+    mode = piece_mode(device, options)
+    if mode == "alone":
+        got = measure([*serial, *side, *whole], device, options, fingerprint, progress)
+        a, b = len(serial), len(serial) + len(side)
+        return PieceTimings(got[:a], got[a:b], got[b:], mode)
+    alone = measure([*serial, *whole], device, options, fingerprint, progress)
+    graph = mode == "chained_graph"
+    chained: dict[str, list[Measurement]] = {"serial": [], "side": []}
+    cost = None
+    with torch.inference_mode():
+        for name, works in (("serial", serial), ("side", side)):
+            if not works:
+                continue
+            got = time_chain(
+                runner(works, device, graph),
+                warmup=options.warmup,
+                min_rounds=options.min_rounds,
+                max_rounds=options.max_rounds,
+                budget_s=options.budget_s,
+                rel_ci=options.rel_ci,
+                fingerprint=fingerprint,
+                progress=progress,
+            )
+            chained[name] = list(got.pieces)
+            cost = got.mark_cost_s if name == "serial" else cost
+    overhead = launch_overhead(alone[: len(serial)], chained["serial"]) if serial else None
+    return PieceTimings(
+        chained["serial"], chained["side"], alone[len(serial) :], mode, overhead, cost
+    )

@@ -1,0 +1,278 @@
+"""Pieces of one forward pass timed as the model runs them: marks between pieces, one pass.
+
+Timed alone, each piece of a model pays its own launch and host overhead,
+which the whole model overlaps (on a GPU at batch 1, the pieces of a CIFAR
+ResNet add up to 20% more than the model). Here the pieces run back to back as
+one forward pass, with a timing mark between consecutive pieces and no
+synchronisation until the pass is done; a piece's latency is the time from
+the mark before it to the mark after it. So the pieces add up to the pass by
+construction, and what a piece pays is what it costs inside the whole model.
+
+A mark is not free (a CUDA event costs the GPU a microsecond or more), so
+every round also runs the pass without marks; the difference, divided by the
+number of marks, is the cost of one mark, subtracted from every piece.
+
+Three runners share the rounds and the statistics:
+- ``CpuChain``: ``perf_counter_ns`` marks (the CPU path of the profiler still
+  times pieces alone; this runner is what tests the logic without a GPU);
+- ``EagerCudaChain``: CUDA events recorded between pieces launched from Python;
+- ``GraphCudaChain``: the pass captured once as a CUDA graph with external
+  events recorded inside it (``cudaEventRecordExternal``), replayed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .records import Measurement
+
+Work = Callable[[], object]
+Progress = Callable[[str, int, int], None]
+MODES = ("alone", "chained", "chained_graph")
+
+
+class Runner(Protocol):
+    """Runs one round: the pass with marks, then the pass without."""
+
+    timer: str
+    pieces: int
+
+    def round(self) -> tuple[list[float], float, float]:
+        """(seconds between consecutive marks, one per piece; the marked pass and the
+        plain pass, each timed from outside by the same kind of clock)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChainTiming:
+    """What one chained timing found. ``pieces``: each piece's share of the pass, one
+    mark's cost subtracted (seconds per pass); ``marked``/``plain``: the whole pass with
+    and without marks; ``mark_cost_s``: one mark, estimated from their medians."""
+
+    pieces: tuple[Measurement, ...]
+    marked: Measurement
+    plain: Measurement
+    mark_cost_s: float
+
+
+def mark_cost(marked: Sequence[float], plain: Sequence[float], marks: int) -> float:
+    """Seconds one mark adds: the median over rounds of (marked - plain) / marks, never below 0.
+
+    Paired by round, so a slow drift of the whole pass (clocks, a neighbour) cancels.
+    """
+    if marks < 1 or not marked or not plain:
+        return 0.0
+    return max(0.0, statistics.median(m - p for m, p in zip(marked, plain)) / marks)
+
+
+def subtract_marks(samples: Sequence[Sequence[float]], cost_s: float) -> list[tuple[float, ...]]:
+    """Each piece's samples less one mark's cost (the mark that ends the piece), floored at 0."""
+    return [tuple(max(0.0, s - cost_s) for s in piece) for piece in samples]
+
+
+def _notch(samples: Sequence[float]) -> float:
+    """Relative half-width of the 95% confidence notch of the median (as in timing)."""
+    s = sorted(samples)
+    n = len(s)
+    med = s[n // 2]
+    return 1.57 * (s[(3 * n) // 4] - s[n // 4]) / math.sqrt(n) / med if med > 0 else math.inf
+
+
+def _settled(samples: list[list[float]], rel_ci: float) -> bool:
+    """The pass's split known to ``rel_ci``: the pieces' notches, weighted by their medians,
+    against the sum of medians (a tiny piece, a ReLU between blocks, may scatter more
+    without moving the split)."""
+    meds = [statistics.median(s) for s in samples]
+    total = sum(meds)
+    if total <= 0:
+        return False
+    return sum(_notch(s) * m for s, m in zip(samples, meds) if m > 0) / total <= rel_ci
+
+
+def time_chain(
+    runner: Runner,
+    *,
+    warmup: int = 3,
+    min_rounds: int = 12,
+    max_rounds: int = 400,
+    budget_s: float = 10.0,
+    rel_ci: float = 0.01,
+    fingerprint: str = "",
+    progress: Progress | None = None,
+) -> ChainTiming:
+    """Rounds of ``runner`` until the pieces settle or the budget is spent."""
+    for _ in range(warmup):
+        runner.round()
+    pieces: list[list[float]] = [[] for _ in range(runner.pieces)]
+    marked: list[float] = []
+    plain: list[float] = []
+    start = time.perf_counter()
+    for r in range(1, max_rounds + 1):
+        intervals, m, p = runner.round()
+        for s, v in zip(pieces, intervals, strict=True):
+            s.append(v)
+        marked.append(m)
+        plain.append(p)
+        if progress is not None:
+            progress("timing in one pass", r, max_rounds)
+        if r >= min_rounds and (time.perf_counter() - start > budget_s or _settled(pieces, rel_ci)):
+            break
+    cost = mark_cost(marked, plain, runner.pieces + 1)
+
+    def m(samples: Sequence[float]) -> Measurement:
+        return Measurement(tuple(samples), 1, runner.timer, fingerprint)
+
+    return ChainTiming(tuple(m(s) for s in subtract_marks(pieces, cost)), m(marked), m(plain), cost)
+
+
+class CpuChain:
+    """Marks are readings of ``clock`` (integer nanoseconds; ``perf_counter_ns``)."""
+
+    timer = "perf_counter"
+
+    def __init__(self, works: Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns):
+        if not works:
+            raise ValueError("nothing to time")
+        self.works = list(works)
+        self.pieces = len(works)
+        self.clock = clock
+
+    def round(self) -> tuple[list[float], float, float]:
+        clock = self.clock
+        o0 = clock()
+        marks = [clock()]
+        for w in self.works:
+            w()
+            marks.append(clock())
+        o1 = clock()
+        p0 = clock()
+        for w in self.works:
+            w()
+        p1 = clock()
+        intervals = [(b - a) / 1e9 for a, b in zip(marks, marks[1:])]
+        return intervals, (o1 - o0) / 1e9, (p1 - p0) / 1e9
+
+
+def _event(external: bool = False) -> torch.cuda.Event:
+    if not external:
+        return torch.cuda.Event(enable_timing=True)
+    try:
+        return torch.cuda.Event(enable_timing=True, external=True)
+    except TypeError:
+        raise RuntimeError(
+            f"torch {torch.__version__} cannot record timing events inside a CUDA graph "
+            "(torch.cuda.Event(external=True) is missing); time without --cuda-graph"
+        ) from None
+
+
+def _seconds(a: torch.cuda.Event, b: torch.cuda.Event) -> float:
+    return a.elapsed_time(b) / 1e3
+
+
+class EagerCudaChain:
+    """CUDA events on the current stream between pieces launched from Python; one sync a round."""
+
+    timer = "cuda_events"
+
+    def __init__(self, works: Sequence[Work], device: torch.device) -> None:
+        if not works:
+            raise ValueError("nothing to time")
+        self.works = list(works)
+        self.pieces = len(works)
+        self.device = device
+
+    def round(self) -> tuple[list[float], float, float]:
+        with torch.cuda.device(self.device):
+            outer = [_event() for _ in range(4)]
+            marks = [_event() for _ in range(self.pieces + 1)]
+            outer[0].record()
+            marks[0].record()
+            for w, mark in zip(self.works, marks[1:]):
+                w()
+                mark.record()
+            outer[1].record()
+            outer[2].record()
+            for w in self.works:
+                w()
+            outer[3].record()
+            torch.cuda.synchronize(self.device)
+        intervals = [_seconds(a, b) for a, b in zip(marks, marks[1:])]
+        return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])
+
+
+def _capture(run: Work, device: torch.device) -> torch.cuda.CUDAGraph:
+    """``run`` captured as a CUDA graph on ``device`` (warmed up on a side stream first)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph
+
+
+class GraphCudaChain:
+    """The pass captured as one CUDA graph with external timing events between pieces
+    (recorded as event nodes of the graph), and the same pass captured without them."""
+
+    timer = "cuda_events"
+
+    def __init__(self, works: Sequence[Work], device: torch.device) -> None:
+        if not works:
+            raise ValueError("nothing to time")
+        self.works = list(works)
+        self.pieces = len(works)
+        self.device = device
+        with torch.cuda.device(device):
+            self.marks = [_event(external=True) for _ in range(self.pieces + 1)]
+
+            def marked() -> None:
+                self.marks[0].record()
+                for w, mark in zip(self.works, self.marks[1:]):
+                    w()
+                    mark.record()
+
+            def plain() -> None:
+                for w in self.works:
+                    w()
+
+            self.marked = _capture(marked, device)
+            self.plain = _capture(plain, device)
+
+    def round(self) -> tuple[list[float], float, float]:
+        with torch.cuda.device(self.device):
+            outer = [_event() for _ in range(4)]
+            outer[0].record()
+            self.marked.replay()
+            outer[1].record()
+            outer[2].record()
+            self.plain.replay()
+            outer[3].record()
+            torch.cuda.synchronize(self.device)
+        intervals = [_seconds(a, b) for a, b in zip(self.marks, self.marks[1:])]
+        return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])
+
+
+def runner(works: Sequence[Work], device: torch.device, cuda_graph: bool) -> Runner:
+    """The runner for ``device``: CUDA events (in a captured graph when ``cuda_graph``), else CPU."""
+    if device.type != "cuda":
+        return CpuChain(works)
+    return GraphCudaChain(works, device) if cuda_graph else EagerCudaChain(works, device)
+
+
+def launch_overhead(alone: Sequence[Measurement], chained: Sequence[Measurement]) -> float:
+    """Seconds the pieces timed one launch at a time pay beyond the same pieces in one pass:
+    sum of medians alone minus sum of medians chained."""
+    if len(alone) != len(chained):
+        raise ValueError(f"{len(alone)} pieces timed alone but {len(chained)} chained")
+    return sum(m.median_s for m in alone) - sum(m.median_s for m in chained)

@@ -1,0 +1,206 @@
+"""Pieces timed in one pass with marks between them: the split, the mark cost, the launch
+overhead line, and the profile that says how its pieces were timed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+import torch
+
+from profiler import BlockProfile, ModelSpec, TimingOptions, load_model, profile_model
+from profiler.chain import (
+    CpuChain,
+    EagerCudaChain,
+    GraphCudaChain,
+    launch_overhead,
+    mark_cost,
+    subtract_marks,
+    time_chain,
+)
+from profiler.records import Measurement
+from profiler.timing import measure_pieces, piece_mode
+
+SPEC = ModelSpec("resnet20", input_size=(8, 8))
+QUICK = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none present")
+
+
+def _spin(seconds: float):
+    """Busy-wait work: steadier than sleep for sub-millisecond pieces."""
+
+    def work() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return work
+
+
+def test_mark_cost_is_the_marked_pass_excess_per_mark() -> None:
+    assert mark_cost([10.0, 10.4, 10.2], [8.0, 8.2, 8.1], marks=4) == pytest.approx(0.525)
+    # Paired by round: a pass that slows down over the rounds moves both sides alike.
+    assert mark_cost([2.0, 4.0, 6.0], [1.0, 3.0, 5.0], marks=1) == pytest.approx(1.0)
+    assert mark_cost([8.0], [9.0], marks=3) == 0.0  # noise never makes marks cost negative
+    assert mark_cost([], [1.0], marks=3) == 0.0
+    assert subtract_marks([(3.0, 1.0), (0.5,)], 0.75) == [(2.25, 0.25), (0.0,)]
+
+
+def test_launch_overhead_is_alone_minus_chained() -> None:
+    alone = [Measurement((3e-6,)), Measurement((5e-6,))]
+    chained = [Measurement((2e-6,)), Measurement((4.5e-6,))]
+    assert launch_overhead(alone, chained) == pytest.approx(1.5e-6)
+    with pytest.raises(ValueError, match="2 pieces timed alone but 1 chained"):
+        launch_overhead(alone, chained[:1])
+
+
+class FakeClock:
+    """Nanoseconds that move only when work runs (or a mark is read: ``per_read``)."""
+
+    def __init__(self, per_read: int = 0) -> None:
+        self.now, self.per_read = 0, per_read
+
+    def __call__(self) -> int:
+        self.now += self.per_read
+        return self.now
+
+    def work(self, ns: int):
+        def run() -> None:
+            self.now += ns
+
+        return run
+
+
+def test_cpu_chain_splits_one_pass_into_its_pieces() -> None:
+    clock = FakeClock()
+    lengths = (2_000_000, 500_000, 1_000_000)
+    chain = CpuChain([clock.work(ns) for ns in lengths], clock)
+    got = time_chain(chain, warmup=1, min_rounds=5, max_rounds=8)
+    assert [m.median_s for m in got.pieces] == pytest.approx([ns / 1e9 for ns in lengths])
+    assert all(m.runs == 5 and m.timer == "perf_counter" for m in got.pieces)  # settled at once
+    assert got.plain.median_s == pytest.approx(3.5e-3) and got.mark_cost_s == 0.0
+
+
+def test_cpu_chain_subtracts_what_reading_the_clock_costs() -> None:
+    # Every clock read costs 10 us: the marked pass holds 2 outer + 4 inner reads, the
+    # plain pass 2, so a mark costs 10 us, taken off each piece.
+    clock = FakeClock(per_read=10_000)
+    chain = CpuChain([clock.work(ns) for ns in (300_000, 100_000, 50_000)], clock)
+    got = time_chain(chain, warmup=0, min_rounds=3, max_rounds=3)
+    assert got.mark_cost_s == pytest.approx(10e-6)
+    assert [m.median_s for m in got.pieces] == pytest.approx([300e-6, 100e-6, 50e-6])
+
+
+def test_cpu_chain_round_on_real_time() -> None:
+    # Real clock on a shared machine: only what preemption cannot reverse. A piece lasts
+    # at least its spin; the marks lie inside the marked pass.
+    intervals, marked, plain = CpuChain([_spin(3e-3), _spin(0.3e-3)]).round()
+    assert intervals[0] >= 3e-3 and intervals[1] >= 0.3e-3
+    assert sum(intervals) <= marked and plain >= 3.3e-3
+
+
+def test_cpu_chain_subtracts_what_the_marks_cost() -> None:
+    # A runner whose marks cost 1 ms each: the pieces come back without it.
+    class Costly:
+        timer, pieces = "perf_counter", 2
+
+        def round(self):
+            return [0.003 + 0.001, 0.001 + 0.001], 0.004 + 3 * 0.001, 0.004
+
+    got = time_chain(Costly(), warmup=0, min_rounds=3, max_rounds=3)
+    assert got.mark_cost_s == pytest.approx(0.001)
+    assert [m.median_s for m in got.pieces] == pytest.approx([0.003, 0.001])
+
+
+def test_piece_mode_per_device_and_options() -> None:
+    assert piece_mode("cpu", TimingOptions()) == "alone"
+    assert piece_mode("cuda", TimingOptions()) == "chained"
+    assert piece_mode("cuda", TimingOptions(cuda_graph=True)) == "chained_graph"
+    assert piece_mode("cuda", TimingOptions(pieces="alone")) == "alone"
+    assert piece_mode("cpu", TimingOptions(pieces="chained", cuda_graph=True)) == "chained"
+    with pytest.raises(ValueError, match="pieces must be"):
+        TimingOptions(pieces="sometimes")
+
+
+def test_measure_pieces_chained_on_cpu_reports_the_overhead() -> None:
+    serial = [_spin(0.5e-3), _spin(4e-3)]
+    side = [_spin(0.5e-3)]
+    whole = [lambda: [w() for w in serial]]
+    opts = TimingOptions(budget_s=0.3, min_rounds=4, max_rounds=6, pieces="chained")
+    got = measure_pieces(serial, side, whole, "cpu", opts)
+    assert got.mode == "chained"
+    assert (len(got.serial), len(got.side), len(got.whole)) == (2, 1, 1)
+    assert got.launch_overhead_s is not None and got.mark_cost_s is not None
+    # Real time on a shared machine: what preemption cannot reverse.
+    assert all(m.median_s >= 0 and m.runs >= 4 for m in [*got.serial, *got.side])
+    assert got.whole[0].median_s >= 4.5e-3 and got.whole[0].timer == "perf_counter"
+    quick = TimingOptions(budget_s=0.3, min_rounds=4, max_rounds=6)
+    alone = measure_pieces(serial, side, whole, "cpu", quick)
+    assert alone.mode == "alone" and alone.launch_overhead_s is None
+
+
+def test_profile_says_how_its_pieces_were_timed(tmp_path) -> None:
+    model = load_model(SPEC)
+    plain = profile_model(model, SPEC, batch_size=1, device="cpu", options=QUICK, threads=1)
+    assert plain.timing == "alone" and plain.launch_overhead_s is None
+    opts = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20, pieces="chained")
+    p = profile_model(model, SPEC, batch_size=1, device="cpu", options=opts, threads=1)
+    assert p.timing == "chained"
+    assert p.launch_overhead_s is not None and p.mark_cost_s is not None
+    d = json.loads(p.to_json())
+    assert d["timing"] == "chained" and d["launch_overhead_s"] == p.launch_overhead_s
+    back = BlockProfile.from_json(p.to_json())
+    assert (back.timing, back.launch_overhead_s, back.mark_cost_s) == (
+        p.timing,
+        p.launch_overhead_s,
+        p.mark_cost_s,
+    )
+    # An older profile without these fields reads as timed alone.
+    for k in ("timing", "launch_overhead_s", "mark_cost_s"):
+        d.pop(k)
+    assert BlockProfile.from_dict(d).timing == "alone"
+
+
+def _resnet_pieces(device: torch.device):
+    model = load_model(ModelSpec("resnet20")).to(device).eval()
+    x = torch.randn(1, 3, 32, 32, device=device)
+    stages = [model.conv1, model.bn1, torch.nn.ReLU(), model.layer1, model.layer2, model.layer3]
+    values = {"x": x}
+
+    def piece(m, src, dst):
+        def run():
+            values[dst] = m(values[src])
+
+        return run
+
+    names = ["x", *[f"p{i}" for i in range(len(stages))]]
+    return [piece(m, a, b) for m, a, b in zip(stages, names, names[1:])], model, x
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_chain_pieces_add_up_to_the_pass(graph: bool) -> None:
+    dev = torch.device("cuda")
+    works, _, _ = _resnet_pieces(dev)
+    with torch.inference_mode():
+        chain = GraphCudaChain(works, dev) if graph else EagerCudaChain(works, dev)
+        got = time_chain(chain, min_rounds=20, max_rounds=200, budget_s=2.0)
+    total = sum(m.median_s for m in got.pieces)
+    assert all(m.timer == "cuda_events" and m.median_s >= 0 for m in got.pieces)
+    # The marked pass, less every mark, is the plain pass up to its launch and tail.
+    assert total == pytest.approx(got.plain.median_s, rel=0.1)
+    assert got.mark_cost_s < 20e-6
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_profile_is_chained_and_reports_launch_overhead(cuda_graph: bool) -> None:
+    opts = TimingOptions(budget_s=1.0, min_rounds=10, cuda_graph=cuda_graph)
+    p = profile_model(load_model(SPEC), SPEC, device="cuda", options=opts)
+    assert p.timing == ("chained_graph" if cuda_graph else "chained")
+    assert p.launch_overhead_s is not None and p.mark_cost_s is not None
+    assert statistics.fmean([b.latency_s for b in p.blocks]) > 0
