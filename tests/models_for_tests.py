@@ -114,3 +114,388 @@ def senet(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 
 def untraceable(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return Untraceable(in_channels, num_classes)
+
+
+# --- Standard families, laid out as torchvision lays them out (CI has no torchvision) ------
+
+
+class Conv2dNormActivation(nn.Sequential):
+    """torchvision.ops.Conv2dNormActivation: a Sequential subclass, conv then norm then act."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        norm: type[nn.Module] | None = nn.BatchNorm2d,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=norm is None)
+        ]
+        if norm is not None:
+            layers.append(norm(cout))
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation: pool, 1x1, act, 1x1, gate, ``scale * input``."""
+
+    def __init__(
+        self,
+        c: int,
+        squeeze: int,
+        act: type[nn.Module] = nn.ReLU,
+        gate: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.activation = act()
+        self.scale_activation = gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
+class StochasticDepth(nn.Module):
+    """Drops the residual branch per sample while training; the identity in eval."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class MBConv(nn.Module):
+    """EfficientNet's MBConv (torchvision layout): expand, depthwise, SE, project; a
+    shortcut (after stochastic depth) only when stride is 1 and channels match."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        expand: int,
+        stride: int = 1,
+        se: bool = True,
+        act: type[nn.Module] = nn.SiLU,
+        gate: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.use_res_connect = stride == 1 and cin == cout
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers.append(Conv2dNormActivation(cin, hidden, 1, act=act))
+        layers.append(Conv2dNormActivation(hidden, hidden, 3, stride, groups=hidden, act=act))
+        if se:
+            layers.append(SqueezeExcitation(hidden, max(1, cin // 4), nn.SiLU, gate))
+        layers.append(Conv2dNormActivation(hidden, cout, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        if self.use_res_connect:
+            result = self.stochastic_depth(result)
+            result += x
+        return result
+
+
+class EfficientNetLike(nn.Module):
+    """Stem, MBConv without shortcut (channels change), with shortcut, strided; head."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            Conv2dNormActivation(in_channels, 16, act=nn.SiLU),
+            nn.Sequential(MBConv(16, 24, 1)),
+            nn.Sequential(MBConv(24, 24, 4), MBConv(24, 32, 4, stride=2)),
+            Conv2dNormActivation(32, 64, 1, act=nn.SiLU),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class MobileNetV3Like(nn.Module):
+    """MobileNetV3's inverted residuals: hard-sigmoid SE on some, ReLU or Hardswish, no
+    expansion conv where the expanded width equals the input's."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        hs, relu = nn.Hardswish, nn.ReLU
+        self.features = nn.Sequential(
+            Conv2dNormActivation(in_channels, 16, act=hs),
+            MBConv(16, 16, 1, se=True, act=relu, gate=nn.Hardsigmoid),
+            MBConv(16, 24, 3, se=False, act=relu),
+            MBConv(24, 24, 3, se=True, act=hs, gate=nn.Hardsigmoid),
+            Conv2dNormActivation(24, 48, 1, act=hs),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(48, 32), nn.Hardswish(), nn.Linear(32, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class Bottleneck(nn.Module):
+    """ResNet's bottleneck (torchvision layout); ``groups`` > 1 and ``width`` make it ResNeXt
+    or Wide-ResNet's."""
+
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, groups: int = 1, width: int = 0
+    ) -> None:
+        super().__init__()
+        width = width or planes
+        cout = planes * 4
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNetLike(nn.Module):
+    """Stem with max pool, bottlenecks with and without downsample, a ResNeXt stage."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(Bottleneck(16, 8), Bottleneck(32, 8))
+        self.layer2 = nn.Sequential(Bottleneck(32, 16, 2, groups=4, width=32), Bottleneck(64, 16))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class BottleneckTransform(nn.Sequential):
+    """RegNet's transform: 1x1, grouped 3x3, SE, 1x1 (a Sequential subclass)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, group_width: int) -> None:
+        super().__init__(
+            Conv2dNormActivation(cin, cout, 1),
+            Conv2dNormActivation(cout, cout, 3, stride, groups=cout // group_width),
+            SqueezeExcitation(cout, max(1, cin // 4)),
+            Conv2dNormActivation(cout, cout, 1, act=None),
+        )
+
+
+class ResBottleneckBlock(nn.Module):
+    """RegNet's residual block: ``proj(x) + f(x)`` or ``x + f(x)``, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, group_width: int = 8) -> None:
+        super().__init__()
+        self.proj = None
+        if cin != cout or stride != 1:
+            self.proj = Conv2dNormActivation(cin, cout, 1, stride, act=None)
+        self.f = BottleneckTransform(cin, cout, stride, group_width)
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x) + self.f(x) if self.proj is not None else x + self.f(x)
+        return self.activation(x)
+
+
+class RegNetLike(nn.Module):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = Conv2dNormActivation(in_channels, 16, 3, 2)
+        self.trunk_output = nn.Sequential(
+            nn.Sequential(ResBottleneckBlock(16, 24, 2), ResBottleneckBlock(24, 24)),
+            nn.Sequential(ResBottleneckBlock(24, 48, 2), ResBottleneckBlock(48, 48)),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trunk_output(self.stem(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of an NCHW map, as torchvision's ConvNeXt writes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block: depthwise 7x7, permute, LayerNorm, Linear, GELU, Linear, permute,
+    layer scale, stochastic depth, add."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+            Permute([0, 3, 1, 2]),
+        )
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 0.5))
+        self.stochastic_depth = StochasticDepth(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.layer_scale * self.block(x)
+        result = self.stochastic_depth(result)
+        result += x
+        return result
+
+
+class ConvNeXtLike(nn.Module):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            Conv2dNormActivation(in_channels, 16, 2, 2, norm=LayerNorm2d, act=None),
+            nn.Sequential(CNBlock(16), CNBlock(16)),
+            nn.Sequential(LayerNorm2d(16), nn.Conv2d(16, 32, 2, 2)),
+            nn.Sequential(CNBlock(32)),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(LayerNorm2d(32), nn.Flatten(1), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+class _DenseLayer(nn.Module):
+    """Pre-activation BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 on the concatenation of all earlier
+    features, passed in as a list (torchvision layout)."""
+
+    def __init__(self, cin: int, growth: int, bn_size: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def bn_function(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+
+    def forward(self, input: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        prev = [input] if isinstance(input, torch.Tensor) else input
+        return self.conv2(self.relu2(self.norm2(self.bn_function(prev))))
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(self, layers: int, cin: int, growth: int) -> None:
+        super().__init__()
+        for i in range(layers):
+            self.add_module(f"denselayer{i + 1}", _DenseLayer(cin + i * growth, growth))
+
+    def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        features = [init_features]
+        for _, layer in self.items():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pool = nn.AvgPool2d(2, 2)
+
+
+class DenseNetLike(nn.Module):
+    """Stem, dense block of 3 layers, transition, dense block of 2, final norm, head."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, growth: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential()
+        self.features.add_module("conv0", nn.Conv2d(in_channels, 16, 3, padding=1, bias=False))
+        self.features.add_module("norm0", nn.BatchNorm2d(16))
+        self.features.add_module("relu0", nn.ReLU(inplace=True))
+        self.features.add_module("denseblock1", _DenseBlock(3, 16, growth))
+        c = 16 + 3 * growth
+        self.features.add_module("transition1", _Transition(c, c // 2))
+        self.features.add_module("denseblock2", _DenseBlock(2, c // 2, growth))
+        c = c // 2 + 2 * growth
+        self.features.add_module("norm5", nn.BatchNorm2d(c))
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.features(x), inplace=True)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, (1, 1)), 1))
+
+
+class VGGLike(nn.Module):
+    """torchvision's VGG with BN: a flat Sequential of conv, BN, ReLU and max pools."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in (16, 16, "M", 32, 32):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [
+                    nn.Conv2d(cin, v, 3, padding=1),
+                    nn.BatchNorm2d(v),
+                    nn.ReLU(inplace=True),
+                ]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

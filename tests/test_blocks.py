@@ -10,6 +10,7 @@ from profiler import ModelSpecError, TraceError, discover, load_model
 from profiler.blocks import count_ops
 
 from .models_for_tests import InlineResidualNet, SENet, Untraceable
+from .pieces import run_pieces
 
 ZOO_EXPECTED = {
     # name: (blocks, residual units, shortcut replacements, removable)
@@ -23,28 +24,6 @@ ZOO_EXPECTED = {
 def _discover(model: nn.Module, shape: tuple[int, ...] = (1, 3, 32, 32)):
     torch.manual_seed(0)
     return discover(model.eval(), torch.randn(shape))
-
-
-def _run_pieces(bg, x: torch.Tensor) -> torch.Tensor:
-    """Run the network piece by piece, in graph order, from the extracted modules only."""
-    values = {}
-    order = {n.name: i for i, n in enumerate(bg.gm.graph.nodes)}
-    pieces = [(order[b.output_node], b.nodes) for b in bg.blocks] + [
-        (order[r[-1]], r) for r in bg.rest
-    ]
-    for n in bg.gm.graph.nodes:
-        if n.op == "placeholder":
-            values[n] = x
-    for _, names in sorted(pieces):
-        module, inputs = bg.piece(names)
-        out = module(*[values[i] for i in inputs])
-        outs = [bg.node(nm) for nm in names if any(u.name not in names for u in bg.node(nm).users)]
-        for node, value in zip(outs, out if isinstance(out, tuple) else (out,)):
-            values[node] = value
-    result = next(n for n in bg.gm.graph.nodes if n.op == "output").args[0]
-    if isinstance(result, (tuple, list)):  # torch.export graphs return a flat tuple
-        (result,) = result
-    return values[result]
 
 
 @pytest.mark.parametrize("name", sorted(ZOO_EXPECTED))
@@ -109,7 +88,7 @@ def test_pieces_reproduce_the_model(name: str) -> None:
     x = torch.randn(2, 3, 8, 8)
     bg = discover(model, x)
     with torch.no_grad():
-        torch.testing.assert_close(_run_pieces(bg, x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(run_pieces(bg, x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_inline_residuals_found_from_add_nodes() -> None:
@@ -129,7 +108,7 @@ def test_inline_residuals_found_from_add_nodes() -> None:
     x = torch.randn(2, 3, 32, 32)
     bg = discover(model, x)
     with torch.no_grad():
-        torch.testing.assert_close(_run_pieces(bg, x), model(x))
+        torch.testing.assert_close(run_pieces(bg, x), model(x))
 
 
 def test_squeeze_excitation_stays_inside_its_unit() -> None:
@@ -144,7 +123,7 @@ def test_squeeze_excitation_stays_inside_its_unit() -> None:
     x = torch.randn(2, 3, 32, 32)
     bg = discover(model, x)
     with torch.no_grad():
-        torch.testing.assert_close(_run_pieces(bg, x), model(x))
+        torch.testing.assert_close(run_pieces(bg, x), model(x))
 
 
 def test_replacements_run_on_the_block_input() -> None:
@@ -238,4 +217,4 @@ def test_torch_export_programs_have_the_same_blocks(name: str, tmp_path) -> None
         (b.name, b.kind, b.replacement, b.macs, b.params, b.stage) for b in eager.blocks
     ]
     with torch.no_grad():
-        torch.testing.assert_close(_run_pieces(aten, x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(run_pieces(aten, x), model(x), rtol=1e-4, atol=1e-5)
