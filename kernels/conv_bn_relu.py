@@ -424,6 +424,7 @@ def conv2d_triton(
     dilation: int | tuple[int, int] = 1,
     activation: str | None = "relu",
     input_precision: str = "ieee",
+    config: TileConfig | None = None,
 ) -> torch.Tensor:
     """Run the Triton kernel: x (N, C, H, W) * weight (K, C, KH, KW) + bias (K,) -> (N, K, OH, OW).
 
@@ -431,7 +432,7 @@ def conv2d_triton(
     out). ``input_precision`` is ``"ieee"`` (exact fp32, comparable with
     PyTorch) or ``"tf32"`` (faster fp32 on Ampere+); half inputs ignore it.
     On a GPU the tile config comes from the tuning cache (tuned on the first
-    call of a new shape). Pass a weight from :func:`lay_out_weight` to save the
+    call of a new shape) unless ``config`` names one. Pass a weight from :func:`lay_out_weight` to save the
     copy that lays it out on every call. Forward only (no autograd).
     """
     call = _prepare(x, weight, bias, stride, padding, dilation, activation, input_precision)
@@ -441,7 +442,7 @@ def conv2d_triton(
     def torch_path() -> torch.Tensor:  # timed with the tiles, so a cached choice is complete
         return conv2d_torch(x, weight, bias, stride, padding, dilation, 1, activation)
 
-    return call.launch(_choice(call, torch_path).config)
+    return call.launch(config if config is not None else _choice(call, torch_path).config)
 
 
 def conv2d_torch(

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels import conv2d_bias_relu
-from kernels.conv_bn_relu import HAS_TRITON, INTERPRET_CONFIG, autotune_configs, interpreting
+from kernels.conv_bn_relu import (
+    HAS_TRITON,
+    INTERPRET_CONFIG,
+    autotune_configs,
+    conv2d_triton,
+    interpreting,
+)
+from kernels.tuning import CONFIGS, TileConfig
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -54,7 +61,10 @@ def conv_cases(draw: st.DrawFn) -> dict:
     )
 
 
-def _check(case: dict, dtype: torch.dtype, device: str = "cpu") -> None:
+def _check(
+    case: dict, dtype: torch.dtype, device: str = "cpu", config: TileConfig | None = None
+) -> None:
+    """Run one case through the Triton backend (with ``config``: that tile, no tuning)."""
     g = torch.Generator().manual_seed(case["n"] * 1000 + case["cin"] * 31 + case["cout"])
     x = torch.randn(case["n"], case["cin"], case["h"], case["w"], generator=g)
     fan_in = case["cin"] * case["k"] ** 2
@@ -65,9 +75,12 @@ def _check(case: dict, dtype: torch.dtype, device: str = "cpu") -> None:
     if case["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     conv = (case["stride"], case["pad"], case["dil"])
-    y = conv2d_bias_relu(
-        x, w, b, *conv, backend="triton", activation=case["activation"], relu=False
-    )
+    if config is None:
+        y = conv2d_bias_relu(
+            x, w, b, *conv, backend="triton", activation=case["activation"], relu=False
+        )
+    else:
+        y = conv2d_triton(x, w, b, *conv, activation=case["activation"], config=config)
     ref = F.conv2d(x.double(), w.double(), b.double() if b is not None else None, *conv)
     ref = ACT[case["activation"]](ref).float()
     assert y.dtype == dtype and y.shape == ref.shape
@@ -100,6 +113,15 @@ def test_triton_resnet_like_shapes(channels_last: bool) -> None:
         case = dict(n=2, cin=16, cout=32, h=8, w=8, k=k, stride=stride, pad=pad, dil=1,
                     channels_last=channels_last, activation="relu", bias=True)  # fmt: skip
         _check(case, torch.float32)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.block_m * c.block_n <= 64 * 32])
+def test_explicit_tiles_under_interpreter(cfg: TileConfig) -> None:
+    # The tiles the GPU tunes over, run by the interpreter (small ones: it is slow).
+    case = dict(n=1, cin=19, cout=35, h=5, w=6, k=3, stride=1, pad=1, dil=1,
+                channels_last=True, activation="relu6", bias=True)  # fmt: skip
+    _check(case, torch.float32, "cpu", cfg)
 
 
 @needs_interpreter
@@ -137,11 +159,22 @@ def test_configs_compile_on_ampere_and_hopper() -> None:
 
 @pytest.mark.gpu
 @gpu
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(case=conv_cases(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
 def test_triton_on_gpu(case: dict, dtype: torch.dtype) -> None:
+    # One fixed tile: each drawn case compiles once instead of tuning every config.
     assert not interpreting(), "conftest keeps the interpreter off when a GPU is present"
-    _check(case, dtype, "cuda")
+    _check(case, dtype, "cuda", CONFIGS[4])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_config_on_gpu(dtype: torch.dtype) -> None:
+    case = dict(n=2, cin=21, cout=40, h=9, w=7, k=3, stride=1, pad=1, dil=1,
+                channels_last=True, activation="relu", bias=True)  # fmt: skip
+    for cfg in CONFIGS:
+        _check(case, dtype, "cuda", cfg)
 
 
 @pytest.mark.gpu
