@@ -63,13 +63,19 @@ class ChainTiming:
 
 
 def mark_cost(marked: Sequence[float], plain: Sequence[float], marks: int) -> float:
-    """Seconds one mark adds: the median over rounds of (marked - plain) / marks, never below 0.
+    """Seconds one mark adds: the median over rounds of (marked - plain) / marks.
 
-    Paired by round, so a slow drift of the whole pass (clocks, a neighbour) cancels.
+    Paired by round, so a slow drift of the whole pass (clocks, a neighbour)
+    cancels. Zero unless the median difference is positive and outside its
+    95% notch (1.57 * IQR / sqrt(n)): noise is not subtracted from the pieces.
     """
-    if marks < 1 or not marked or not plain:
+    diffs = sorted(m - p for m, p in zip(marked, plain))
+    if marks < 1 or not diffs:
         return 0.0
-    return max(0.0, statistics.median(m - p for m, p in zip(marked, plain)) / marks)
+    n = len(diffs)
+    med = statistics.median(diffs)
+    notch = 1.57 * (diffs[(3 * n) // 4] - diffs[n // 4]) / math.sqrt(n)
+    return med / marks if med > notch else 0.0
 
 
 def subtract_marks(samples: Sequence[Sequence[float]], cost_s: float) -> list[tuple[float, ...]]:

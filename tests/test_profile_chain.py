@@ -44,6 +44,9 @@ def test_mark_cost_is_the_marked_pass_excess_per_mark() -> None:
     # Paired by round: a pass that slows down over the rounds moves both sides alike.
     assert mark_cost([2.0, 4.0, 6.0], [1.0, 3.0, 5.0], marks=1) == pytest.approx(1.0)
     assert mark_cost([8.0], [9.0], marks=3) == 0.0  # noise never makes marks cost negative
+    # A difference buried in the scatter of the differences is not subtracted.
+    noisy_marked, noisy_plain = [5.0, 1.0, 9.0, 2.0, 8.0], [1.0, 6.0, 2.0, 7.0, 3.0]
+    assert mark_cost(noisy_marked, noisy_plain, marks=1) == 0.0
     assert mark_cost([], [1.0], marks=3) == 0.0
     assert subtract_marks([(3.0, 1.0), (0.5,)], 0.75) == [(2.25, 0.25), (0.0,)]
 

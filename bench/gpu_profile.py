@@ -1,0 +1,138 @@
+"""GPU figures of the profiler: additivity with pieces timed in one pass, and the launch overhead.
+
+    python bench/gpu_profile.py [--models resnet20 resnet56 mobilenetv2] [--batches 1 16 128]
+
+For each model, batch and mode (eager; ``cuda_graph``: the whole pass in one
+captured graph), one profile with the pieces timed chained (the default on
+CUDA) gives the additivity error (sum of blocks + rest vs end to end), the
+launch overhead (the pieces timed one launch at a time minus the same pieces in
+one pass, per forward pass) and the cost of one timing event. ``--fused``
+models are profiled again as deployed with fused Conv-BN-ReLU kernels.
+
+Writes bench/results/profiler_cuda_additivity.json (a list of rows: model,
+batch_size, mode, additivity_error, device, and the figures above) and
+bench/results/profiler_cuda_additivity_gpu.md. Exit status: 0 when every
+|additivity| is within --goal, 3 when a profile missed it, 1 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from profiler import ModelSpec, TimingOptions, load_model, profile_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def one(model: str, batch: int, mode: str, fused: bool, budget_s: float, device: str) -> dict:
+    spec = ModelSpec(model)
+    # Chained on every device: on CPU (a dry run of this script) too.
+    opts = TimingOptions(budget_s=budget_s, cuda_graph=mode == "cuda_graph", pieces="chained")
+    t0 = time.perf_counter()
+    p = profile_model(
+        load_model(spec), spec, batch_size=batch, device=device, options=opts, fused=fused
+    )
+    return {
+        "model": model,
+        "batch_size": batch,
+        "mode": mode,
+        "fused": fused,
+        "additivity_error": p.additivity_error,
+        "timing": p.timing,
+        "end_to_end_s": p.end_to_end_s,
+        "blocks_s": p.blocks_s,
+        "rest_s": p.rest_s,
+        "launch_overhead_s": p.launch_overhead_s,
+        "mark_cost_s": p.mark_cost_s,
+        "checks_ok": bool(p.quality and p.quality.ok),
+        "problems": list(p.quality.problems) if p.quality else [],
+        "profile_wall_s": time.perf_counter() - t0,
+        "device": p.device.to_dict(),
+    }
+
+
+def _us(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e6:.1f}"
+
+
+def render(rows: list[dict], goal: float, argv: list[str]) -> str:
+    dev = rows[0]["device"] if rows else {}
+    lines = [
+        "# Profiler on CUDA: additivity with pieces timed in one pass, launch overhead",
+        "",
+        f"- command: `python {' '.join(argv)}` (through bench/gpu.sh)",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- device: {dev.get('name', '?')} ({dev.get('details', {}).get('uuid', dev.get('kind'))}), "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}",
+        f"- additivity = (blocks + rest - end to end) / end to end; goal within ±{goal:.0%}",
+        "- launch overhead = pieces timed one launch at a time minus the same pieces in one"
+        " pass, microseconds per forward pass; event = GPU time of one timing event, "
+        "subtracted from every piece",
+        "",
+        "| model | batch | mode | fused | end to end (us) | blocks + rest (us) | additivity |"
+        " launch overhead (us) | event (us) | checks |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ok = "ok" if r["checks_ok"] else "; ".join(r["problems"])[:120]
+        miss = "" if abs(r["additivity_error"]) <= goal else " **(over goal)**"
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['mode']} | {'yes' if r['fused'] else 'no'}"
+            f" | {_us(r['end_to_end_s'])} | {_us(r['blocks_s'] + r['rest_s'])}"
+            f" | {r['additivity_error']:+.1%}{miss} | {_us(r['launch_overhead_s'])}"
+            f" | {_us(r['mark_cost_s'])} | {ok} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "mobilenetv2"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
+    ap.add_argument("--modes", nargs="+", choices=["eager", "cuda_graph"], default=["eager", "cuda_graph"])  # fmt: skip
+    ap.add_argument("--fused", nargs="*", default=["resnet20"], help="models profiled fused too")
+    ap.add_argument("--fused-batches", nargs="+", type=int, default=[1])
+    ap.add_argument("--budget-s", type=float, default=1.0)
+    ap.add_argument("--goal", type=float, default=0.05)
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
+    ap.add_argument("--out-json", type=Path, default=RESULTS / "profiler_cuda_additivity.json")
+    ap.add_argument("--out-md", type=Path, default=RESULTS / "profiler_cuda_additivity_gpu.md")
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_profile.py: no CUDA device; nothing measured", file=sys.stderr)
+        return 2
+    cases = [(m, b, mode, False) for m in args.models for b in args.batches for mode in args.modes]
+    cases += [(m, b, mode, True) for m in args.fused for b in args.fused_batches for mode in args.modes]  # fmt: skip
+    rows, errors = [], 0
+    for model, batch, mode, fused in cases:
+        try:
+            r = one(model, batch, mode, fused, args.budget_s, args.device)
+        except Exception as e:  # keep going: the other figures still count
+            errors += 1
+            print(f"FAIL {model} batch {batch} {mode} fused={fused}: {type(e).__name__}: {e}")
+            continue
+        rows.append(r)
+        print(
+            f"{model} b{batch} {mode}{' fused' if fused else ''}: additivity "
+            f"{r['additivity_error']:+.1%}, launch overhead {_us(r['launch_overhead_s'])} us, "
+            f"event {_us(r['mark_cost_s'])} us ({r['profile_wall_s']:.1f} s)",
+            flush=True,
+        )
+        # Written after every row: a run cut short still leaves what it measured.
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        args.out_json.write_text(json.dumps(rows, indent=1))
+        args.out_md.write_text(render(rows, args.goal, sys.argv))
+    if errors:
+        return 1
+    return 3 if any(abs(r["additivity_error"]) > args.goal for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
