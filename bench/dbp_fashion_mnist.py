@@ -35,9 +35,15 @@ from profiler import (
     read_checkpoint,
     retain_freed_memory,
 )
-from pruner import PrunePlan, RemovedBlock, apply_plan, cached_baseline
-from pruner.pipeline import PruneConfig, candidates_from_profile, run_pipeline
-from pruner.select import predict_latency
+from pruner import (
+    PruneConfig,
+    PrunePlan,
+    RemovedBlock,
+    apply_plan,
+    cached_baseline,
+    prune_checkpoint,
+)
+from pruner.depth import candidates_from_profile, predict_latency
 
 ROOT = Path(__file__).resolve().parent
 
@@ -178,26 +184,28 @@ def main() -> None:
         count = None
         for method in args.methods:
             out = Path(args.runs) / f"{method}_{budget}"
-            config = PruneConfig(
-                model="resnet56",
-                checkpoint=ckpt,
-                data="fashion-mnist",
-                out=str(out),
-                budget=budget,
-                method=method,
-                epochs=args.epochs,
-                limit=args.prune_limit or args.limit,
-                test_samples=args.test_samples,
-                calibration_samples=args.calibration_samples,
-                heldout_samples=args.heldout_samples,
-                latency_threads=args.latency_threads,
-                timing_budget_s=args.timing_budget,
-                table=args.table,
-                remove_count=count if method in ("random", "l1") else None,
-                max_rounds=1 if method in ("random", "l1") else 3,
+            config = PruneConfig.from_flat(
+                dict(
+                    model="resnet56",
+                    checkpoint=ckpt,
+                    data="fashion-mnist",
+                    out=str(out),
+                    budget=budget,
+                    method=method,
+                    epochs=args.epochs,
+                    limit=args.prune_limit or args.limit,
+                    test_samples=args.test_samples,
+                    calibration_samples=args.calibration_samples,
+                    heldout_samples=args.heldout_samples,
+                    latency_threads=args.latency_threads,
+                    timing_budget_s=args.timing_budget,
+                    table=args.table,
+                    remove_count=count if method in ("random", "l1") else None,
+                    max_rounds=1 if method in ("random", "l1") else 3,
+                )
             )
             t = time.time()
-            report = run_pipeline(config).to_dict()
+            report = prune_checkpoint(config).to_dict()
             report["wall_s"] = time.time() - t
             runs[(budget, method)] = report
             if method == "dbp":

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 CHILD = """
 import time, numpy as np
 t0 = time.perf_counter()
-from pruner.select import dp_solve
+from pruner.depth import dp_solve
 t1 = time.perf_counter()
 dp_solve(np.ones(3, np.int64), np.zeros(3, np.int64), np.ones(3), np.array([0, 0, 1], np.bool_), 10)
 t2 = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> None:
         )
         import_s, compile_s, second_s = map(float, out.stdout.split())
 
-    from pruner.select import dp_solve
+    from pruner.depth import dp_solve
 
     inst = instance(args.blocks, args.buckets, 0)
     dp_solve(*inst)  # compiled (or loaded from the on-disk cache) before timing
@@ -90,7 +90,7 @@ def main() -> None:
 | solve, fastest | {times[0] * 1e3:.3f} ms |
 | first call (JIT compile, empty cache) | {compile_s:.2f} s |
 | second call of that process (tiny instance) | {second_s * 1e3:.3f} ms |
-| import of pruner.select (numba, torch) | {import_s:.2f} s |
+| import of pruner.depth (numba, torch) | {import_s:.2f} s |
 
 Goal: under 5 ms after compilation. The DP is O(blocks x buckets x 2) with
 back-pointers (blocks x buckets x 2 bytes each) for the exact solution;

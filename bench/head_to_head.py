@@ -38,16 +38,25 @@ import torch
 from profiler import (
     TimingOptions,
     device_info,
+    example_input,
     load_model,
     measure,
+    model_cost,
     read_checkpoint,
     retain_freed_memory,
 )
-from pruner import PruneConfig, cached_baseline, evaluate, finetune, load_data, run_pipeline
-from pruner.hfp_pipeline import macs
-from pruner.pipeline import first_samples
-from pruner.plan import PrunePlan
-from pruner.surgery import apply_plan, example_input, load_pruned
+from pruner import (
+    PruneConfig,
+    PrunePlan,
+    apply_plan,
+    cached_baseline,
+    evaluate,
+    finetune,
+    first_samples,
+    load_data,
+    load_pruned,
+    prune_checkpoint,
+)
 
 OUT = Path("bench/results")
 
@@ -74,7 +83,7 @@ def tp_magnitude(teacher, spec, target_macs: float):
     import torch_pruning as tp
 
     x = example_input(spec)
-    base_macs = macs(teacher, spec)
+    base_macs = model_cost(teacher, spec).macs
 
     def prune(ratio: float):
         model = apply_plan(teacher, PrunePlan(spec))
@@ -84,7 +93,7 @@ def tp_magnitude(teacher, spec, target_macs: float):
             pruning_ratio=ratio, ignored_layers=[head], global_pruning=True,
         )  # fmt: skip
         pruner.step()
-        return model, macs(model, spec) / base_macs
+        return model, model_cost(model, spec).macs / base_macs
 
     lo, hi = 0.0, 0.95
     best = None
@@ -174,14 +183,16 @@ def main() -> int:
                     kw["depth_share"] = 0.5
                 out = args.work / f"{method}_{level}"
                 name = method.split("-share")[0]
-                report = run_pipeline(PruneConfig(out=str(out), method=name, **common, **kw))
+                report = prune_checkpoint(
+                    PruneConfig.from_flat(dict(out=str(out), method=name, **common, **kw))
+                )
                 model = load_pruned(report.checkpoint_path)
                 acc, acc_before = report.pruned.accuracy, report.accuracy_before_finetune
-                split = (report.width or {}).get("depth", {}).get("split", {})
-                note = "; ".join([*([split["reason"]] if split else []), *report.warnings])
+                split = [report.split.reason] if report.split else []
+                note = "; ".join([*split, *report.warnings])
                 if method == "hfp":
-                    hfp_macs[level] = report.width["macs_ratio"]
-            ratio = macs(model, spec) / macs(teacher, spec)
+                    hfp_macs[level] = report.width.macs_ratio
+            ratio = model_cost(model, spec).macs / model_cost(teacher, spec).macs
             params = sum(p.numel() for p in model.parameters()) / sum(
                 p.numel() for p in teacher.parameters()
             )

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from profiler import ModelSpec, build_model, resolve_spec
-from pruner.hfp import ChannelSpace, channel_ranking, fit_widths, size_targets
-from pruner.hfp_pipeline import macs as count_macs
+from profiler import ModelSpec, build_model, model_cost, resolve_spec
+from pruner.width import ChannelSpace, channel_ranking, fit_widths, size_targets
 
 OUT = Path(__file__).resolve().parent / "results"
 MACS = (0.3, 0.5, 0.7)
@@ -37,8 +36,9 @@ PARAMS = (0.3, 0.4, 0.5, 0.7)
 
 
 def counted(model: torch.nn.Module, spec: ModelSpec) -> tuple[float, int]:
-    """MACs per image (torch's FLOP counter) and the parameter count."""
-    return count_macs(model, spec), sum(p.numel() for p in model.parameters())
+    """MACs per image (the profiler's counter, equal to torch's FLOP counter / 2) and params."""
+    cost = model_cost(model, spec)
+    return cost.macs, cost.params
 
 
 def reachable(space: ChannelSpace, macs: float, params: float, restarts: int = 6) -> bool:
@@ -84,7 +84,7 @@ def main() -> int:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{platform.platform()}",
-        "- ratios counted by torch's FlopCounterMode on the physically pruned model; "
+        "- ratios counted by profiler.model_cost on the physically pruned model; "
         "channel counts multiples of 8",
         "",
         "| model | MACs target | params target | MACs | params | met (both within 2%) "

@@ -32,8 +32,7 @@ import torch
 from torch import nn
 
 from kernels import FusedConv2d, fuse
-from profiler import load_model
-from profiler.device import cpu_model
+from profiler import cpu_model, load_model
 
 ACT_MODULES = {None: nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiler.device import cpu_model  # noqa: E402
+from profiler import cpu_model  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.jobs import JobStore  # noqa: E402
 from service.monitor import Monitor  # noqa: E402

@@ -4,7 +4,7 @@ from .allocator import allocator_policy, retain_freed_memory
 from .blocks import BlockGraph, count_ops, discover
 from .compare import measure_pair, torch_threads
 from .cost import ModelCost, example_input, model_cost
-from .device import device_info, gpu_telemetry, resolve_device
+from .device import cpu_model, device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
 from .interference import InterferenceWatch
 from .measure import profile_model
@@ -38,6 +38,7 @@ __all__ = [
     "retain_freed_memory",
     "BlockGraph",
     "count_ops",
+    "cpu_model",
     "example_input",
     "measure_pair",
     "model_cost",

@@ -1,38 +1,58 @@
-"""What to remove, and removing it: data, training, scores, selection, surgery, fine-tuning."""
+"""What to remove, and removing it: ``prune`` in memory, ``prune_checkpoint`` from and to disk.
+
+Subpackages: ``depth`` (block scorers, selection, surgery), ``width`` (filter
+pruning), ``methods`` (each method a list of steps). Every name below loads
+on first use, so ``pruner.config`` (method and dataset names, options) costs
+no torch import.
+"""
 
 from importlib import import_module
 from typing import Any
 
-from .data import Batches, DataBundle, DatasetInfo, datasets, load_data
-from .discrimination import BlockScore, score_blocks
-from .finetune import KDLoss, finetune, kd_loss
-from .plan import PrunePlan, RemovedBlock
-from .surgery import SurgeryError, apply_plan, export_pruned, load_pruned, remove_blocks
-from .train import (
-    EpochStats,
-    EvalResult,
-    FitResult,
-    TrainResult,
-    cached_baseline,
-    evaluate,
-    fit,
-    train_baseline,
-)
-
-# Selection and the pipeline import numba (about a second): loaded on first use only.
 _LAZY = {
-    "BudgetError": "select",
-    "Candidate": "select",
-    "Selection": "select",
-    "greedy_select": "select",
-    "select_blocks": "select",
-    "ModelStats": "pipeline",
-    "PruneConfig": "pipeline",
-    "PruneReport": "pipeline",
-    "run_pipeline": "pipeline",
-    "ChannelSpace": "hfp",
-    "fit_widths": "hfp",
-    "thin": "hfp",
+    # the skeleton and its types
+    "PruneResult": "skeleton",
+    "prune": "skeleton",
+    "prune_checkpoint": "skeleton",
+    "Budget": "config",
+    "ConfigError": "config",
+    "DATASETS": "config",
+    "DepthOptions": "config",
+    "IOOptions": "config",
+    "METHODS": "config",
+    "PruneConfig": "config",
+    "PruneOptions": "config",
+    "RunOptions": "config",
+    "WidthOptions": "config",
+    "BudgetError": "errors",
+    "DepthSection": "report",
+    "ModelStats": "report",
+    "PruneReport": "report",
+    "RoundRecord": "report",
+    "WidthSection": "report",
+    "PrunePlan": "plan",
+    "RemovedBlock": "plan",
+    "apply_plan": "rebuild",
+    "export_pruned": "rebuild",
+    "load_pruned": "rebuild",
+    "first_samples": "methods",
+    # data, training, fine-tuning
+    "Batches": "data",
+    "DataBundle": "data",
+    "DatasetInfo": "data",
+    "datasets": "data",
+    "load_data": "data",
+    "EpochStats": "train",
+    "EvalResult": "train",
+    "FitResult": "train",
+    "TrainResult": "train",
+    "cached_baseline": "train",
+    "evaluate": "train",
+    "fit": "train",
+    "train_baseline": "train",
+    "KDLoss": "finetune",
+    "finetune": "finetune",
+    "kd_loss": "finetune",
 }
 
 
@@ -42,42 +62,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "Batches",
-    "BlockScore",
-    "BudgetError",
-    "Candidate",
-    "ChannelSpace",
-    "DataBundle",
-    "DatasetInfo",
-    "EpochStats",
-    "EvalResult",
-    "FitResult",
-    "KDLoss",
-    "ModelStats",
-    "PruneConfig",
-    "PrunePlan",
-    "PruneReport",
-    "RemovedBlock",
-    "Selection",
-    "SurgeryError",
-    "TrainResult",
-    "apply_plan",
-    "cached_baseline",
-    "datasets",
-    "evaluate",
-    "export_pruned",
-    "finetune",
-    "fit",
-    "fit_widths",
-    "greedy_select",
-    "kd_loss",
-    "load_data",
-    "load_pruned",
-    "remove_blocks",
-    "run_pipeline",
-    "score_blocks",
-    "select_blocks",
-    "thin",
-    "train_baseline",
-]
+__all__ = sorted(_LAZY)

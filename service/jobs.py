@@ -282,7 +282,7 @@ def _profile_unavailable() -> str | None:
 
 
 def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from pruner import PruneConfig, run_pipeline
+    from pruner import ConfigError, PruneConfig, prune_checkpoint
 
     options = dict(params.get("options") or {})
     # The request's own fields decide these; options may tune everything else.
@@ -292,6 +292,7 @@ def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         "data",
         "out",
         "budget",
+        "budget_s",
         "budget_ms",
         "method",
         "device",
@@ -302,22 +303,26 @@ def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         raise ValueError(f"params.options may not set {clash}: use the request's own fields")
     out = params.get("output") or str(ctx.state_dir / "prune" / f"{int(time.time())}-{os.getpid()}")
     try:
-        config = PruneConfig(
-            model=params["model"],
-            checkpoint=params["checkpoint"],
-            data=params["dataset"],
-            out=out,
-            budget=params.get("budget_ratio"),
-            budget_ms=None if params.get("budget_s") is None else params["budget_s"] * 1e3,
-            method=params["method"],
-            device=params["device"] or "cpu",
-            latency_batch_size=params["batch_size"],
-            table=str(ctx.state_dir / "latency.sqlite"),
-            **options,
+        config = PruneConfig.from_flat(
+            {
+                "model": params["model"],
+                "checkpoint": params["checkpoint"],
+                "data": params["dataset"],
+                "out": out,
+                "budget": params.get("budget_ratio"),
+                "budget_s": params.get("budget_s"),
+                "method": params["method"],
+                "device": params["device"] or "cpu",
+                "latency_batch_size": params["batch_size"],
+                "table": str(ctx.state_dir / "latency.sqlite"),
+                **options,
+            }
         )
-    except TypeError as e:
-        raise ValueError(f"params.options: {e}") from None
-    report = run_pipeline(config, progress=ctx.progress, on_event=ctx.milestone)
+    except ConfigError as e:  # named as the request names them
+        names = {"budget": "params.budget_ratio", "budget_s": "params.budget_s"}
+        names |= {f: f"params.options.{f}" for f in e.fields if f not in names}
+        raise ValueError(e.render(names)) from None
+    report = prune_checkpoint(config, progress=ctx.progress, on_event=ctx.milestone)
     return report.to_dict()
 
 
@@ -327,9 +332,9 @@ def _prune_unavailable() -> str | None:
     # find_spec does not import: the daemon never pays for (or runs) the pruner's imports.
     if (
         importlib.util.find_spec("pruner") is None
-        or importlib.util.find_spec("pruner.pipeline") is None
+        or importlib.util.find_spec("pruner.skeleton") is None
     ):
-        return "prune jobs are not available in this build (pruner.run_pipeline is missing)"
+        return "prune jobs are not available in this build (pruner.prune_checkpoint is missing)"
     return None
 
 

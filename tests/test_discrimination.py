@@ -6,7 +6,7 @@ import torch
 
 from profiler import ModelSpec, build_model, discover
 from pruner import load_data
-from pruner.discrimination import (
+from pruner.depth.discrimination import (
     INPUT,
     BlockScore,
     fit_probe,

@@ -7,11 +7,23 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler import TimingOptions, build_model, resolve_spec
-from pruner import BudgetError, PruneConfig, load_pruned, run_pipeline
-from pruner.hfp import ChannelSpace, Gates, channel_ranking, fit_widths, size_targets
-from pruner.hfp_pipeline import split_budget
-from pruner.plan import PrunePlan
-from pruner.surgery import apply_plan
+from pruner import (
+    BudgetError,
+    ConfigError,
+    PruneConfig,
+    PrunePlan,
+    apply_plan,
+    load_pruned,
+    prune_checkpoint,
+)
+from pruner.width import (
+    ChannelSpace,
+    Gates,
+    channel_ranking,
+    fit_widths,
+    size_targets,
+    split_budget,
+)
 
 ZOO = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
 
@@ -99,7 +111,7 @@ def test_unreachable_target_is_a_clear_error() -> None:
     space = ChannelSpace(model, x)
     with pytest.raises(BudgetError, match=r"narrowest \(8 channels\)"):
         fit_widths(space, channel_ranking(space), size_targets(space, macs=0.001), 8)
-    with pytest.raises(ValueError, match=r"--target-macs .* in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"target_macs .* in \(0, 1\], got 1.5"):
         size_targets(space, macs=1.5)
 
 
@@ -126,15 +138,15 @@ def test_closed_channels_are_removed_without_changing_the_output() -> None:
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
-def test_option_errors_name_the_value() -> None:
+def test_option_errors_name_the_field_and_value() -> None:
     common = dict(model="resnet20", checkpoint="x.pt", data="digits", out="o")
-    with pytest.raises(ValueError, match="for --method hfp or dbp\\+hfp, not 'dbp'"):
-        PruneConfig(**common, budget=0.5, target_macs=0.5)
-    with pytest.raises(ValueError, match="--target-params is a ratio .* got 0.0"):
-        PruneConfig(**common, method="hfp", target_params=0.0)
-    with pytest.raises(ValueError, match="dbp\\+hfp needs --budget"):
-        PruneConfig(**common, method="dbp+hfp", budget_ms=3.0)
-    PruneConfig(**common, method="hfp", target_macs=0.5)  # no latency budget needed
+    with pytest.raises(ConfigError, match="thin channels \\(hfp, dbp\\+hfp\\), not 'dbp'"):
+        PruneConfig.from_flat(dict(common, budget=0.5, target_macs=0.5))
+    with pytest.raises(ConfigError, match="target_params is a ratio .* got 0.0"):
+        PruneConfig.from_flat(dict(common, method="hfp", target_params=0.0))
+    with pytest.raises(ConfigError, match="dbp\\+hfp needs budget"):
+        PruneConfig.from_flat(dict(common, method="dbp+hfp", budget_ms=3.0))
+    PruneConfig.from_flat(dict(common, method="hfp", target_macs=0.5))  # no latency budget needed
 
 
 @pytest.fixture(scope="module")
@@ -148,34 +160,36 @@ def digits_resnet20(tmp_path_factory):
 
 def digits_config(checkpoint, out, **kw) -> PruneConfig:
     """A one-epoch resnet20-on-digits prune into ``out``, without export."""
-    return PruneConfig(
-        model="resnet20",
-        checkpoint=str(checkpoint),
-        data="digits",
-        out=str(out),
-        epochs=1,
-        timing_budget_s=0.5,
-        export=False,
-        **kw,
+    return PruneConfig.from_flat(
+        dict(
+            model="resnet20",
+            checkpoint=str(checkpoint),
+            data="digits",
+            out=str(out),
+            epochs=1,
+            timing_budget_s=0.5,
+            export=False,
+            **kw,
+        )
     )
 
 
 def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20) -> None:
-    report = run_pipeline(
+    report = prune_checkpoint(
         digits_config(digits_resnet20, tmp_path / "hfp", method="hfp", target_macs=0.5, table="")
     )
-    assert report.width["targets"] == {"macs": 0.5}
-    assert 0.49 <= report.width["macs_ratio"] <= 0.5
-    assert report.width["ratios"]["macs"] == pytest.approx(report.width["macs_ratio"])
+    assert report.width.targets == {"macs": 0.5}
+    assert 0.49 <= report.width.macs_ratio <= 0.5
+    assert report.width.ratios["macs"] == pytest.approx(report.width.macs_ratio)
     model = load_pruned(report.checkpoint_path)
     plan = PrunePlan.from_json((tmp_path / "hfp" / "plan.json").read_text())
-    assert plan.method == "hfp" and plan.channels == report.width["widths"]
+    assert plan.method == "hfp" and plan.channels == report.width.widths
     spec = plan.spec
     x = torch.randn(spec.input_shape(4))
     base = apply_plan(build_model(spec), PrunePlan(spec))
     macs, _ = counted(model, x[:1])
     macs0, _ = counted(base, x[:1])
-    assert macs / macs0 == pytest.approx(report.width["macs_ratio"])
+    assert macs / macs0 == pytest.approx(report.width.macs_ratio)
     assert report.pruned.accuracy > 0.5  # digits: 10 classes, chance is 0.1
 
 
@@ -195,15 +209,16 @@ def depth_then_width_config(checkpoint, tmp_path, out: str, **kw) -> PruneConfig
 
 def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
     # depth_share 0.5: both passes cut, whatever each saves on this machine.
-    report = run_pipeline(
+    report = prune_checkpoint(
         depth_then_width_config(digits_resnet20, tmp_path, "both", depth_share=0.5)
     )
     plan = PrunePlan.from_json((tmp_path / "both" / "plan.json").read_text())
     assert plan.method == "dbp+hfp" and plan.removed and plan.channels
     assert report.removed_blocks == plan.removed_names
-    split = report.width["depth"]["split"]
-    assert split["depth"] * split["width"] == pytest.approx(0.6)
-    assert split["width"] < 1.0 and split["reason"] == "--depth-share 0.5"
+    split = report.split
+    assert split.depth * split.width == pytest.approx(0.6)
+    assert split.width < 1.0 and split.reason == "depth_share 0.5"
+    assert report.depth.budget == split.depth
     model = load_pruned(report.checkpoint_path)  # blocks removed, then groups thinned
     x = torch.randn(plan.spec.input_shape(2))
     assert model(x).shape == (2, 10)
@@ -233,8 +248,8 @@ def test_split_shares_the_cut_where_thinning_pays_as_well() -> None:
 
 def test_yields_are_measured_on_the_model() -> None:
     from profiler import profile_model
-    from pruner.hfp_pipeline import block_yield, width_yield
-    from pruner.width_latency import measure_width_latency
+    from pruner.depth import block_yield
+    from pruner.width import measure_width_latency, width_yield
 
     spec = resolve_spec("resnet20")
     torch.manual_seed(0)
@@ -251,29 +266,32 @@ def test_yields_are_measured_on_the_model() -> None:
 
 def test_depth_then_width_splits_by_what_each_pass_saves(tmp_path, digits_resnet20) -> None:
     events: list[dict] = []
-    report = run_pipeline(
+    report = prune_checkpoint(
         depth_then_width_config(digits_resnet20, tmp_path, "auto"), on_event=events.append
     )
-    split = report.width["depth"]["split"]
-    assert [e for e in events if e["event"] == "split"][0]["reason"] == split["reason"]
-    assert split["depth"] * split["width"] == pytest.approx(0.6)
+    split = report.split
+    assert [e for e in events if e["event"] == "split"][0]["reason"] == split.reason
+    assert split.depth * split.width == pytest.approx(0.6)
     # On 8x8 digits, thinning saves so little that its timed yield may sit near zero.
-    assert split["block_yield"] > 0 and -1.0 < split["width_yield"] < 2.0
-    if split["width_yield"] < split["block_yield"]:
-        assert "blocks take the budget alone" in split["reason"] and split["width"] == 1.0
+    assert split.block_yield > 0 and -1.0 < split.width_yield < 2.0
+    if split.width_yield < split.block_yield:
+        assert "blocks take the budget alone" in split.reason and split.width == 1.0
     else:
-        assert "share the cut" in split["reason"]
+        assert "share the cut" in split.reason
+    # One pass after the other in memory: one profile, one done.
+    assert [e["event"] for e in events].count("done") == 1
+    assert [e["event"] for e in events].count("split") == 1
     if "the block pass met the budget on its own: no channels removed" in report.warnings:
         # Nothing thinned, so nothing fine-tuned twice: the model is the block pass's.
         last = report.rounds[-1]
         assert last.accuracy_before_finetune == last.accuracy_after_finetune
-        assert not report.width["targets"]
+        assert not report.width.targets
 
 
 def test_pipeline_names_the_binding_target_when_the_grid_cannot_meet_both(
     tmp_path, digits_resnet20
 ) -> None:
-    report = run_pipeline(
+    report = prune_checkpoint(
         digits_config(
             digits_resnet20,
             tmp_path / "joint",
@@ -283,6 +301,6 @@ def test_pipeline_names_the_binding_target_when_the_grid_cannot_meet_both(
             table="",
         )
     )
-    assert 0.3 * 0.98 <= report.width["ratios"]["macs"] <= 0.3
+    assert 0.3 * 0.98 <= report.width.ratios["macs"] <= 0.3
     (warning,) = [w for w in report.warnings if w.startswith("params ratio")]
-    assert "with macs at most 0.3000" in warning and "raise --target-macs" in warning
+    assert "with macs at most 0.3000" in warning and "raise target_macs" in warning

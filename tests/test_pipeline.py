@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from profiler import ModelSpec, build_model, save_checkpoint
-from pruner import load_pruned
-from pruner.pipeline import PruneConfig, PruneReport, run_pipeline
-from pruner.select import BudgetError
+from pruner import BudgetError, ConfigError, PruneConfig, PruneReport, load_pruned, prune_checkpoint
 from service.cli import main
 
 SPEC = ModelSpec("resnet20", 1, 4, (16, 16))  # what the synthetic dataset produces
@@ -40,12 +38,12 @@ def _config(checkpoint, tmp_path, **kw):
         timing_budget_s=0.3,
     )
     base.update(kw)
-    return PruneConfig(**base)
+    return PruneConfig.from_flat(base)
 
 
 def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_path):
     events = []
-    report = run_pipeline(_config(checkpoint, tmp_path), on_event=events.append)
+    report = prune_checkpoint(_config(checkpoint, tmp_path), on_event=events.append)
     out = tmp_path / "out"
     d = json.loads((out / "report.json").read_text())
     for key in (
@@ -54,9 +52,11 @@ def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_
         "removed_blocks",
         "baseline",
         "pruned",
-        "scores",
+        "depth",
+        "version",
     ):
         assert key in d
+    assert d["width"] is None and d["split"] is None and d["depth"]["scores"]
     for key in ("latency_s", "accuracy", "flops", "params"):
         assert key in d["baseline"] and key in d["pruned"]
     assert PruneReport.from_json((out / "report.json").read_text()).to_dict() == report.to_dict()
@@ -72,17 +72,27 @@ def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_
 
 def test_early_errors_name_the_value_and_the_limit(checkpoint, tmp_path):
     with pytest.raises(BudgetError, match=r"budget 0\.000 ms is below .* smallest feasible"):
-        run_pipeline(_config(checkpoint, tmp_path, budget=None, budget_ms=1e-4))
+        prune_checkpoint(_config(checkpoint, tmp_path, budget=None, budget_ms=1e-4))
     with pytest.raises(ValueError, match="has 10 classes, but the model .* has 4 outputs"):
-        run_pipeline(_config(checkpoint, tmp_path, data="digits"))
+        prune_checkpoint(_config(checkpoint, tmp_path, data="digits"))
     with pytest.raises(ValueError, match="holds model 'resnet20', not 'resnet56'"):
-        run_pipeline(_config(checkpoint, tmp_path, model="resnet56"))
-    with pytest.raises(ValueError, match="only one of --budget"):
+        prune_checkpoint(_config(checkpoint, tmp_path, model="resnet56"))
+    with pytest.raises(ConfigError, match="only one of budget and budget_s"):
         _config(checkpoint, tmp_path, budget_ms=5.0)
-    with pytest.raises(ValueError, match="give --budget .* or --budget-ms"):
+    with pytest.raises(ConfigError, match=r"give budget \(fraction\) or budget_s"):
         _config(checkpoint, tmp_path, budget=None)
-    with pytest.raises(ValueError, match=r"in \(0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"budget is a fraction .* in \(0, 1\], got 1.5"):
         _config(checkpoint, tmp_path, budget=1.5)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['budgett'\]"):
+        _config(checkpoint, tmp_path, budgett=0.5)
+
+
+def test_cli_errors_name_the_flags(checkpoint, tmp_path, capsys):
+    args = ["prune", "resnet20", "--checkpoint", checkpoint, "--data", "synthetic"]
+    assert main([*args, "--out", str(tmp_path / "x")]) == 2
+    assert "give --budget (fraction) or --budget-ms" in capsys.readouterr().err
+    assert main([*args, "--budget", "0.5", "--target-macs", "0.5", "--out", "x"]) == 2
+    assert "--target-macs/--target-params are for methods that thin" in capsys.readouterr().err
 
 
 def test_cli_prune_random_baseline(checkpoint, tmp_path, capsys):
@@ -115,12 +125,12 @@ def test_cli_prune_random_baseline(checkpoint, tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert report["method"] == "random" and report["scores"] == []
+    assert report["method"] == "random" and report["depth"]["scores"] == []
     assert (tmp_path / "cli" / "report.json").is_file()
 
 
 def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
-    report = run_pipeline(
+    report = prune_checkpoint(
         _config(
             checkpoint, tmp_path, budget=0.5, iterative=True, iterative_rounds=2, epochs=0, limit=64
         )
@@ -134,7 +144,7 @@ def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
 def test_later_rounds_cut_into_stages_earlier_rounds_thinned(checkpoint, tmp_path):
     # Rounds look blocks up in the model the earlier rounds pruned: a stage left with one
     # unit (or with its stem) must still answer to the names the first profile gave.
-    report = run_pipeline(
+    report = prune_checkpoint(
         _config(checkpoint, tmp_path, budget=0.42, iterative=True, iterative_rounds=3, epochs=0)
     )
     removed = [name for r in report.rounds for name in r.removed]

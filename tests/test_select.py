@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pruner.select import (
+from pruner.depth.select import (
     NEG,
     BudgetError,
     Candidate,

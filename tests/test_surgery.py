@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from profiler import ModelSpec, build_model, discover, save_checkpoint
-from pruner import load_data
+from pruner import apply_plan, export_pruned, load_data, load_pruned
+from pruner.depth import SurgeryError
 from pruner.plan import PrunePlan, RemovedBlock
-from pruner.surgery import SurgeryError, apply_plan, export_pruned, load_pruned
 
 SPEC = ModelSpec("resnet20", 1, 10, (8, 8))
 
@@ -147,7 +147,8 @@ def test_digits_plan_runs_on_real_data():
 def test_units_keep_their_names_when_their_stage_is_pruned_down_to_one():
     # A stage container holding one unit is no reason to rename the unit: a second
     # round of removal looks blocks up in the pruned graph by what the first profile called them.
-    from pruner.pipeline import remove_more, trace
+    from profiler import trace
+    from pruner.depth import remove_more
 
     model = _model()
     x = torch.randn(1, 1, 8, 8)

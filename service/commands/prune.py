@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pruner.data import datasets
-from pruner.pipeline import METHODS, PruneConfig, PruneReport, run_pipeline
+from pruner.config import DATASETS, METHOD_INFO, METHODS, ConfigError, PruneConfig
 
 from .argtypes import fraction, positive_float, positive_int
 from .progress import progress_bar
 from .render import _ms, _si, console
+
+if TYPE_CHECKING:
+    from pruner import PruneReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="the model the checkpoint holds (e.g. resnet56)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="from `prunerd train`")
     p.add_argument(
-        "--data", required=True, metavar="DATA", help=f"dataset: {', '.join(datasets())}"
+        "--data",
+        required=True,
+        metavar="DATA",
+        help=f"dataset: {', '.join(DATASETS)} or module:callable",
     )
     p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")
     budget = p.add_mutually_exclusive_group()
@@ -45,8 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=METHODS,
         default="dbp",
-        help="dbp (blocks, default), greedy, random, l1 (block baselines), hfp (filters), "
-        "dbp+hfp (blocks, then filters, one budget)",
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHOD_INFO.values()) + " (default dbp)",
     )
     p.add_argument(
         "--target-macs", type=fraction, metavar="RATIO", help="hfp: keep this ratio of the MACs"
@@ -118,7 +123,7 @@ def report_table(r: PruneReport) -> Table:
             f"{_ms(r.predicted_latency_s)} ms; speed-up {r.speedup:.2f}x; "
             f"budget {'met' if r.budget_met else 'MISSED'}"
             + (
-                f"; MACs x{r.width['macs_ratio']:.3f}, params x{r.width['params_ratio']:.3f}"
+                f"; MACs x{r.width.macs_ratio:.3f}, params x{r.width.params_ratio:.3f}"
                 if r.width
                 else ""
             )
@@ -133,35 +138,51 @@ def report_table(r: PruneReport) -> Table:
     return t
 
 
+# Config fields whose flag is not --field-name.
+FLAGS = {"budget_s": "--budget-ms", "timing_budget_s": "--budget-s", "table": "--table/--no-table"}
+
+
+def flag_names(e: ConfigError) -> str:
+    """``e`` naming the command line's flags instead of the config's fields."""
+    return e.render({f: FLAGS.get(f, "--" + f.replace("_", "-")) for f in e.fields})
+
+
 def handle(args: argparse.Namespace) -> int:
-    config = PruneConfig(
-        model=args.model,
-        checkpoint=str(args.checkpoint),
-        data=args.data,
-        out=str(args.out),
-        budget=args.budget,
-        budget_ms=args.budget_ms,
-        method=args.method,
-        target_macs=args.target_macs,
-        target_params=args.target_params,
-        round_to=args.round_to,
-        sparsity_epochs=args.sparsity_epochs,
-        depth_share=args.depth_share,
-        iterative=args.iterative,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        latency_batch_size=args.latency_batch_size,
-        threads=args.threads,
-        data_root=args.data_root,
-        limit=args.limit,
-        seed=args.seed,
-        table="" if args.no_table else args.table,
-        timing_budget_s=args.budget_s,
-        progress_bar=not args.json,
-    )
+    from pruner import prune_checkpoint
+
+    try:
+        config = PruneConfig.from_flat(
+            {
+                "model": args.model,
+                "checkpoint": str(args.checkpoint),
+                "data": args.data,
+                "out": str(args.out),
+                "budget": args.budget,
+                "budget_ms": args.budget_ms,
+                "method": args.method,
+                "target_macs": args.target_macs,
+                "target_params": args.target_params,
+                "round_to": args.round_to,
+                "sparsity_epochs": args.sparsity_epochs,
+                "depth_share": args.depth_share,
+                "iterative": args.iterative,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "latency_batch_size": args.latency_batch_size,
+                "threads": args.threads,
+                "data_root": args.data_root,
+                "limit": args.limit,
+                "seed": args.seed,
+                "table": "" if args.no_table else args.table,
+                "timing_budget_s": args.budget_s,
+                "progress_bar": not args.json,
+            }
+        )
+    except ConfigError as e:
+        raise ValueError(flag_names(e)) from None
     with progress_bar(f"pruning {args.model}", disable=args.json) as progress:
-        report = run_pipeline(config, progress=progress)
+        report = prune_checkpoint(config, progress=progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

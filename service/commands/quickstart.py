@@ -46,28 +46,30 @@ def handle(args: argparse.Namespace) -> int:
         out.print(f"wrote {args.json}")
     if args.no_prune:
         return 0
-    from pruner import PruneConfig, run_pipeline
+    from pruner import PruneConfig, prune_checkpoint
 
     from .prune import report_table
 
     out.rule(f"3/3  prune to {args.budget:.0%} of the measured latency, fine-tune, measure")
     prune_dir = args.out or (ckpt.parent / f"{ckpt.stem}-pruned-{args.budget:g}")
-    config = PruneConfig(
-        model=args.model,
-        checkpoint=str(ckpt),
-        data=args.data,
-        data_root=None if args.data_root is None else str(args.data_root),
-        out=str(prune_dir),
-        budget=args.budget,
-        epochs=args.prune_epochs,
-        limit=args.limit,
-        latency_batch_size=args.batch_size,
-        threads=args.threads,
-        table="" if args.no_table else (None if args.table is None else str(args.table)),
-        timing_budget_s=args.budget_s,
-        progress_bar=True,
+    config = PruneConfig.from_flat(
+        {
+            "model": args.model,
+            "checkpoint": str(ckpt),
+            "data": args.data,
+            "data_root": None if args.data_root is None else str(args.data_root),
+            "out": str(prune_dir),
+            "budget": args.budget,
+            "epochs": args.prune_epochs,
+            "limit": args.limit,
+            "latency_batch_size": args.batch_size,
+            "threads": args.threads,
+            "table": "" if args.no_table else (None if args.table is None else str(args.table)),
+            "timing_budget_s": args.budget_s,
+            "progress_bar": True,
+        }
     )
-    report = run_pipeline(config)
+    report = prune_checkpoint(config)
     out.print(report_table(report))
     out.print(f"pruned model, plan and report in {prune_dir}")
     return 0

@@ -1,7 +1,7 @@
 """Latency as a function of channel widths: each conv (with its BatchNorm) timed at a few widths.
 
 For latency-aware filter pruning (HFP with a latency budget) every conv of a
-:class:`~pruner.hfp.ChannelSpace` is timed alone, as ``Conv2d -> BatchNorm2d``
+:class:`~pruner.width.ChannelSpace` is timed alone, as ``Conv2d -> BatchNorm2d``
 on an input of its real spatial size, at a small grid of input and output
 widths (multiples of the rounding step: the narrowest, 1/4, 1/2, 3/4 and all
 of the channels). Convs of the same shape share measurements, and the latency
@@ -25,7 +25,7 @@ from torch import nn
 
 from profiler import LatencyTable, TimingOptions, device_info, measure
 
-from .hfp import ChannelSpace, CostLayer, Widths
+from .space import ChannelSpace, CostLayer, Widths
 
 TABLE_KIND = "conv_bn_width"
 
@@ -189,3 +189,21 @@ def _signature(conv: nn.Conv2d, cin: int, cout: int, batch: int, h: int, w: int,
         dev,
     )
     return TABLE_KIND + ":" + hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
+
+
+def width_floor(space: ChannelSpace, predict: WidthLatency, round_to: int) -> float:
+    """Predicted latency ratio with every group at its narrowest allowed width."""
+    narrow = [float(space.allowed(gi, round_to)[0]) for gi in range(len(space.groups))]
+    return float(predict(narrow)) / predict.base_s
+
+
+def width_yield(space: ChannelSpace, predict: WidthLatency, round_to: int) -> float:
+    """Latency fraction saved per fraction of MACs removed, every group thinned to half."""
+    half = []
+    for gi, g in enumerate(space.groups):
+        allowed = space.allowed(gi, round_to)
+        half.append(float(min(allowed, key=lambda k: abs(k - g.size / 2))))
+    macs_cut = 1.0 - float(space.macs(half)) / space.base_macs
+    if macs_cut <= 0:
+        return 0.0
+    return (1.0 - float(predict(half)) / predict.base_s) / macs_cut

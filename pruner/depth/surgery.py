@@ -1,4 +1,4 @@
-"""Remove blocks from a traced model; rebuild pruned models from (spec, plan, state_dict).
+"""Remove blocks from a traced model.
 
 Surgery works on the torch.fx graph, so it needs no knowledge of the model's
 classes:
@@ -15,18 +15,14 @@ state_dict of a pruned model holds only what it runs.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import Block, ModelSpec, build_model, discover, read_checkpoint
-
-from .plan import PrunePlan
+from profiler import Block, ModelSpec, discover, example_input
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -166,78 +162,22 @@ def fit_adapters(
     return out
 
 
-def example_input(spec: ModelSpec, batch_size: int = 1) -> torch.Tensor:
-    """A zero input of the spec's shape (B, C, H, W): discovery needs shapes, not values."""
-    return torch.zeros(spec.input_shape(batch_size))
-
-
-def apply_plan(
-    model: nn.Module,
-    plan: PrunePlan,
-    calibration: Batches | None = None,
-    max_samples: int = 512,
+def remove_more(
+    gm: fx.GraphModule, blocks: Sequence[Block], spec: ModelSpec, calibration: Batches
 ) -> fx.GraphModule:
-    """A pruned copy of ``model`` (unpruned, built from ``plan.spec``) as a GraphModule.
+    """Remove ``blocks`` (records from the unpruned model's profile) from ``gm`` in place.
 
-    Blocks are removed first, then channel groups are thinned to the plan's
-    widths (first channels kept: the shapes a state_dict of the pruned model fits).
-
-    The caller's model is not modified and shares no parameters with the result.
-    Adapters are initialised by least squares on ``calibration`` when given
-    (else randomly; :func:`load_pruned` overwrites them from the state_dict).
+    Each is found again in ``gm`` by its output node, which surgery never renames,
+    and failing that by its name.
     """
-    bg = discover(copy.deepcopy(model).eval(), example_input(plan.spec))
+    if not blocks:
+        return gm
+    bg = discover(gm, example_input(spec))  # traces gm to itself: node names hold
+    by_output = {b.output_node: b for b in bg.blocks}
     by_name = {b.name: b for b in bg.blocks}
-    chosen = []
-    for r in plan.removed:
-        b = by_name.get(r.name)
-        if b is None:
-            raise SurgeryError(
-                f"plan removes block {r.name!r}, which model {plan.spec.name!r} does not have; "
-                f"its blocks are: {sorted(by_name)}"
-            )
-        if not b.removable:
-            raise SurgeryError(f"plan removes block {r.name!r}, which is not removable: {b.reason}")
-        if b.replacement != r.replacement:
-            raise SurgeryError(
-                f"plan replaces block {r.name!r} by {r.replacement!r}, but the model's block "
-                f"is replaced by {b.replacement!r}"
-            )
-        chosen.append(b)
-    adapters = {}
-    if calibration is not None:
-        adapters = fit_adapters(bg.gm, chosen, calibration, max_samples)
-    gm = remove_blocks(bg.gm, chosen, adapters)
-    if plan.channels:
-        from .hfp import thin  # the width pass ran on the depth-pruned graph: same module paths
-
-        thin(gm, plan.channels, example_input(plan.spec))
-    return gm
-
-
-def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
-    """Rebuild a pruned model from a checkpoint holding (spec, plan JSON, state_dict)."""
-    ckpt = read_checkpoint(checkpoint)
-    if not ckpt.plan_json:
-        raise SurgeryError(
-            f"checkpoint {str(checkpoint)!r} holds no plan; load it with profiler.load_model"
-        )
-    plan = PrunePlan.from_json(ckpt.plan_json)
-    gm = apply_plan(build_model(plan.spec), plan)
-    try:
-        gm.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as e:
-        raise SurgeryError(
-            f"checkpoint {str(checkpoint)!r}: weights do not match the pruned {plan.spec.name!r}: {e}"
-        ) from e
-    return gm.eval()
-
-
-def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:
-    """Export ``model`` with ``torch.export`` at a fixed input (batch_size, C, H, W) and save it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
-    ep = torch.export.export(model, (torch.randn(spec.input_shape(batch_size)),))
-    torch.export.save(ep, str(path))
-    return path
+    chosen = [by_output.get(b.output_node) or by_name.get(b.name) for b in blocks]
+    missing = [b.name for b, c in zip(blocks, chosen) if c is None]
+    if missing:
+        raise ValueError(f"blocks {missing} are no longer blocks of the pruned model")
+    adapters = fit_adapters(bg.gm, chosen, calibration)
+    return remove_blocks(bg.gm, chosen, adapters)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from ..errors import BudgetError
+
 NEG = -1.0e300  # "infeasible" in the DP table
 TIE = 1e-9  # value of keeping a block beyond its gain: ties go to keeping
 
@@ -80,10 +82,6 @@ class Selection:
             method=str(d["method"]),
             solve_s=float(d.get("solve_s", 0.0)),
         )
-
-
-class BudgetError(ValueError):
-    """The budget cannot be met by removing blocks."""
 
 
 def predict_latency(rest_s: float, candidates: Sequence[Candidate], removed: set[str]) -> float:

@@ -1,0 +1,43 @@
+"""Block pruning: scorers (DBP probes, L1, random) behind one protocol, the DP selection, block surgery.
+
+Imports neither the pruning skeleton nor the width package.
+"""
+
+from .candidates import block_yield, candidates_from_profile
+from .discrimination import BlockScore, score_blocks
+from .scorers import L1Scorer, ProbeScorer, RandomScorer, Scorer, Scores
+from .select import (
+    Candidate,
+    Selection,
+    dp_solve,
+    greedy_select,
+    min_latency,
+    predict_latency,
+    select_blocks,
+    select_in_order,
+)
+from .surgery import SurgeryError, fit_adapters, remove_blocks, remove_more
+
+__all__ = [
+    "BlockScore",
+    "Candidate",
+    "L1Scorer",
+    "ProbeScorer",
+    "RandomScorer",
+    "Scorer",
+    "Scores",
+    "Selection",
+    "SurgeryError",
+    "block_yield",
+    "candidates_from_profile",
+    "dp_solve",
+    "fit_adapters",
+    "greedy_select",
+    "min_latency",
+    "predict_latency",
+    "remove_blocks",
+    "remove_more",
+    "score_blocks",
+    "select_blocks",
+    "select_in_order",
+]

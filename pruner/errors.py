@@ -1,0 +1,5 @@
+"""Errors the pruner's packages share (torch-free)."""
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met: below what removing blocks or thinning channels can reach."""

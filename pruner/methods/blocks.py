@@ -1,0 +1,279 @@
+"""The block step: score -> select -> remove -> fine-tune, in rounds, measured against its budget.
+
+While the measured latency is over the budget, the target is tightened by
+``budget / measured`` and more blocks go, up to ``max_rounds``. Latencies are
+seconds per batch of ``latency_batch_size`` in end-to-end units (see
+:func:`pruner.depth.candidates_from_profile`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
+
+import torch.fx as fx
+
+from profiler import trace
+
+from ..config import DepthOptions
+from ..depth import (
+    Candidate,
+    L1Scorer,
+    ProbeScorer,
+    RandomScorer,
+    Scorer,
+    Selection,
+    candidates_from_profile,
+    greedy_select,
+    min_latency,
+    remove_more,
+    select_blocks,
+    select_in_order,
+)
+from ..errors import BudgetError
+from ..plan import RemovedBlock
+from ..report import DepthSection, RoundRecord
+from .state import PruneState
+
+
+class Selector(Protocol):
+    """Chooses what to remove so the prediction fits ``target_s`` (seconds); ``forced``: already gone."""
+
+    counts: ClassVar[bool]  # honours DepthOptions.remove_count instead of the budget
+
+    def __call__(
+        self,
+        cands: Sequence[Candidate],
+        rest_s: float,
+        target_s: float,
+        forced: Sequence[str],
+        opts: DepthOptions,
+    ) -> Selection: ...
+
+
+@dataclass(frozen=True)
+class ExactDP:
+    """The removal set of largest kept gain whose prediction fits (dynamic programme)."""
+
+    counts: ClassVar[bool] = False
+
+    def __call__(self, cands, rest_s, target_s, forced, opts):  # noqa: ANN001, ANN204 - Selector
+        return select_blocks(cands, rest_s, target_s, opts.buckets, forced)
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """Ascending gain per second saved until the prediction fits."""
+
+    counts: ClassVar[bool] = False
+
+    def __call__(self, cands, rest_s, target_s, forced, opts):  # noqa: ANN001, ANN204 - Selector
+        return greedy_select(cands, rest_s, target_s, forced)
+
+
+@dataclass(frozen=True)
+class InOrder:
+    """Lowest gain first until the prediction fits, or exactly ``remove_count`` blocks."""
+
+    label: str
+    counts: ClassVar[bool] = True
+
+    def __call__(self, cands, rest_s, target_s, forced, opts):  # noqa: ANN001, ANN204 - Selector
+        order = [c.name for c in sorted(cands, key=lambda c: c.gain)]
+        return select_in_order(
+            cands, rest_s, target_s, order, self.label, opts.remove_count, forced
+        )
+
+
+def probes(s: PruneState) -> Scorer:
+    """DBP's probes, fit on the training split and scored on the validation split."""
+    depth = s.options.depth
+    return ProbeScorer(
+        s.data.train,
+        s.data.val,
+        s.spec.num_classes,
+        max_fit=depth.calibration_samples,
+        max_eval=depth.heldout_samples,
+        device=s.options.run.device,
+        progress=s.step,
+    )
+
+
+def l1(s: PruneState) -> Scorer:
+    return L1Scorer()
+
+
+def seeded_random(s: PruneState) -> Scorer:
+    return RandomScorer(s.options.run.seed)
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """Remove blocks: ``scorer`` says what each is worth, ``select`` what goes."""
+
+    scorer: Callable[[PruneState], Scorer]
+    select: Selector
+    needs_profile: ClassVar[bool] = True
+
+    def __call__(self, s: PruneState) -> None:
+        _BlockPass(self, s).run()
+
+
+class _BlockPass:
+    """One block step's rounds over one prune state."""
+
+    def __init__(self, step: BlockStep, s: PruneState) -> None:
+        assert s.profile is not None  # the skeleton profiles for steps that need it
+        self.s, self.select, self.opts = s, step.select, s.options.depth
+        self.fraction = (
+            s.depth_fraction if s.depth_fraction is not None else s.options.budget.fraction
+        )
+        self.blocks = {t.block.name: t.block for t in s.profile.blocks}
+        self.budget_s, self.floor = self._budget()
+        self.scorer = step.scorer(s)
+        self.scores = self.scorer(s.teacher, list(self.blocks.values()))
+        self.gains = dict(self.scores.gains)
+        s.emit({"event": "scored", "scores": [p.to_dict() for p in self.scores.probes]})
+        self.removed: list[str] = []
+        self.rounds: list[RoundRecord] = []
+
+    def _budget(self) -> tuple[float, float]:
+        """The budget (s) at profile time and the least any removal reaches (s)."""
+        s, profile = self.s, self.s.profile
+        assert profile is not None
+        base_s = profile.end_to_end_s
+        seconds = s.options.budget.seconds
+        budget_s = base_s * self.fraction if self.fraction is not None else float(seconds or 0.0)
+        cands, rest_s, _ = candidates_from_profile(profile, {})
+        floor = min_latency(rest_s, cands)
+        if budget_s < floor:
+            raise BudgetError(
+                f"latency budget {budget_s * 1e3:.3f} ms is below {floor * 1e3:.3f} ms, what the "
+                f"unremovable part of {s.spec.name} costs on this device (baseline "
+                f"{base_s * 1e3:.3f} ms); the smallest feasible budget is {floor / base_s:.3f}"
+            )
+        s.emit(
+            {
+                "event": "profiled",
+                "end_to_end_s": base_s,
+                "budget_s": budget_s,
+                "floor_s": floor,
+                "additivity_error": profile.additivity_error,
+                "from_table": profile.from_table,
+            }
+        )
+        return budget_s, floor
+
+    def candidates(self) -> tuple[Candidate, ...]:
+        assert self.s.profile is not None
+        return candidates_from_profile(self.s.profile, self.gains)[0]
+
+    def run(self) -> None:
+        s = self.s
+        if self.opts.iterative:
+            k = max(1, self.opts.iterative_rounds)
+            base_s = s.profile.end_to_end_s  # type: ignore[union-attr]
+            targets = [base_s * (self.budget_s / base_s) ** ((i + 1) / k) for i in range(k)]
+        else:
+            targets = [self.budget_s]
+        student: fx.GraphModule = trace(copy.deepcopy(s.teacher))
+        i = 0
+        while True:
+            target = targets[i] if i < len(targets) else targets[-1]
+            if i > 0 and self.opts.iterative and i < len(targets) and self.scorer.refresh:
+                # Iterative mode: refresh the scores on the pruned model; removed blocks keep 0.
+                self.scores = self.scorer(student, list(self.blocks.values()))
+                self.gains = {name: self.scores.gains.get(name, 0.0) for name in self.gains}
+            student, record = self._round(i, target, student)
+            i += 1
+            if i < len(targets):
+                self.rounds.append(record)
+                continue
+            tightened = self._measured(record, targets[-1])
+            if tightened is None:
+                break
+            targets.append(tightened)
+        self._leave(student)
+
+    def _round(
+        self, i: int, target: float, student: fx.GraphModule
+    ) -> tuple[fx.GraphModule, RoundRecord]:
+        """Select to ``target`` (s), remove, fine-tune: the round's record, not yet measured."""
+        s = self.s
+        self.selection = self.select(
+            self.candidates(), self._rest(), target, self.removed, self.opts
+        )
+        new = [n for n in self.selection.removed if n not in self.removed]
+        predicted = self.selection.predicted_latency_s
+        s.emit(
+            {
+                "event": "selected",
+                "round": i,
+                "target_s": target,
+                "removed": new,
+                "predicted_latency_s": predicted,
+            }
+        )
+        s.step("surgery", i, i + 1)
+        s.student = remove_more(student, [self.blocks[n] for n in new], s.spec, s.data.train)
+        self.removed.extend(new)
+        before, after = s.recover(bool(new))
+        s.emit(
+            {"event": "finetuned", "round": i, "accuracy_before": before, "accuracy_after": after}
+        )
+        return s.student, RoundRecord(i, target, tuple(new), predicted, before, after)
+
+    def _rest(self) -> float:
+        assert self.s.profile is not None
+        return candidates_from_profile(self.s.profile, {})[1]
+
+    def _measured(self, record: RoundRecord, last_target: float) -> float | None:
+        """Measure the student; the next, tighter target (s), or None when done."""
+        s, run = self.s, self.s.options.run
+        base_now_s, measured_s = s.measure()
+        check_s = self._check(base_now_s)
+        self.rounds.append(replace(record, measured_latency_s=measured_s))
+        s.emit(
+            {
+                "event": "measured",
+                "round": record.round,
+                "latency_s": measured_s,
+                "baseline_s": base_now_s,
+                "budget_s": check_s,
+            }
+        )
+        if measured_s <= check_s * (1 + run.tolerance) or len(self.rounds) >= self.opts.max_rounds:
+            return None
+        if self.opts.remove_count is not None and self.select.counts:
+            return None  # the baselines remove a fixed count; measuring is all that is left
+        tightened = last_target * check_s / measured_s
+        if tightened < self.floor:
+            s.warnings.append(
+                f"measured {measured_s * 1e3:.3f} ms is over the budget and nothing more can go"
+            )
+            return None
+        return tightened
+
+    def _check(self, base_now_s: float) -> float:
+        """The budget (s) the measurement is held to: fractions of the baseline measured now."""
+        return self.budget_s if self.fraction is None else self.fraction * base_now_s
+
+    def _leave(self, student: fx.GraphModule) -> None:
+        """Hand the pruned student and what the pass found to the state."""
+        s = self.s
+        assert s.profile is not None and s.measured is not None
+        base_now_s, measured_s = s.measured
+        check_s = self._check(base_now_s)
+        if s.depth_fraction is not None and measured_s > check_s * (1 + s.options.run.tolerance):
+            s.warnings.append(s.over_budget(measured_s, check_s))  # the finish checks the last pass
+        gone = set(self.removed)
+        ordered = [t.block.name for t in s.profile.blocks if t.block.name in gone]
+        s.student = student
+        s.removed = tuple(RemovedBlock(n, self.blocks[n].replacement) for n in ordered)
+        s.budget_s = self.budget_s
+        s.predicted_s = self.selection.predicted_latency_s
+        s.rounds.extend(self.rounds)
+        scale = candidates_from_profile(s.profile, {})[2]
+        s.depth = DepthSection(self.scores.probes, self.candidates(), scale, self.fraction)

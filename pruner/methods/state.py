@@ -1,0 +1,114 @@
+"""What the steps of one prune share, in memory: the models, the data, the options, the results so far."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from profiler import BlockProfile, LatencyTable, ModelSpec, measure_pair
+
+from ..config import PruneOptions
+from ..data import DataBundle
+from ..finetune import finetune
+from ..plan import RemovedBlock
+from ..report import DepthSection, RoundRecord, WidthSection
+from ..train import evaluate
+from ..width import BudgetSplit
+
+ProgressFn = Callable[[str, int, int], None]
+EventFn = Callable[[dict[str, Any]], None]
+
+
+def first_samples(batches: Iterable[Any], n: int | None) -> Iterable[Any]:
+    """The first ``n`` samples of re-iterable ``(x, y)`` batches (all of them when n is None)."""
+    if n is None:
+        return batches
+
+    class _First:
+        def __iter__(self) -> Iterator[Any]:
+            seen = 0
+            for x, y in batches:
+                if seen >= n:
+                    return
+                yield x[: n - seen], y[: n - seen]
+                seen += len(y)
+
+    return _First()
+
+
+@dataclass
+class PruneState:
+    """One prune in progress. The skeleton fills the inputs and ``profile``; each step reads
+    what the steps before it left and leaves the model it pruned (``student``), what it
+    removed or kept, its budget and prediction (seconds), its rounds and its report section.
+
+    ``measured`` is (baseline, student) latency in seconds, timed interleaved, when the
+    current student has been measured; a step that changes the student clears it.
+    """
+
+    spec: ModelSpec
+    teacher: nn.Module
+    data: DataBundle
+    test: Iterable[Any]
+    options: PruneOptions
+    table: LatencyTable | None
+    emit: EventFn
+    step: ProgressFn
+    profile: BlockProfile | None = None
+    student: nn.Module | None = None
+    removed: tuple[RemovedBlock, ...] = ()
+    channels: dict[str, int] = field(default_factory=dict)
+    budget_s: float = 0.0
+    predicted_s: float = 0.0
+    measured: tuple[float, float] | None = None
+    depth_fraction: float | None = None  # what a budget split leaves the block pass
+    rounds: list[RoundRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    depth: DepthSection | None = None
+    width: WidthSection | None = None
+    split: BudgetSplit | None = None
+
+    def measure(self) -> tuple[float, float]:
+        """Time the baseline and the student interleaved (seconds per batch); remember it."""
+        run = self.options.run
+        self.step("measuring", 0, 1)
+        assert self.student is not None
+        self.measured = measure_pair(
+            self.teacher,
+            self.student,
+            self.spec,
+            batch_size=run.latency_batch_size,
+            device=run.device,
+            timing_budget_s=run.timing_budget_s,
+            threads=run.latency_threads or run.threads,
+        )
+        return self.measured
+
+    def recover(self, tune: bool = True) -> tuple[float, float]:
+        """Test accuracy of the student before and after distillation fine-tuning (when ``tune``)."""
+        run = self.options.run
+        assert self.student is not None
+        before = evaluate(self.student, self.test, run.device).accuracy
+        if not (tune and run.epochs > 0):
+            return before, before
+        finetune(
+            self.student,
+            self.teacher,
+            self.data.train,
+            self.data.val,
+            run.epochs,
+            lr=run.lr,
+            device=run.device,
+            progress=run.progress_bar,
+        )
+        return before, evaluate(self.student, self.test, run.device).accuracy
+
+    def over_budget(self, measured_s: float, budget_s: float) -> str:
+        """The warning for a measured latency over its budget (seconds)."""
+        return (
+            f"measured latency {measured_s * 1e3:.3f} ms is over the budget "
+            f"{budget_s * 1e3:.3f} ms (+{self.options.run.tolerance:.0%} tolerance)"
+        )

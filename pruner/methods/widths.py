@@ -1,0 +1,184 @@
+"""The width step (HFP): gate every channel group, train the gates toward the targets, fit the
+widths exactly, remove the channels, fine-tune with distillation.
+
+Targets are MACs and/or parameter ratios of the model entering the step, and/or
+the latency budget through the measured width-latency model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from profiler import TimingOptions, example_input, torch_threads
+
+from ..errors import BudgetError
+from ..plan import PrunePlan
+from ..rebuild import apply_plan
+from ..report import RoundRecord, WidthSection
+from ..width import (
+    ChannelSpace,
+    GateRecord,
+    Gates,
+    Target,
+    WidthChoice,
+    WidthLatency,
+    channel_ranking,
+    fit_widths,
+    measure_width_latency,
+    size_targets,
+    train_gates,
+    width_floor,
+)
+from .state import PruneState
+
+
+def width_model(s: PruneState, space: ChannelSpace, base_s: float) -> WidthLatency:
+    """Every prunable conv of ``space`` timed at a grid of widths; ``base_s``: the model's latency."""
+    run = s.options.run
+    with torch_threads(run.latency_threads or run.threads):
+        return measure_width_latency(
+            space,
+            base_s,
+            batch_size=run.latency_batch_size,
+            round_to=s.options.width.round_to,
+            device=run.device,
+            options=TimingOptions(budget_s=run.timing_budget_s),
+            table=s.table,
+            progress=s.step,
+        )
+
+
+@dataclass(frozen=True)
+class WidthStep:
+    """Thin the channel groups of the student (the unpruned model when no step ran before)."""
+
+    needs_profile: ClassVar[bool] = False
+
+    def __call__(self, s: PruneState) -> None:
+        after_blocks = s.depth is not None
+        if s.student is None:
+            s.student = apply_plan(s.teacher, PrunePlan(s.spec))  # a GraphModule, as rebuilt
+        s.student.train()
+        space = ChannelSpace(s.student, example_input(s.spec))
+        budget = s.options.budget
+        targets = size_targets(space, budget.macs, budget.params)
+        latency = _latency_target(s, space, after_blocks) if budget.latency else None
+        if latency is not None:
+            targets.append(latency)
+        if not targets and after_blocks:
+            s.warnings.append("the block pass met the budget on its own: no channels removed")
+        elif not targets:
+            raise BudgetError(
+                "nothing to prune to: give target_macs and/or target_params (ratios in (0, 1]) "
+                "or a latency budget below the model's latency"
+            )
+        record, choice = _gate_and_fit(s, space, targets)
+        _warn_short(s, targets, choice)
+        s.emit({"event": "selected", "widths": choice.widths, "ratios": choice.ratios})
+        before, after = s.recover(bool(targets))
+        s.emit({"event": "finetuned", "accuracy_before": before, "accuracy_after": after})
+        predicted = latency.cost if latency is not None else None
+        s.predicted_s = (
+            float(predicted(list(map(float, choice.widths.values())))) if predicted else 0.0
+        )
+        s.rounds.append(RoundRecord(len(s.rounds), s.budget_s, (), s.predicted_s, before, after))
+        s.channels = dict(choice.widths)
+        s.measured = None
+        nan = float("nan")  # the final model's ratios: the finish counts them
+        s.width = WidthSection(
+            {t.name: t.ratio for t in targets},
+            dict(choice.ratios),
+            dict(choice.widths),
+            record,
+            nan,
+            nan,
+        )
+
+
+def _latency_target(s: PruneState, space: ChannelSpace, after_blocks: bool) -> Target | None:
+    """The latency ratio the budget asks of the student (None when it already fits); sets the
+    step's budget (s) from a baseline timed alongside the student."""
+    budget, run = s.options.budget, s.options.run
+    base_now_s, student_s = s.measure()
+    s.budget_s = (
+        budget.fraction * base_now_s
+        if budget.fraction is not None
+        else float(budget.seconds or 0.0)
+    )
+    ratio = s.budget_s / student_s
+    # After the block pass, within the tolerance is met (as that pass judges it): a
+    # width pass for the last percent would cost a round of gating and fine-tuning.
+    slack = 1 + run.tolerance if after_blocks else 1.0
+    target = None
+    predict = None
+    if ratio * slack < 1.0:
+        predict = width_model(s, space, student_s)
+        floor = width_floor(space, predict, s.options.width.round_to)
+        if ratio < floor:
+            s.warnings.append(
+                f"thinning every channel group to {s.options.width.round_to} channels predicts "
+                f"{floor:.3f} of {student_s * 1e3:.3f} ms, above the budget's {ratio:.3f}: "
+                "width pruning cannot meet this budget on this device; pruned to the floor"
+            )
+            ratio = floor
+        target = Target("latency", ratio, predict, student_s)
+    s.emit(
+        {
+            "event": "profiled",
+            "end_to_end_s": student_s,
+            "budget_s": s.budget_s,
+            "width_layers": len(predict.layers) if predict else 0,
+        }
+    )
+    return target
+
+
+def _gate_and_fit(
+    s: PruneState, space: ChannelSpace, targets: list[Target]
+) -> tuple[GateRecord, WidthChoice]:
+    """Gates trained toward the targets; then exact widths, and the channels removed."""
+    run, width = s.options.run, s.options.width
+    gates = Gates(space)
+    record = GateRecord(0, {}, 0, int(sum(gates.widths())))
+    if targets:
+        assert s.student is not None
+        record = train_gates(
+            s.student,
+            gates,
+            targets,
+            s.data.train,
+            epochs=width.sparsity_epochs,
+            lr=run.lr,
+            round_to=width.round_to,
+            teacher=s.teacher,
+            device=run.device,
+            progress=s.step,
+        )
+    s.emit({"event": "gated", **record.to_dict()})
+    choice = fit_widths(
+        space, channel_ranking(space, gates), targets, width.round_to, gates.widths()
+    )
+    space.remove(choice.keep)
+    return record, choice
+
+
+def _warn_short(s: PruneState, targets: list[Target], choice: WidthChoice) -> None:
+    """A warning per target the fit left short by more than the tolerance, naming what binds."""
+    width = s.options.width
+    for t in targets:
+        if choice.ratios[t.name] >= t.ratio * (1 - width.width_tolerance):
+            continue
+        others = [o for o in targets if o is not t]
+        why = f"channel counts are multiples of {width.round_to}"
+        if others:  # the target that binds is the one its ratio reaches
+            b = max(others, key=lambda o: choice.ratios[o.name] / o.ratio)
+            field_ = "budget" if b.name == "latency" else f"target_{b.name}"
+            why = (
+                f"with {b.name} at most {b.ratio:.4f}, no model on this channel grid "
+                f"keeps more {t.name}; raise {field_} to keep more"
+            )
+        s.warnings.append(
+            f"{t.name} ratio {choice.ratios[t.name]:.4f} is more than "
+            f"{width.width_tolerance:.0%} under its target {t.ratio:.4f} ({why})"
+        )

@@ -1,0 +1,94 @@
+"""Rebuild pruned models from (spec, plan, state_dict), and export them.
+
+A pruned model is never pickled: blocks are removed as the plan names them,
+then channel groups are thinned to the plan's widths, then the state_dict
+fills the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from profiler import ModelSpec, build_model, discover, example_input, read_checkpoint
+
+from .depth import SurgeryError, fit_adapters, remove_blocks
+from .plan import PrunePlan
+from .width import thin
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: PrunePlan,
+    calibration: Batches | None = None,
+    max_samples: int = 512,
+) -> fx.GraphModule:
+    """A pruned copy of ``model`` (unpruned, built from ``plan.spec``) as a GraphModule.
+
+    Blocks are removed first, then channel groups are thinned to the plan's
+    widths (first channels kept: the shapes a state_dict of the pruned model fits).
+
+    The caller's model is not modified and shares no parameters with the result.
+    Adapters are initialised by least squares on ``calibration`` when given
+    (else randomly; :func:`load_pruned` overwrites them from the state_dict).
+    """
+    bg = discover(copy.deepcopy(model).eval(), example_input(plan.spec))
+    by_name = {b.name: b for b in bg.blocks}
+    chosen = []
+    for r in plan.removed:
+        b = by_name.get(r.name)
+        if b is None:
+            raise SurgeryError(
+                f"plan removes block {r.name!r}, which model {plan.spec.name!r} does not have; "
+                f"its blocks are: {sorted(by_name)}"
+            )
+        if not b.removable:
+            raise SurgeryError(f"plan removes block {r.name!r}, which is not removable: {b.reason}")
+        if b.replacement != r.replacement:
+            raise SurgeryError(
+                f"plan replaces block {r.name!r} by {r.replacement!r}, but the model's block "
+                f"is replaced by {b.replacement!r}"
+            )
+        chosen.append(b)
+    adapters = {}
+    if calibration is not None:
+        adapters = fit_adapters(bg.gm, chosen, calibration, max_samples)
+    gm = remove_blocks(bg.gm, chosen, adapters)
+    if plan.channels:  # the width pass ran on the depth-pruned graph: same module paths
+        thin(gm, plan.channels, example_input(plan.spec))
+    return gm
+
+
+def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
+    """Rebuild a pruned model from a checkpoint holding (spec, plan JSON, state_dict)."""
+    ckpt = read_checkpoint(checkpoint)
+    if not ckpt.plan_json:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r} holds no plan; load it with profiler.load_model"
+        )
+    plan = PrunePlan.from_json(ckpt.plan_json)
+    gm = apply_plan(build_model(plan.spec), plan)
+    try:
+        gm.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r}: weights do not match the pruned {plan.spec.name!r}: {e}"
+        ) from e
+    return gm.eval()
+
+
+def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:
+    """Export ``model`` with ``torch.export`` at a fixed input (batch_size, C, H, W) and save it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval()
+    ep = torch.export.export(model, (torch.randn(spec.input_shape(batch_size)),))
+    torch.export.save(ep, str(path))
+    return path

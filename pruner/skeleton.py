@@ -1,0 +1,307 @@
+"""The one pruning skeleton (``pruner.prune`` and ``pruner.prune_checkpoint``): profile the baseline once, run the method's steps, finish once.
+
+``prune`` works in memory and writes nothing; ``prune_checkpoint`` loads a
+checkpoint and a dataset, prunes, and writes ``plan.json``, ``pruned.pt``
+(spec, plan, state_dict), ``pruned.pt2`` (torch.export) and ``report.json``.
+Latencies are seconds per batch of ``latency_batch_size`` on this device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from profiler import (
+    BlockProfile,
+    LatencyTable,
+    ModelSpec,
+    TimingOptions,
+    device_info,
+    load_model,
+    model_cost,
+    profile_model,
+    read_checkpoint,
+    save_checkpoint,
+    torch_threads,
+)
+
+from .config import (
+    Budget,
+    DepthOptions,
+    PruneConfig,
+    PruneOptions,
+    RunOptions,
+    WidthOptions,
+    options_flat,
+)
+from .data import DataBundle, load_data
+from .methods import EventFn, ProgressFn, PruneState, first_samples, method
+from .plan import PrunePlan
+from .rebuild import export_pruned
+from .report import ModelStats, PruneReport
+from .train import evaluate
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The pruned model (a GraphModule), its plan (replays on the spec and a state_dict), the report."""
+
+    model: nn.Module
+    plan: PrunePlan
+    report: PruneReport
+
+
+def prune(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataBundle,
+    budget: float | Budget,
+    *,
+    method: str = "dbp",
+    epochs: int = 2,
+    table: LatencyTable | None = None,
+    on_event: EventFn | None = None,
+    progress: ProgressFn | None = None,
+    run: RunOptions | None = None,
+    depth: DepthOptions | None = None,
+    width: WidthOptions | None = None,
+) -> PruneResult:
+    """Prune ``model`` (built from ``spec``; not modified) in memory; nothing is written.
+
+    ``budget``: a fraction of the measured latency in (0, 1], or a :class:`Budget` in
+    seconds, MACs or params ratios. ``epochs`` of distillation fine-tuning follow each
+    removal. ``table`` serves block and width timings this device has already taken.
+    ``progress(what, done, total)`` reports steps; ``on_event(dict)`` gets one JSON-ready
+    dict per milestone (profiled, scored, split, selected, gated, finetuned, measured, done).
+    ``run``, ``depth``, ``width``: the other options (defaults otherwise).
+    """
+    options = PruneOptions(
+        method=method,
+        budget=budget if isinstance(budget, Budget) else Budget(fraction=budget),
+        run=dataclasses.replace(run or RunOptions(), epochs=epochs),
+        depth=depth or DepthOptions(),
+        width=width or WidthOptions(),
+    )
+    return run_method(model, spec, data, options, table, on_event, progress)
+
+
+def run_method(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataBundle,
+    options: PruneOptions,
+    table: LatencyTable | None = None,
+    on_event: EventFn | None = None,
+    progress: ProgressFn | None = None,
+) -> PruneResult:
+    """:func:`prune` with its options in one :class:`PruneOptions`."""
+    t_start = time.perf_counter()
+    steps = method(options.method)
+    s = PruneState(
+        spec=spec,
+        teacher=model.eval(),
+        data=data,
+        test=first_samples(data.test, options.run.test_samples),
+        options=options,
+        table=table,
+        emit=on_event or (lambda e: None),
+        step=progress or (lambda what, done, total: None),
+    )
+    with torch_threads(options.run.threads):
+        if steps.needs_profile:
+            s.profile = profile_baseline(s)
+        for step in steps.steps:
+            step(s)
+        return finish(s, t_start)
+
+
+def profile_baseline(s: PruneState) -> BlockProfile:
+    """Per-block serial latency of the baseline (the table serves what it holds)."""
+    run = s.options.run
+    s.step("profiling", 0, 1)
+    return profile_model(
+        s.teacher,
+        s.spec,
+        batch_size=run.latency_batch_size,
+        device=run.device,
+        table=s.table,
+        options=TimingOptions(budget_s=run.timing_budget_s),
+        threads=run.latency_threads or run.threads,
+        progress=s.step,
+    )
+
+
+def finish(s: PruneState, t_start: float) -> PruneResult:
+    """Measure the student against the budget, count what both models cost, build the report."""
+    run, fraction = s.options.run, s.options.budget.fraction
+    assert s.student is not None
+    if s.measured is None:
+        base_now_s, measured_s = s.measure()
+        s.emit({"event": "measured", "latency_s": measured_s, "baseline_s": base_now_s})
+    base_now_s, measured_s = s.measured  # type: ignore[misc]
+    check_s = fraction * base_now_s if fraction is not None else s.budget_s
+    met = check_s == 0.0 or measured_s <= check_s * (1 + run.tolerance)
+    if not met:
+        s.warnings.append(s.over_budget(measured_s, check_s))
+    if s.rounds[-1].measured_latency_s is None:
+        s.rounds[-1] = dataclasses.replace(s.rounds[-1], measured_latency_s=measured_s)
+    base, cost = model_cost(s.teacher, s.spec), model_cost(s.student, s.spec)
+    width = s.width and dataclasses.replace(
+        s.width, macs_ratio=cost.macs / base.macs, params_ratio=cost.params / base.params
+    )
+    plan = PrunePlan(
+        spec=s.spec,
+        removed=s.removed,
+        predicted_latency_s=s.predicted_s,
+        budget_s=s.budget_s,
+        batch_size=run.latency_batch_size,
+        method=s.options.method,
+        channels=dict(s.channels),
+    )
+    base_acc = evaluate(s.teacher, s.test, run.device).accuracy
+    acc = s.rounds[-1].accuracy_after_finetune
+    report = PruneReport(
+        model=s.spec.name,
+        dataset=s.data.info.name,
+        method=s.options.method,
+        budget_s=s.budget_s,
+        budget_check_s=check_s,
+        predicted_latency_s=s.predicted_s,
+        removed_blocks=plan.removed_names,
+        baseline=ModelStats(base_now_s, base_acc, base.flops, base.params, base.macs),
+        pruned=ModelStats(measured_s, acc, cost.flops, cost.params, cost.macs),
+        accuracy_before_finetune=s.rounds[0].accuracy_before_finetune,
+        speedup=base_now_s / measured_s if measured_s > 0 else float("nan"),
+        budget_met=met,
+        rounds=tuple(s.rounds),
+        device=(s.profile.device if s.profile else device_info(run.device)).to_dict(),
+        config=options_flat(s.options),
+        seconds=time.perf_counter() - t_start,
+        warnings=tuple(s.warnings),
+        depth=s.depth,
+        width=width,
+        split=s.split,
+    )
+    s.emit({"event": "done", "speedup": report.speedup, "budget_met": report.budget_met})
+    return PruneResult(s.student, plan, report)
+
+
+# ---------------------------------------------------------------------------- from and to disk
+
+
+def prune_checkpoint(
+    config: PruneConfig,
+    progress: ProgressFn | None = None,
+    on_event: EventFn | None = None,
+) -> PruneReport:
+    """Prune ``config.io.checkpoint`` on ``config.io.data``; write plan, checkpoint, export and
+    report into ``config.io.out``. The ``done`` event comes once the files are written and
+    names ``report.json``."""
+    t_start = time.perf_counter()
+    io, run = config.io, config.options.run
+    emit = on_event or (lambda e: None)
+    held: list[dict[str, Any]] = []
+    with torch_threads(run.threads):
+        spec, teacher, data = load_inputs(config)
+        with open_table(io.table) as table:
+            result = run_method(
+                teacher,
+                spec,
+                data,
+                config.options,
+                table,
+                lambda e: held.append(e) if e["event"] == "done" else emit(e),
+                progress,
+            )
+    out = Path(io.out)
+    files, warnings = write_artefacts(out, result, data.info.name, config)
+    report = dataclasses.replace(
+        result.report,
+        **files,
+        config=config.to_flat(),
+        warnings=result.report.warnings + tuple(warnings),
+        seconds=time.perf_counter() - t_start,
+    )
+    (out / "report.json").write_text(report.to_json())
+    emit({**held[-1], "report": str(out / "report.json")})
+    return report
+
+
+def load_inputs(config: PruneConfig) -> tuple[ModelSpec, nn.Module, DataBundle]:
+    """The checkpoint's spec and model, and the data; checked against each other."""
+    io = config.io
+    spec = read_checkpoint(io.checkpoint).spec
+    if io.model not in ("", spec.name):
+        raise ValueError(
+            f"checkpoint {io.checkpoint!r} holds model {spec.name!r}, not {io.model!r}"
+        )
+    teacher = load_model(spec, checkpoint=io.checkpoint)
+    data = load_data(
+        io.data,
+        root=io.data_root,
+        batch_size=io.batch_size,
+        seed=config.options.run.seed,
+        limit=io.limit,
+    )
+    info = data.info
+    if info.num_classes != spec.num_classes:
+        raise ValueError(
+            f"dataset {io.data!r} has {info.num_classes} classes, but the model in "
+            f"{io.checkpoint!r} has {spec.num_classes} outputs"
+        )
+    if info.in_channels != spec.in_channels or tuple(info.input_size) != tuple(spec.input_size):
+        raise ValueError(
+            f"dataset {io.data!r} has {info.in_channels}x{info.input_size[0]}x{info.input_size[1]} "
+            f"images, but the model in {io.checkpoint!r} expects "
+            f"{spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}"
+        )
+    return spec, teacher, data
+
+
+@contextlib.contextmanager
+def open_table(path: str | None) -> Iterator[LatencyTable | None]:
+    """The latency table at ``path`` (None: the default one; "": none), closed after."""
+    table = LatencyTable(path) if path != "" else None
+    try:
+        yield table
+    finally:
+        if table is not None:
+            table.close()
+
+
+def write_artefacts(
+    out: Path, result: PruneResult, dataset: str, config: PruneConfig
+) -> tuple[dict[str, str], list[str]]:
+    """Write ``plan.json``, ``pruned.pt`` and, when ``config.io.export``, ``pruned.pt2`` into
+    ``out``: their paths as report fields ("" when not exported), and a warning when the
+    export failed (the checkpoint is the artefact)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan, report = result.plan, result.report
+    (out / "plan.json").write_text(plan.to_json())
+    ckpt = save_checkpoint(
+        out / "pruned.pt",
+        plan.spec,
+        result.model,
+        plan_json=plan.to_json(),
+        dataset=dataset,
+        test_accuracy=report.pruned.accuracy,
+        budget_s=plan.budget_s,
+    )
+    files = {"plan_path": str(out / "plan.json"), "checkpoint_path": str(ckpt), "export_path": ""}
+    warnings = []
+    if config.io.export:
+        batch = config.options.run.latency_batch_size
+        try:
+            files["export_path"] = str(
+                export_pruned(result.model, plan.spec, out / "pruned.pt2", batch)
+            )
+        except Exception as e:  # export is a convenience: the checkpoint is the artefact
+            warnings.append(f"torch.export failed: {type(e).__name__}: {e}")
+    return files, warnings

@@ -1,0 +1,265 @@
+"""The prunable channel groups of a model, and its MACs and parameters as functions of their widths.
+
+Channels that can only go together (a conv's filters, the BatchNorm after it,
+the next conv's input channels, every producer of a residual stream) form one
+group; Torch-Pruning's ``DependencyGraph`` finds the groups and removes their
+channels physically. The network's size is a polynomial in the groups'
+widths: a conv costs ``k_h*k_w * H_out*W_out * n_in/groups * n_out``
+multiplications and ``k_h*k_w * n_in/groups * n_out`` weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# Group widths: a float64 tensor (differentiable costs) or a list of floats (fast exact costs).
+Widths = torch.Tensor | Sequence[float]
+CostFn = Callable[[Widths], Any]
+
+
+def _tp() -> Any:
+    try:
+        import torch_pruning
+    except ImportError as e:  # a core dependency; only a broken install lacks it
+        raise ImportError("filter pruning needs Torch-Pruning: pip install torch-pruning") from e
+    return torch_pruning
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Coupled channels: ``root`` is the conv whose output channels index the group."""
+
+    root: str
+    size: int
+    scales: tuple[str, ...]  # the group's BatchNorms: their weights gate the channels
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CostLayer:
+    """A module whose size depends on group widths; group index -1 means a fixed width."""
+
+    name: str
+    kind: str  # "conv" | "linear" | "bn"
+    in_channels: int
+    out_channels: int
+    in_group: int
+    out_group: int
+    kernel: int = 1
+    pixels: int = 1
+    conv_groups: int = 1
+    bias: bool = False
+
+    @property
+    def depthwise(self) -> bool:
+        return (
+            self.kind == "conv" and self.conv_groups > 1 and self.conv_groups == self.out_channels
+        )
+
+    def widths(self, n: Widths) -> tuple[Any, Any]:
+        cin = n[self.in_group] if self.in_group >= 0 else float(self.in_channels)
+        cout = n[self.out_group] if self.out_group >= 0 else float(self.out_channels)
+        return cin, cout
+
+    def macs(self, n: Widths) -> Any:
+        cin, cout = self.widths(n)
+        if self.kind == "bn":
+            return 0.0
+        if self.depthwise:
+            return self.kernel * self.pixels * cout
+        return self.kernel * self.pixels * cin * cout / self.conv_groups
+
+    def params(self, n: Widths) -> Any:
+        cin, cout = self.widths(n)
+        if self.kind == "bn":
+            return 2 * cout
+        weights = (
+            self.kernel * cout if self.depthwise else self.kernel * cin * cout / self.conv_groups
+        )
+        return weights + (cout if self.bias else 0.0)
+
+
+@dataclass
+class _Trace:
+    """One forward pass over the convs and linears: call order, output pixels, conv input (H, W)."""
+
+    order: list[nn.Module]
+    pixels: dict[nn.Module, int]
+    input_hw: dict[str, tuple[int, int]]
+
+
+def _trace_layers(model: nn.Module, example: torch.Tensor, names: dict[nn.Module, str]) -> _Trace:
+    t = _Trace([], {}, {})
+
+    def record(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        t.order.append(m)
+        t.pixels[m] = int(out[0, 0].numel()) if out.dim() == 4 else 1
+        if out.dim() == 4:
+            t.input_hw[names[m]] = (int(inp[0].shape[-2]), int(inp[0].shape[-1]))
+
+    hooks = [
+        m.register_forward_hook(record)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not t.order:
+        raise ValueError("the model has no Conv2d or Linear layer: nothing to prune")
+    return t
+
+
+def _channel_groups(
+    dg: Any, head: nn.Module, names: dict[nn.Module, str]
+) -> tuple[tuple[ChannelGroup, ...], dict[nn.Module, int], dict[nn.Module, int]]:
+    """The dependency graph's groups rooted at convs (never ``head``'s outputs), and which
+    group each module's output and input channels belong to."""
+    groups: list[ChannelGroup] = []
+    out_group: dict[nn.Module, int] = {}
+    in_group: dict[nn.Module, int] = {}
+    for grp in dg.get_all_groups(ignored_layers=[head], root_module_types=[nn.Conv2d]):
+        root = grp[0].dep.target.module
+        gi = len(groups)
+        scales, members = [], []
+        for item in grp:
+            m, fn = item.dep.target.module, item.dep.handler
+            if not isinstance(m, nn.Module) or m not in names:
+                continue
+            members.append(names[m])
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                out_group[m] = gi
+                scales.append(names[m])
+            elif dg.is_out_channel_pruning_fn(fn):
+                out_group[m] = gi
+            elif dg.is_in_channel_pruning_fn(fn):
+                in_group[m] = gi
+        groups.append(
+            ChannelGroup(
+                root=names[root],
+                size=int(root.out_channels),
+                scales=tuple(dict.fromkeys(scales)),
+                members=tuple(dict.fromkeys(members)),
+            )
+        )
+    return tuple(groups), out_group, in_group
+
+
+def _cost_layers(
+    model: nn.Module,
+    names: dict[nn.Module, str],
+    pixels: dict[nn.Module, int],
+    out_group: dict[nn.Module, int],
+    in_group: dict[nn.Module, int],
+) -> tuple[CostLayer, ...]:
+    layers: list[CostLayer] = []
+    for m in model.modules():
+        name = names[m]
+        if isinstance(m, nn.Conv2d):
+            og = out_group.get(m, -1)
+            ig = og if (m.groups > 1 and m.groups == m.out_channels) else in_group.get(m, -1)
+            layers.append(
+                CostLayer(
+                    name, "conv", m.in_channels, m.out_channels, ig, og,
+                    m.kernel_size[0] * m.kernel_size[1], pixels.get(m, 0), m.groups,
+                    m.bias is not None,
+                )
+            )  # fmt: skip
+        elif isinstance(m, nn.Linear):
+            layers.append(
+                CostLayer(
+                    name, "linear", m.in_features, m.out_features,
+                    in_group.get(m, -1), out_group.get(m, -1), bias=m.bias is not None,
+                )
+            )  # fmt: skip
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            layers.append(
+                CostLayer(name, "bn", m.num_features, m.num_features, -1, out_group.get(m, -1))
+            )
+    return tuple(layers)
+
+
+class ChannelSpace:
+    """The prunable channel groups of ``model`` and its MACs and params as functions of their widths.
+
+    ``example`` is one input batch (B, C, H, W); MACs are per image. The last
+    layer (the classifier) keeps its outputs. The dependency graph holds
+    ``model``'s own modules: :meth:`remove` prunes that very model.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        tp = _tp()
+        self.model = model
+        self.input_shape = tuple(example[:1].shape)
+        names = {m: n for n, m in model.named_modules()}
+        traced = _trace_layers(model, example, names)
+        self.input_hw = traced.input_hw  # each conv's input (H, W)
+        head = traced.order[-1]  # what the model outputs is not the pruner's to change
+        with torch.enable_grad():
+            self.dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example[:1], verbose=False
+            )
+        self.groups, out_group, in_group = _channel_groups(self.dg, head, names)
+        self.layers = _cost_layers(model, names, traced.pixels, out_group, in_group)
+        self.full = [float(g.size) for g in self.groups]
+        total = sum(p.numel() for p in model.parameters())
+        self.fixed_params = 0.0
+        self.fixed_params = total - float(self.params(self.full))
+        self.base_macs = float(self.macs(self.full))
+        self.base_params = float(total)
+
+    def macs(self, n: Widths) -> Any:
+        """Multiply-accumulates per image at group widths ``n`` (G values; a tensor stays differentiable)."""
+        return sum((layer.macs(n) for layer in self.layers), 0.0)
+
+    def params(self, n: Widths) -> Any:
+        """Parameter count at group widths ``n`` (G values; a tensor stays differentiable)."""
+        return sum((layer.params(n) for layer in self.layers), 0.0) + self.fixed_params
+
+    def allowed(self, group: int, round_to: int) -> list[int]:
+        """Widths group ``group`` may keep: multiples of ``round_to`` below its size, and its size."""
+        g = self.groups[group]
+        if not g.scales:  # no BatchNorm to gate it: the group keeps its width
+            return [g.size]
+        return sorted({k for k in range(round_to, g.size, round_to)} | {g.size})
+
+    def remove(self, keep: dict[str, Sequence[int]]) -> None:
+        """Physically keep only the listed channels of each named group (by root) in ``self.model``."""
+        by_root = {g.root: g for g in self.groups}
+        for root, idxs in keep.items():
+            if root not in by_root:
+                raise ValueError(f"no channel group rooted at {root!r}; groups: {sorted(by_root)}")
+            g = by_root[root]
+            kept = set(int(i) for i in idxs)
+            drop = [i for i in range(g.size) if i not in kept]
+            if not drop:
+                continue
+            module = self.model.get_submodule(root)
+            pruner = self.dg.get_pruner_of_module(module)
+            self.dg.get_pruning_group(module, pruner.prune_out_channels, drop).prune()
+
+
+def thin(model: nn.Module, widths: dict[str, int], example: torch.Tensor) -> nn.Module:
+    """Shrink ``model`` in place to the given group widths (first channels kept).
+
+    Rebuilds the shapes of a pruned model from its plan; its weights come from
+    the state_dict afterwards.
+    """
+    space = ChannelSpace(model, example)
+    sizes = {g.root: g.size for g in space.groups}
+    unknown = sorted(set(widths) - set(sizes))
+    if unknown:
+        raise ValueError(f"plan names channel groups {unknown} the model does not have")
+    space.remove({root: range(k) for root, k in widths.items() if k < sizes[root]})
+    return model
