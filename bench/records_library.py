@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pydantic
 
-from pruner.config import DATASETS, METHODS
+from pruner import DATASETS, METHODS
 from service import protocol as p
 
 ROOT = Path(tempfile.mkdtemp())
