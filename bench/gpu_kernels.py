@@ -1,4 +1,4 @@
-"""GPU figures for issue 3: the Triton Conv-BN-ReLU kernel vs cuDNN eager vs torch.compile.
+"""GPU figures: the Triton Conv-BN-ReLU kernel vs cuDNN eager vs torch.compile.
 
 For every distinct groups=1 conv shape of resnet56 and mobilenetv2 (3x32x32
 input), each batch size, fp16 and fp32, and the chosen layouts:
@@ -6,11 +6,16 @@ input), each batch size, fp16 and fp32, and the chosen layouts:
 1. correctness first: the Triton kernel must match ``relu(conv2d)`` on every
    case before anything is timed (the script exits non-zero otherwise);
 2. timing: median latency in seconds per call (reported in microseconds) from
-   CUDA events via ``triton.testing.do_bench``, for
-   - triton: ``kernels.conv2d_bias_relu`` on folded weights (one launch),
+   CUDA events, twice: replayed from a CUDA graph (``kernels.gpu_timing.graph_seconds``:
+   GPU time only) and launched back to back from Python (``eager_seconds``:
+   what an eager model pays, host launch cost included where it dominates), for
+   - triton: ``kernels.conv_bn_relu.conv2d_triton`` on folded weights laid out
+     once, with its tuned tile (one launch),
    - cudnn: eager ``Conv2d -> BatchNorm2d -> ReLU`` in eval mode, same layout,
      ``torch.backends.cudnn.benchmark = True``,
-   - compile: ``torch.compile`` of that same eager chain.
+   - compile (``--compile``): ``torch.compile`` of that same eager chain, with
+     ``torch._dynamo.reset()`` before each case so no case falls back to eager
+     after dynamo's recompile limit.
 
 fp32 runs with TF32 allowed on both sides by default (``--fp32-precision tf32``,
 the usual deploy setting); ``ieee`` compares exact fp32 on both sides.
@@ -37,11 +42,13 @@ from kernels_cpu import (
 )
 from torch import nn
 
-from kernels import FusedConv2d, conv2d_triton
+from kernels import FusedConv2d
+from kernels.conv_bn_relu import conv2d_triton, lay_out_weight
+from kernels.gpu_timing import eager_seconds, graph_seconds
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
-# (rtol, atol) of the Triton kernel against an fp32 reference from the same rounded inputs.
+# (rtol, atol) of the Triton kernel against an fp64 reference from the same rounded inputs.
 TOL = {
     ("fp16", "ieee"): (1e-2, 2e-2),
     ("fp16", "tf32"): (1e-2, 2e-2),
@@ -76,7 +83,8 @@ def build(case: dict, batch: int, dtype: torch.dtype, layout: torch.memory_forma
     ]
     eager = nn.Sequential(conv, bn, act).eval().to("cuda", dtype).to(memory_format=layout)
     fused = FusedConv2d.from_conv_bn(conv, bn, case["act"])
-    w, b = fused.weight.detach().to("cuda", dtype), fused.bias.detach().to("cuda", dtype)
+    w = lay_out_weight(fused.weight.detach().to("cuda", dtype))
+    b = fused.bias.detach().to("cuda", dtype)
     x = torch.randn(
         batch, case["cin"], case["h"], case["w"], device="cuda", dtype=dtype
     ).contiguous(memory_format=layout)
@@ -97,7 +105,9 @@ def check_all(cases: list[dict], args: argparse.Namespace) -> None:
                 for lname in args.layouts:
                     x, _, w, b = build(case, batch, DTYPES[dname], LAYOUTS[lname])
                     y = triton_fn(case, x, w, b, args.fp32_precision)()
-                    ref = F.conv2d(x.float(), w.float(), b.float(), case["stride"], case["pad"])
+                    ref = F.conv2d(
+                        x.double(), w.double(), b.double(), case["stride"], case["pad"]
+                    ).float()
                     ref = {"relu": F.relu, "relu6": lambda t: t.clamp(0, 6), None: lambda t: t}[
                         case["act"]
                     ](ref)
@@ -116,13 +126,6 @@ def check_all(cases: list[dict], args: argparse.Namespace) -> None:
 
 
 def time_all(cases: list[dict], args: argparse.Namespace) -> list[dict]:
-    from triton.testing import do_bench
-
-    def med(fn) -> float:
-        return (
-            do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median") * 1e-3
-        )  # ms -> s
-
     rows = []
     for case in cases:
         for batch in args.batches:
@@ -130,12 +133,18 @@ def time_all(cases: list[dict], args: argparse.Namespace) -> list[dict]:
                 for lname in args.layouts:
                     x, eager, w, b = build(case, batch, DTYPES[dname], LAYOUTS[lname])
                     row = dict(case, batch=batch, dtype=dname, layout=lname)
+                    fns = {
+                        "triton": triton_fn(case, x, w, b, args.fp32_precision),
+                        "cudnn": lambda e=eager, x=x: e(x),
+                    }
+                    if args.compile:
+                        torch._dynamo.reset()  # a fresh cache per case: no recompile limit
+                        compiled = torch.compile(eager, dynamic=False)
+                        fns["compile"] = lambda c=compiled, x=x: c(x)
                     with torch.inference_mode():
-                        row["triton"] = med(triton_fn(case, x, w, b, args.fp32_precision))
-                        row["cudnn"] = med(lambda e=eager, x=x: e(x))
-                        if args.compile:
-                            compiled = torch.compile(eager, dynamic=False)
-                            row["compile"] = med(lambda c=compiled, x=x: c(x))
+                        for name, fn in fns.items():
+                            row[f"{name}_graph"] = graph_seconds(fn, calls=20, rounds=7)
+                            row[f"{name}_eager"] = eager_seconds(fn, calls=50, rounds=7)
                     rows.append(row)
                     print(
                         {
@@ -152,26 +161,36 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
     import triton
 
     lines = [
-        "# Triton Conv-BN-ReLU vs cuDNN vs torch.compile on GPU (issue 3)",
+        "# Triton Conv-BN-ReLU vs cuDNN vs torch.compile on GPU",
         "",
         f"- command: `python {' '.join(sys.argv)}` (through bench/gpu.sh)",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- GPU: {props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.1f} GiB",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), triton {triton.__version__}",
         f"- cudnn.benchmark on; fp32 input precision: {args.fp32_precision} on both sides",
-        "- medians of CUDA-event timings (triton.testing.do_bench), microseconds per call; correctness asserted first",
-        "- triton = one launch on folded weights; cudnn = eager Conv2d -> BatchNorm2d -> ReLU (eval, same layout);"
-        " compile = torch.compile of that eager chain",
+        "- medians of CUDA-event timings, microseconds per call: graph = 20 calls captured in"
+        " one CUDA graph and replayed (GPU time), eager = 50 calls back to back from Python"
+        " (host launch cost included where it dominates); correctness asserted first",
+        "- triton = one launch on folded weights laid out once, tuned tile; cudnn = eager"
+        " Conv2d -> BatchNorm2d -> ReLU (eval, same layout); compile = torch.compile of that"
+        " chain, dynamo reset per case",
         "",
-        "| model | Cin -> Cout | k | s | act | H x W | batch | dtype | layout | triton (us) | cudnn (us) | compile (us) | cudnn / triton |",
-        "|---|---|---:|---:|---|---|---:|---|---|---:|---:|---:|---:|",
+        "| model | Cin -> Cout | k | s | act | H x W | batch | dtype | layout |"
+        " triton graph | cudnn graph | compile graph | triton eager | cudnn eager |"
+        " compile eager | cudnn / triton (graph) |",
+        "|---|---|---:|---:|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def us(r: dict, k: str) -> str:
+        return f"{r[k] * 1e6:.1f}" if k in r else "-"
+
     for r in rows:
-        comp = f"{r['compile'] * 1e6:.1f}" if "compile" in r else "-"
         lines.append(
-            f"| {r['model']} | {r['cin']} -> {r['cout']} | {r['k']} | {r['stride']} | {r['act'] or '-'} | {r['h']}x{r['w']} |"
-            f" {r['batch']} | {r['dtype']} | {r['layout']} | {r['triton'] * 1e6:.1f} | {r['cudnn'] * 1e6:.1f} | {comp} |"
-            f" {r['cudnn'] / r['triton']:.2f}x |"
+            f"| {r['model']} | {r['cin']} -> {r['cout']} | {r['k']} | {r['stride']} |"
+            f" {r['act'] or '-'} | {r['h']}x{r['w']} | {r['batch']} | {r['dtype']} |"
+            f" {r['layout']} | {us(r, 'triton_graph')} | {us(r, 'cudnn_graph')} |"
+            f" {us(r, 'compile_graph')} | {us(r, 'triton_eager')} | {us(r, 'cudnn_eager')} |"
+            f" {us(r, 'compile_eager')} | {r['cudnn_graph'] / r['triton_graph']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 
@@ -187,11 +206,7 @@ def main() -> int:
         "--layouts", nargs="+", choices=sorted(LAYOUTS), default=["channels_last", "nchw"]
     )
     p.add_argument("--fp32-precision", choices=["tf32", "ieee"], default="tf32")
-    p.add_argument(
-        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile column"
-    )
-    p.add_argument("--warmup-ms", type=int, default=25)
-    p.add_argument("--rep-ms", type=int, default=100)
+    p.add_argument("--compile", action="store_true", help="add the torch.compile columns")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "kernels_gpu.md")
     args = p.parse_args()
 

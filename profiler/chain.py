@@ -62,6 +62,16 @@ class ChainTiming:
     mark_cost_s: float
 
 
+def _in_turn(first: Callable[[], object], second: Callable[[], object], flip: bool) -> tuple:
+    """(first(), second()), run in that order or, with ``flip``, the other way round:
+    alternating rounds cancel what running first or second does to a pass (caches, clocks)."""
+    if flip:
+        b = second()
+        return first(), b
+    a = first()
+    return a, second()
+
+
 def mark_cost(marked: Sequence[float], plain: Sequence[float], marks: int) -> float:
     """Seconds one mark adds: the median over rounds of (marked - plain) / marks.
 
@@ -148,9 +158,15 @@ class CpuChain:
             raise ValueError("nothing to time")
         self.works = list(works)
         self.pieces = len(works)
+        self.flip = False  # which pass runs first this round
         self.clock = clock
 
     def round(self) -> tuple[list[float], float, float]:
+        self.flip = not self.flip
+        marked, plain = _in_turn(self._marked, self._plain, self.flip)
+        return marked[0], marked[1], plain
+
+    def _marked(self) -> tuple[list[float], float]:
         clock = self.clock
         o0 = clock()
         marks = [clock()]
@@ -158,12 +174,13 @@ class CpuChain:
             w()
             marks.append(clock())
         o1 = clock()
-        p0 = clock()
+        return [(b - a) / 1e9 for a, b in zip(marks, marks[1:])], (o1 - o0) / 1e9
+
+    def _plain(self) -> float:
+        p0 = self.clock()
         for w in self.works:
             w()
-        p1 = clock()
-        intervals = [(b - a) / 1e9 for a, b in zip(marks, marks[1:])]
-        return intervals, (o1 - o0) / 1e9, (p1 - p0) / 1e9
+        return (self.clock() - p0) / 1e9
 
 
 def _event(external: bool = False) -> torch.cuda.Event:
@@ -192,22 +209,30 @@ class EagerCudaChain:
             raise ValueError("nothing to time")
         self.works = list(works)
         self.pieces = len(works)
+        self.flip = False  # which pass runs first this round
         self.device = device
 
     def round(self) -> tuple[list[float], float, float]:
+        self.flip = not self.flip
         with torch.cuda.device(self.device):
             outer = [_event() for _ in range(4)]
             marks = [_event() for _ in range(self.pieces + 1)]
-            outer[0].record()
-            marks[0].record()
-            for w, mark in zip(self.works, marks[1:]):
-                w()
-                mark.record()
-            outer[1].record()
-            outer[2].record()
-            for w in self.works:
-                w()
-            outer[3].record()
+
+            def marked() -> None:
+                outer[0].record()
+                marks[0].record()
+                for w, mark in zip(self.works, marks[1:]):
+                    w()
+                    mark.record()
+                outer[1].record()
+
+            def plain() -> None:
+                outer[2].record()
+                for w in self.works:
+                    w()
+                outer[3].record()
+
+            _in_turn(marked, plain, self.flip)
             torch.cuda.synchronize(self.device)
         intervals = [_seconds(a, b) for a, b in zip(marks, marks[1:])]
         return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])
@@ -238,6 +263,7 @@ class GraphCudaChain:
             raise ValueError("nothing to time")
         self.works = list(works)
         self.pieces = len(works)
+        self.flip = False  # which pass runs first this round
         self.device = device
         with torch.cuda.device(device):
             self.marks = [_event(external=True) for _ in range(self.pieces + 1)]
@@ -256,14 +282,16 @@ class GraphCudaChain:
             self.plain = _capture(plain, device)
 
     def round(self) -> tuple[list[float], float, float]:
+        self.flip = not self.flip
         with torch.cuda.device(self.device):
             outer = [_event() for _ in range(4)]
-            outer[0].record()
-            self.marked.replay()
-            outer[1].record()
-            outer[2].record()
-            self.plain.replay()
-            outer[3].record()
+
+            def replay(graph: torch.cuda.CUDAGraph, start: int) -> None:
+                outer[start].record()
+                graph.replay()
+                outer[start + 1].record()
+
+            _in_turn(lambda: replay(self.marked, 0), lambda: replay(self.plain, 2), self.flip)
             torch.cuda.synchronize(self.device)
         intervals = [_seconds(a, b) for a, b in zip(self.marks, self.marks[1:])]
         return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])

@@ -51,6 +51,17 @@ def test_mark_cost_is_the_marked_pass_excess_per_mark() -> None:
     assert subtract_marks([(3.0, 1.0), (0.5,)], 0.75) == [(2.25, 0.25), (0.0,)]
 
 
+def test_rounds_alternate_which_pass_runs_first() -> None:
+    # A pass run second in a round finds warm caches; alternating cancels that.
+    order: list[str] = []
+    clock = FakeClock()
+    chain = CpuChain([lambda: order.append("piece")], clock)
+    chain._plain = lambda: order.append("plain") or 0.0  # type: ignore[method-assign]
+    for _ in range(2):
+        chain.round()
+    assert order == ["plain", "piece", "piece", "plain"]
+
+
 def test_launch_overhead_is_alone_minus_chained() -> None:
     alone = [Measurement((3e-6,)), Measurement((5e-6,))]
     chained = [Measurement((2e-6,)), Measurement((4.5e-6,))]
