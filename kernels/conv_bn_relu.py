@@ -195,7 +195,7 @@ def lay_out_weight(weight: torch.Tensor) -> torch.Tensor:
     B tiles read BLOCK_N output channels side by side, so with Cout fastest
     those loads are contiguous. A weight already laid out so is returned as is.
     """
-    if weight.stride(0) == 1:
+    if weight.dim() != 4 or weight.stride(0) == 1:  # not a conv weight: the wrapper says why
         return weight
     return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
 
@@ -303,8 +303,12 @@ def _prepare(
     dilation: int | tuple[int, int],
     activation: str | None,
     input_precision: str,
+    keyed: bool = True,
 ) -> _Call:
-    """Validate a Triton call, allocate its output (x's layout) and bind the kernel arguments."""
+    """Validate a Triton call, allocate its output (x's layout) and bind the kernel arguments.
+
+    ``keyed=False`` skips building the tuning key (for a call whose choice is known).
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if x.dim() != 4 or weight.dim() != 4:
@@ -360,13 +364,13 @@ def _prepare(
         INPUT_PRECISION=precision,
     )
     key = None
-    if not interpret:
+    if keyed and not interpret:
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
         key = conv_key(
             x, weight, bias, (sh, sw), (ph, pw), (dh, dw), activation, precision,
             _device_name(index), triton.__version__,
         )  # fmt: skip
-    inputs = (x, weight, bias, stride, padding, dilation, activation, input_precision)
+    inputs = (x, weight, bias, stride, padding, dilation, activation, input_precision, False)
     return _Call(args, meta, y, N * OH * OW, K, C, key, interpret, inputs)
 
 
@@ -506,12 +510,18 @@ def conv2d_bias_relu(
     if not (auto or (backend == "triton" and groups == 1)):
         return conv2d_torch(x, weight, bias, stride, padding, dilation, groups, act)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    # A call seen before skips the Triton set-up when its choice is cuDNN (eager host time).
-    seen = (x.shape, x.stride(), x.dtype, x.device, weight.shape, stride, padding, dilation, act)
-    seen += (bias is None,)
-    if auto and (c := _SEEN.get(seen)) is not None and c.backend(capturing) == "torch":
+    # A call seen before skips the tuning key (and, when cuDNN won, all Triton set-up):
+    # host time is what decides small eager convs.
+    geometry = (_pair(stride), _pair(padding), _pair(dilation))
+    seen = (x.shape, x.stride(), x.dtype, x.device, weight.shape, geometry, act, bias is None)
+    known = _SEEN.get(seen)
+    if known is not None and auto and known.backend(capturing) == "torch":
         return conv2d_torch(x, weight, bias, stride, padding, dilation, 1, act)
     laid = laid_out_weight(weight, x.dtype)
+    if known is not None:
+        return _prepare(x, laid, bias, stride, padding, dilation, act, "ieee", False).launch(
+            known.config
+        )
     call = _prepare(x, laid, bias, stride, padding, dilation, act, "ieee")
     if call.y.numel() == 0:
         return call.y
@@ -520,7 +530,7 @@ def conv2d_bias_relu(
         return conv2d_torch(x, weight, bias, stride, padding, dilation, 1, act)
 
     choice = _choice(call, torch_path)
-    if auto and choice.measured:
+    if choice.measured:
         _SEEN[seen] = choice
     if auto and choice.backend(capturing) == "torch":
         return torch_path()
