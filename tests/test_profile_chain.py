@@ -171,6 +171,11 @@ def test_profile_says_how_its_pieces_were_timed(tmp_path) -> None:
         p.launch_overhead_s,
         p.mark_cost_s,
     )
+    from service.commands.render import timing_line
+
+    line = timing_line(p)
+    assert line is not None and "one forward pass" in line and "launch overhead" in line
+    assert timing_line(plain) is None
     # An older profile without these fields reads as timed alone.
     for k in ("timing", "launch_overhead_s", "mark_cost_s"):
         d.pop(k)

@@ -95,7 +95,25 @@ def print_quality(p: BlockProfile, out: Console | None = None) -> None:
     )
 
 
+def timing_line(p: BlockProfile) -> str | None:
+    """How the pieces were timed, and the launch overhead when they were timed in one pass."""
+    if p.timing == "alone":
+        return None
+    how = "one captured CUDA graph" if p.timing == "chained_graph" else "one forward pass"
+    line = f"pieces timed in {how}, a timing mark between pieces"
+    if p.mark_cost_s is not None:
+        line += f" ({p.mark_cost_s * 1e6:.1f} us per mark, subtracted)"
+    if p.launch_overhead_s is not None:
+        line += (
+            f"; launch overhead {_ms(p.launch_overhead_s)} ms per forward pass"
+            " (the same pieces timed one launch at a time, minus in one pass)"
+        )
+    return line
+
+
 def print_profile(p: BlockProfile, out: Console | None = None) -> None:
     out = out or console()
     out.print(profile_table(p))
+    if (line := timing_line(p)) is not None:
+        out.print(line)
     print_quality(p, out)
