@@ -220,7 +220,8 @@ def _time_items(
     Pieces of the forward pass (blocks, rest), replacements and whole models are
     timed as ``measure_pieces`` times each group.
     """
-    works = _bind_inputs(bg, x, todo)
+    chained = piece_mode(run.dev, run.options or TimingOptions()) != "alone"
+    works = _bind_inputs(bg, x, todo, direct=chained)
     group = {"block": "serial", "rest": "serial", "replace": "side"}
     kinds = [group.get(it.label.split(":", 1)[0], "whole") for it in todo]
     serial, side, whole = ([w for w, k in zip(works, kinds) if k == g] for g in GROUPS)
@@ -342,7 +343,9 @@ def _plan_items(
     return items, layout
 
 
-def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Callable[[], object]]:
+def _bind_inputs(
+    bg: BlockGraph, x: torch.Tensor, todo: list[_Item], direct: bool = False
+) -> list[Callable[[], object]]:
     """Bind each item's work to its input values.
 
     One forward pass captures every needed value. Then the pieces of the
@@ -350,7 +353,10 @@ def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Cal
     from a shared table and publish their outputs into it, so one round of
     timing is a real forward pass cut at block boundaries: each block reads the
     activation its predecessor has just written, cache-hot as in the whole model,
-    not a copy captured long before.
+    not a copy captured long before. ``direct`` calls each piece's ``forward``
+    itself, without ``nn.Module.__call__`` (hooks and their checks): in one
+    chained pass that host time would be counted in the pieces but is not paid
+    by the whole model, which calls its layers once each.
     """
     need = {n for it in todo for n in (it.inputs or [])}
     cap = _Capture(bg.gm, need)
@@ -363,6 +369,8 @@ def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Cal
 
     def work(it: _Item) -> Callable[[], object]:
         module, inputs, outputs = it.module, it.inputs, it.outputs
+        if direct and it.label.split(":", 1)[0] in ("block", "rest"):
+            module = module.forward  # type: ignore[union-attr]
         if inputs is None:
             return _call(module, [x])  # type: ignore[arg-type]
         if not outputs:
