@@ -8,6 +8,10 @@ CUDA) gives the additivity error (sum of blocks + rest vs end to end), the
 launch overhead (the pieces timed one launch at a time minus the same pieces in
 one pass, per forward pass) and the cost of one timing event. ``--fused``
 models are profiled again as deployed with fused Conv-BN-ReLU kernels.
+``--predict`` models are then pruned at random (identity-replaceable blocks
+swapped for ``nn.Identity``) and the latency predicted from the profile (end
+to end minus each removed block plus its replacement) is set against the
+pruned model's measured latency, in the same mode.
 
 Writes bench/results/profiler_cuda_additivity.json (a list of rows: model,
 batch_size, mode, additivity_error, device, and the figures above) and
@@ -18,28 +22,36 @@ bench/results/profiler_cuda_additivity_gpu.md. Exit status: 0 when every
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
+import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from profiler import ModelSpec, TimingOptions, load_model, profile_model
+from profiler import BlockProfile, ModelSpec, TimingOptions, load_model, measure, profile_model
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def one(model: str, batch: int, mode: str, fused: bool, budget_s: float, device: str) -> dict:
-    spec = ModelSpec(model)
+def _options(mode: str, budget_s: float) -> TimingOptions:
     # Chained on every device: on CPU (a dry run of this script) too.
-    opts = TimingOptions(budget_s=budget_s, cuda_graph=mode == "cuda_graph", pieces="chained")
+    return TimingOptions(budget_s=budget_s, cuda_graph=mode == "cuda_graph", pieces="chained")
+
+
+def one(
+    model: str, batch: int, mode: str, fused: bool, budget_s: float, device: str
+) -> tuple[dict, BlockProfile, torch.nn.Module]:
+    spec = ModelSpec(model)
+    net = load_model(spec)
     t0 = time.perf_counter()
     p = profile_model(
-        load_model(spec), spec, batch_size=batch, device=device, options=opts, fused=fused
+        net, spec, batch_size=batch, device=device, options=_options(mode, budget_s), fused=fused
     )
-    return {
+    row = {
         "model": model,
         "batch_size": batch,
         "mode": mode,
@@ -56,13 +68,59 @@ def one(model: str, batch: int, mode: str, fused: bool, budget_s: float, device:
         "profile_wall_s": time.perf_counter() - t0,
         "device": p.device.to_dict(),
     }
+    return row, p, net
+
+
+def predictions(
+    p: BlockProfile, net: torch.nn.Module, mode: str, sets: int, budget_s: float, device: str
+) -> list[dict]:
+    """Random removal sets: latency predicted from ``p`` against the pruned model measured."""
+    blocks = [
+        b
+        for b in p.blocks
+        if b.block.removable and b.block.replacement == "identity" and _is_module(net, b.block.name)
+    ]
+    rng = random.Random(f"{p.model}|{p.batch_size}|{mode}")
+    x = torch.randn(p.input_shape, device=device)
+    rows = []
+    for _ in range(sets if len(blocks) >= 2 else 0):
+        removed = rng.sample(blocks, rng.randint(2, max(2, len(blocks) - 1)))
+        pruned = copy.deepcopy(net).eval().to(device)
+        for b in removed:
+            parent, _, leaf = b.block.name.rpartition(".")
+            setattr(pruned.get_submodule(parent) if parent else pruned, leaf, torch.nn.Identity())
+        predicted = p.end_to_end_s - sum(
+            b.latency_s - (b.replacement_latency_s or 0.0) for b in removed
+        )
+        (m,) = measure([lambda m=pruned: m(x)], device, _options(mode, budget_s))
+        rows.append(
+            {
+                "model": p.model,
+                "batch_size": p.batch_size,
+                "mode": mode,
+                "removed": len(removed),
+                "of": len(blocks),
+                "predicted_s": predicted,
+                "measured_s": m.median_s,
+                "error": predicted / m.median_s - 1.0,
+            }
+        )
+    return rows
+
+
+def _is_module(net: torch.nn.Module, name: str) -> bool:
+    try:
+        net.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _us(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e6:.1f}"
 
 
-def render(rows: list[dict], goal: float, argv: list[str]) -> str:
+def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]) -> str:
     dev = rows[0]["device"] if rows else {}
     lines = [
         "# Profiler on CUDA: additivity with pieces timed in one pass, launch overhead",
@@ -89,6 +147,23 @@ def render(rows: list[dict], goal: float, argv: list[str]) -> str:
             f" | {r['additivity_error']:+.1%}{miss} | {_us(r['launch_overhead_s'])}"
             f" | {_us(r['mark_cost_s'])} | {ok} |"
         )
+    if predicted:
+        lines += [
+            "",
+            "## Pruned models: latency predicted from the profile against measured",
+            "",
+            "predicted = end to end - sum over removed blocks of (block - replacement);"
+            " blocks removed at random among those an identity replaces",
+            "",
+            "| model | batch | mode | removed | predicted (us) | measured (us) | error |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in predicted:
+            miss = "" if abs(r["error"]) <= goal else " **(over goal)**"
+            lines.append(
+                f"| {r['model']} | {r['batch_size']} | {r['mode']} | {r['removed']} of {r['of']}"
+                f" | {_us(r['predicted_s'])} | {_us(r['measured_s'])} | {r['error']:+.1%}{miss} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -99,6 +174,8 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", choices=["eager", "cuda_graph"], default=["eager", "cuda_graph"])  # fmt: skip
     ap.add_argument("--fused", nargs="*", default=["resnet20"], help="models profiled fused too")
     ap.add_argument("--fused-batches", nargs="+", type=int, default=[1])
+    ap.add_argument("--predict", nargs="*", default=["resnet56"], help="models to prune at random")
+    ap.add_argument("--sets", type=int, default=2, help="random removal sets per profile")
     ap.add_argument("--budget-s", type=float, default=1.0)
     ap.add_argument("--goal", type=float, default=0.05)
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
@@ -110,10 +187,12 @@ def main() -> int:
         return 2
     cases = [(m, b, mode, False) for m in args.models for b in args.batches for mode in args.modes]
     cases += [(m, b, mode, True) for m in args.fused for b in args.fused_batches for mode in args.modes]  # fmt: skip
-    rows, errors = [], 0
+    rows, predicted, errors = [], [], 0
     for model, batch, mode, fused in cases:
         try:
-            r = one(model, batch, mode, fused, args.budget_s, args.device)
+            r, p, net = one(model, batch, mode, fused, args.budget_s, args.device)
+            if model in args.predict and not fused:
+                predicted += predictions(p, net, mode, args.sets, args.budget_s, args.device)
         except Exception as e:  # keep going: the other figures still count
             errors += 1
             print(f"FAIL {model} batch {batch} {mode} fused={fused}: {type(e).__name__}: {e}")
@@ -128,10 +207,11 @@ def main() -> int:
         # Written after every row: a run cut short still leaves what it measured.
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(rows, indent=1))
-        args.out_md.write_text(render(rows, args.goal, sys.argv))
+        args.out_md.write_text(render(rows, args.goal, sys.argv, predicted))
     if errors:
         return 1
-    return 3 if any(abs(r["additivity_error"]) > args.goal for r in rows) else 0
+    missed = [r["additivity_error"] for r in rows] + [r["error"] for r in predicted]
+    return 3 if any(abs(e) > args.goal for e in missed) else 0
 
 
 if __name__ == "__main__":
