@@ -192,13 +192,24 @@ def load_model(
     num_classes: int = 10,
     input_size: tuple[int, int] = (32, 32),
     checkpoint: str | Path | None = None,
+    pretrained: str | None = None,
 ) -> nn.Module:
     """Resolve a model spec (or a checkpoint) to an eval-mode module.
 
     With ``checkpoint``, the spec stored in it wins over the keyword arguments
     (see :func:`resolve_spec`), and its weights are loaded strictly. Checkpoints
     of pruned models carry a plan; those are loaded with ``pruner.load_pruned``.
+    ``pretrained`` names a dataset: the shipped weights of this model trained
+    on it (see :mod:`profiler.pretrained`).
     """
+    if pretrained is not None:
+        if checkpoint is not None:
+            raise ModelSpecError("give checkpoint or pretrained, not both")
+        from .pretrained import pretrained_checkpoint
+
+        checkpoint = pretrained_checkpoint(
+            spec.name if isinstance(spec, ModelSpec) else spec, pretrained
+        )
     if checkpoint is None:
         return eval_mode(build_model(resolve_spec(spec, in_channels, num_classes, input_size)))
     ckpt = read_checkpoint(checkpoint)  # once: it holds both the spec and the weights

@@ -44,6 +44,9 @@ FASHION_MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+# Random-crop padding (pixels) for fashion-mnist: 2 to 4 is what 28x28 garments tolerate.
+FASHION_MNIST_CROP_PAD = 3
+
 # The train/test split of digits never depends on the run's seed: test accuracy stays comparable.
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -123,6 +126,7 @@ class Batches:
         self.shuffle = shuffle
         self.augment_pad = int(augment_pad)
         self.augment_flip = augment_flip
+        self.mean, self.std = tuple(mean), tuple(std)  # per channel, 0..1 scale
         # Normalise in the uint8 scale: (x - 255 * mean) / (255 * std).
         c = images.shape[1]
         self._shift = torch.tensor(mean, dtype=torch.float32).mul(255).view(1, c, 1, 1)
@@ -132,6 +136,14 @@ class Batches:
     @property
     def num_samples(self) -> int:
         return int(self.images.shape[0])
+
+    def rng_state(self) -> torch.Tensor:
+        """The state of the generator behind shuffling and augmentation (a uint8 tensor)."""
+        return self._gen.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Continue from a state :meth:`rng_state` returned: the next pass draws what it would have."""
+        self._gen.set_state(state)
 
     def __len__(self) -> int:
         """Number of batches per pass."""
@@ -149,7 +161,11 @@ class Batches:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment_pad or self.augment_flip:
                 x = self._augment(x)
-            yield (x.float() - self._shift) / self._scale, y
+            yield self.normalise(x), y
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, H, W) -> float32, normalised with the train split's statistics."""
+        return (x.float() - self._shift) / self._scale
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """Random crop after zero padding and random horizontal flip, per sample, vectorised."""
@@ -532,18 +548,22 @@ def load_data(
     val_fraction: float = 0.1,
     augment: bool = False,
     limit: int | None = None,
+    crop_pad: int = FASHION_MNIST_CROP_PAD,
     **options: Any,
 ) -> DataBundle:
     """Load a dataset by name (see the module docstring) as a :class:`DataBundle`.
 
     ``augment`` turns on the dataset's own training augmentation: random crop
-    (3 pixels of zero padding) and horizontal flip for fashion-mnist; none for
-    digits and synthetic, where a flip would change the class. ``limit`` caps
+    (``crop_pad`` pixels of zero padding, 0 for none) and horizontal flip for
+    fashion-mnist, on whole batches at once; none for digits and synthetic,
+    where a flip would change the class. ``limit`` caps
     train and test at that many samples each for quick runs. ``options`` go to
     the synthetic generator (``channels``, ``size``, ``num_classes``, ``count``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if crop_pad < 0:
+        raise ValueError(f"crop_pad must be >= 0 pixels, got {crop_pad}")
     if options and name != "synthetic":
         raise ValueError(f"dataset {name!r} takes no options, got {sorted(options)}")
     split = {"batch_size": batch_size, "seed": seed, "val_fraction": val_fraction, "limit": limit}
@@ -556,7 +576,7 @@ def load_data(
             te_x,
             te_y,
             num_classes=10,
-            augment_pad=3 if augment else 0,
+            augment_pad=crop_pad if augment else 0,
             augment_flip=augment,
             root=str(where),
             **split,

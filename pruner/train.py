@@ -26,7 +26,10 @@ from torch import nn
 
 from profiler import ModelSpec, build_model, builtin_models, save_checkpoint
 
-from .data import DataBundle, DatasetInfo, load_data
+from .data import Batches, DataBundle, DatasetInfo, load_data
+from .schedule import Schedule
+from .train_config import TrainConfig
+from .train_state import TrainState, check_settings, load_state, save_state, state_path_for
 
 # loss_fn(logits (B, K), labels (B,), inputs (B, C, H, W)) -> scalar; inputs let a KD loss query a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -235,6 +238,175 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def smoothed_cross_entropy(label_smoothing: float) -> LossFn:
+    """Cross-entropy against labels smoothed by ``label_smoothing`` (0 is the plain loss)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing == 0.0:
+        return cross_entropy
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        del inputs
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+    return loss
+
+
+# Seconds between redraws of the running loss: each redraw reads tensors back and formats text.
+STATS_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Run:
+    """What ``fit`` carries from epoch to epoch (and into the resume file)."""
+
+    step: int = 0
+    history: list[EpochStats] = field(default_factory=list)
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best: int = 0
+    stopped_early: bool = False
+    earlier_seconds: float = 0.0  # epochs a resumed run inherited: their seconds
+
+    def record(self, stats: EpochStats, model: nn.Module) -> None:
+        """Append an epoch; keep a copy of the weights when val improved on the best so far."""
+        self.history.append(stats)
+        if stats.val is None:
+            return
+        if stats.val.accuracy > self.best_acc:
+            self.best_acc, self.best_epoch, self.since_best = stats.val.accuracy, stats.epoch, 0
+            # A detached copy: the optimiser keeps mutating the live tensors.
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.since_best += 1
+
+
+def _steps_per_epoch(train: Iterable[Any]) -> int | None:
+    try:
+        return len(train)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _train_epoch(
+    model: nn.Module,
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    set_lr: Callable[[int], float],
+    run: _Run,
+    device: str,
+    bar: Progress,
+    task: Any,
+) -> tuple[float, float, float]:
+    """One pass over ``train``: (mean loss, accuracy, last lr). Sums stay tensors until the end."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, current_lr, last_draw = 0, set_lr(run.step), time.perf_counter()
+    for x, y in train:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        current_lr = set_lr(run.step)
+        logits = model(x)
+        loss = loss_fn(logits, y, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run.step += 1
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if time.perf_counter() - last_draw < STATS_INTERVAL_S:
+            bar.advance(task)
+            continue
+        last_draw = time.perf_counter()
+        stats = (
+            f"loss {float(loss_sum) / seen:.4f} acc {int(correct) / seen:.4f} lr {current_lr:.4g}"
+        )
+        bar.update(task, advance=1, stats=stats)
+    if not seen:
+        return math.nan, math.nan, current_lr
+    return float(loss_sum) / seen, int(correct) / seen, current_lr
+
+
+def _fit_settings(
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    patience: int | None,
+    schedule: Schedule,
+    label_smoothing: float,
+    steps_per_epoch: int | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the resume file."""
+    return {
+        "epochs": epochs,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "patience": patience,
+        "schedule": schedule.to_dict(),
+        "label_smoothing": label_smoothing,
+        "steps_per_epoch": steps_per_epoch,
+        **dict(extra or {}),
+    }
+
+
+def _save_run(
+    path: Path,
+    run: _Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Any,
+    settings: dict[str, Any],
+) -> None:
+    save_state(
+        path,
+        TrainState(
+            epoch=len(run.history),
+            step=run.step,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            data_rng={"train": train.rng_state()} if hasattr(train, "rng_state") else None,
+            history=[e.to_dict() for e in run.history],
+            settings=settings,
+            best_accuracy=None if run.best_state is None else run.best_acc,
+            best_epoch=run.best_epoch,
+            since_best=run.since_best,
+            best_state=run.best_state,
+        ),
+    )
+
+
+def _restore_run(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Any,
+    settings: dict[str, Any],
+) -> _Run:
+    state = load_state(path)
+    check_settings(path, state.settings, settings)
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.torch_rng)
+    if state.data_rng is not None and hasattr(train, "set_rng_state"):
+        train.set_rng_state(state.data_rng["train"])
+    return _Run(
+        step=state.step,
+        history=[EpochStats.from_dict(e) for e in state.history],
+        best_acc=-math.inf if state.best_accuracy is None else state.best_accuracy,
+        best_epoch=state.best_epoch,
+        best_state=state.best_state,
+        since_best=state.since_best,
+        earlier_seconds=sum(float(e["seconds"]) for e in state.history),
+    )
+
+
 def fit(
     model: nn.Module,
     train: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -247,104 +419,104 @@ def fit(
     progress: bool = True,
     patience: int | None = None,
     momentum: float = 0.9,
+    schedule: Schedule | None = None,
+    label_smoothing: float = 0.0,
+    state_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place with SGD (Nesterov momentum) and a per-step cosine schedule to 0.
+    """Train ``model`` in place with SGD (Nesterov momentum) and a per-step schedule.
 
-    After each epoch the model is evaluated on ``val``; the weights of the epoch
-    with the best val accuracy are restored at the end. With ``patience``,
-    training stops after that many epochs without a val improvement. Without
-    val (None or empty) the last weights are kept and nothing stops early.
-    ``loss_fn(logits, labels, inputs)`` defaults to cross-entropy.
+    ``schedule`` defaults to cosine from ``lr`` to 0 without warm-up. Weight
+    decay applies to conv/linear weights, never to BN parameters or biases.
+    After each epoch the model is evaluated on ``val``; the weights of the
+    epoch with the best val accuracy are restored at the end. With
+    ``patience``, training stops after that many epochs without a val
+    improvement. Without val (None or empty) the last weights are kept and
+    nothing stops early. ``loss_fn(logits, labels, inputs)`` defaults to
+    cross-entropy with ``label_smoothing``.
+
+    With ``state_path`` a resume file is written there after every epoch (see
+    :mod:`pruner.train_state`); with ``resume`` too and that file present, the
+    run continues after its last whole epoch. ``settings`` (JSON values) join
+    fit's own in what a resumed run must match.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1 or None, got {patience}")
-    loss_fn = loss_fn or cross_entropy
+    schedule = schedule or Schedule()
+    loss_fn = loss_fn or smoothed_cross_entropy(label_smoothing)
     model.to(device)
     optimizer = torch.optim.SGD(
         _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0
     )
-    # Without len() the schedule steps once per epoch instead of once per batch.
-    try:
-        steps_per_epoch: int | None = len(train)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = None
-    total_steps = max(1, epochs * (steps_per_epoch or 1))
+    steps_per_epoch = _steps_per_epoch(train)
+    all_settings = _fit_settings(
+        epochs, lr, weight_decay, momentum, patience, schedule, label_smoothing,
+        steps_per_epoch, settings,
+    )  # fmt: skip
 
-    def set_lr(step: float) -> float:
-        value = 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    def set_lr(step: int) -> float:
+        # Without len() the schedule steps once per epoch instead of once per batch.
+        position = step if steps_per_epoch else len(run.history)
+        value = lr * schedule.factor(position, steps_per_epoch or 1, epochs)
         for group in optimizer.param_groups:
             group["lr"] = value
         return value
 
-    history: list[EpochStats] = []
-    best_acc, best_epoch, best_state = -math.inf, 0, None
-    since_best, stopped_early = 0, False
+    path = None if state_path is None else Path(state_path)
+    if path is not None and resume and path.is_file():
+        run = _restore_run(path, model, optimizer, train, all_settings)
+    else:
+        run = _Run()
     start = time.perf_counter()
-    step = 0
     with _progress(progress) as bar:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(len(run.history) + 1, epochs + 1):
+            if patience is not None and run.since_best >= patience:
+                run.stopped_early = True
+                break
             t0 = time.perf_counter()
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=steps_per_epoch, stats="")
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            current_lr = set_lr(step if steps_per_epoch else epoch - 1)
-            for x, y in train:
-                x, y = x.to(device), y.to(device)
-                if steps_per_epoch:
-                    current_lr = set_lr(step)
-                logits = model(x)
-                loss = loss_fn(logits, y, x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
-                bar.update(
-                    task,
-                    advance=1,
-                    stats=f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f} lr {current_lr:.4g}",
-                )
+            loss, acc, current_lr = _train_epoch(
+                model, train, optimizer, loss_fn, set_lr, run, device, bar, task
+            )
             val_result = evaluate(model, val, device) if val is not None else None
             if val_result is not None and val_result.n == 0:
                 val_result = None
-            stats = EpochStats(
-                epoch=epoch,
-                train_loss=loss_sum / seen if seen else math.nan,
-                train_accuracy=correct / seen if seen else math.nan,
-                val=val_result,
-                lr=current_lr,
-                seconds=time.perf_counter() - t0,
-            )
-            history.append(stats)
-            summary = f"loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f}"
+            stats = EpochStats(epoch, loss, acc, val_result, current_lr, time.perf_counter() - t0)
+            run.record(stats, model)
+            summary = f"loss {loss:.4f} acc {acc:.4f}"
             if val_result is not None:
                 summary += f" | val acc {val_result.accuracy:.4f} loss {val_result.loss:.4f}"
             bar.update(task, stats=summary)
-            if val_result is None:
-                continue
-            if val_result.accuracy > best_acc:
-                best_acc, best_epoch, since_best = val_result.accuracy, epoch, 0
-                # A detached copy: the optimiser keeps mutating the live tensors.
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-                if patience is not None and since_best >= patience and epoch < epochs:
-                    stopped_early = True
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            if progress and not bar.console.is_terminal:
+                # A log file gets one line per epoch; a terminal has the bar.
+                bar.console.print(
+                    f"epoch {epoch}/{epochs} {summary} lr {current_lr:.4g} {stats.seconds:.1f} s"
+                )
+            if path is not None:
+                _save_run(path, run, model, optimizer, train, all_settings)
+    return _finish(model, run, time.perf_counter() - start)
+
+
+def _finish(model: nn.Module, run: _Run, seconds: float) -> FitResult:
+    """Restore the best val epoch's weights (when there was a val split) and say what ran.
+
+    ``seconds`` is this call's wall time; a resumed run adds the seconds its
+    inherited epochs took, so the total counts each epoch once.
+    """
+    best_acc, best_epoch = run.best_acc, run.best_epoch
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     else:
-        best_epoch, best_acc = len(history), math.nan
+        best_epoch, best_acc = len(run.history), math.nan
     return FitResult(
-        history=tuple(history),
+        history=tuple(run.history),
         best_epoch=best_epoch,
         best_val_accuracy=best_acc,
-        stopped_early=stopped_early,
-        seconds=time.perf_counter() - start,
+        stopped_early=run.stopped_early,
+        seconds=run.earlier_seconds + seconds,
     )
 
 
@@ -382,53 +554,136 @@ def train_baseline(
 ) -> TrainResult:
     """Train ``model_name`` on ``data`` (a dataset name or a loaded bundle) and save a checkpoint.
 
-    The model gets the dataset's input channels, classes and input size; the
-    checkpoint at ``out`` stores that spec plus meta ``dataset``, ``epochs``,
-    ``test_accuracy`` and ``seed``. ``augment`` applies the dataset's own
-    training augmentation when it has one (fashion-mnist).
+    The quick recipe caches and tests rely on: 10% of the train split held out
+    for best-epoch selection, plain cosine, no label smoothing. ``prunerd
+    train`` runs :func:`train_model` with a :class:`TrainConfig` instead.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    _check_model_name(model_name)
-    if isinstance(data, DataBundle):
-        bundle = data
-    else:
-        bundle = load_data(
-            data, root=data_root, batch_size=batch_size, seed=seed, augment=augment, limit=limit
-        )
-    info = bundle.info
-    spec = ModelSpec(model_name, info.in_channels, info.num_classes, info.input_size)
-    torch.manual_seed(seed)  # the initial weights are part of what the seed reproduces
-    model = build_model(spec)
-    fit_result = fit(
-        model,
-        bundle.train,
-        bundle.val,
-        epochs,
+    config = TrainConfig(
+        model=model_name,
+        data=data.info.name if isinstance(data, DataBundle) else data,
+        out=str(out),
+        epochs=epochs,
+        batch_size=batch_size,
         lr=lr,
-        device=device,
-        progress=progress,
+        schedule=Schedule(),
+        label_smoothing=0.0,
+        augment=augment,
+        val_fraction=0.1,
         patience=patience,
+        seed=seed,
+        limit=limit,
+        data_root=None if data_root is None else str(data_root),
+        device=device,
     )
-    test = evaluate(model, bundle.test, device)
+    return train_model(config, data if isinstance(data, DataBundle) else None, progress)
+
+
+def normalisation_of(bundle: DataBundle) -> dict[str, list[float]] | None:
+    """The per-channel mean and std (0..1 scale) the model was trained with, when known."""
+    train = bundle.train
+    if not isinstance(train, Batches):
+        return None
+    return {"mean": list(train.mean), "std": list(train.std)}
+
+
+def load_training_data(config: TrainConfig) -> DataBundle:
+    """The dataset a config names, split and augmented as it says."""
+    return load_data(
+        config.data,
+        root=config.data_root,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        augment=config.augment,
+        crop_pad=config.crop_pad,
+        limit=config.limit,
+    )
+
+
+def train_model(
+    config: TrainConfig, data: DataBundle | None = None, progress: bool = True
+) -> TrainResult:
+    """Train the model ``config`` names, evaluate it on the test split, save the checkpoint.
+
+    The model gets the dataset's input channels, classes and input size; the
+    checkpoint at ``config.out`` stores that spec plus meta ``dataset``,
+    ``epochs``, ``test_accuracy``, ``test_loss``, ``test_n``, ``seed``,
+    ``seconds`` and the whole ``config``. While training, a resume file
+    beside the checkpoint (``<out>.state``) is rewritten after every epoch and
+    removed once the checkpoint is written. ``data`` overrides loading.
+    """
+    _check_model_name(config.model)
+    state_path = state_path_for(config.out)
+    if state_path.is_file() and not config.resume:
+        raise ValueError(
+            f"{str(state_path)!r} holds an interrupted run: add --resume to continue it, "
+            "or delete it to start over"
+        )
+    bundle = data if data is not None else load_training_data(config)
+    info = bundle.info
+    spec = ModelSpec(config.model, info.in_channels, info.num_classes, info.input_size)
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)  # the initial weights are part of what the seed reproduces
+        model = build_model(spec)
+        fit_result = fit_config(model, bundle, config, state_path, progress)
+        test = evaluate(model, bundle.test, config.device)
+    finally:
+        torch.set_num_threads(threads_before)
     path = save_checkpoint(
-        out,
+        config.out,
         spec,
         model,
         dataset=info.name,
-        epochs=epochs,
+        epochs=config.epochs,
         test_accuracy=test.accuracy,
-        seed=seed,
-        limit=limit,
+        test_loss=test.loss,
+        test_n=test.n,
+        seed=config.seed,
+        limit=config.limit,
+        seconds=fit_result.seconds,
+        config=config.to_dict(),
+        normalisation=normalisation_of(bundle),
     )
+    state_path.unlink(missing_ok=True)  # the checkpoint is written: nothing left to resume
     return TrainResult(
         spec=spec,
         dataset=info,
         test=test,
         fit=fit_result,
         checkpoint=str(path),
-        epochs=epochs,
-        seed=seed,
+        epochs=config.epochs,
+        seed=config.seed,
+        extra={"config": config.to_dict()},
+    )
+
+
+def fit_config(
+    model: nn.Module,
+    bundle: DataBundle,
+    config: TrainConfig,
+    state_path: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """:func:`fit` ``model`` on ``bundle`` as ``config`` says: what ``train_model`` runs to train."""
+    return fit(
+        model,
+        bundle.train,
+        bundle.val,
+        config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        device=config.device,
+        progress=progress,
+        patience=config.patience,
+        momentum=config.momentum,
+        schedule=config.schedule,
+        label_smoothing=config.label_smoothing,
+        state_path=state_path,
+        resume=config.resume,
+        settings=config.resume_settings(),
     )
 
 

@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES = (
     "quickstart",
     "train",
+    "eval",
     "profile",
     "table",
     "prune",
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
         retain_freed_memory()
     try:
+        from .commands.weights import resolve_weights
+
+        resolve_weights(args)  # --pretrained DATASET -> args.checkpoint
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

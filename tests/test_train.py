@@ -212,3 +212,39 @@ def test_fit_steps_per_epoch_without_len() -> None:
     result = fit(tiny_cnn(), NoLen(), NoLen(), epochs=2, lr=0.1, progress=False)
     # The cosine schedule then steps once per epoch: 0.1, then half of it.
     assert [e.lr for e in result.history] == pytest.approx([0.1, 0.05])
+
+
+def test_train_model_resumes_an_interrupted_run(tmp_path: Path, monkeypatch, cli, capsys) -> None:
+    from pruner.train import train_model
+    from pruner.train_config import TrainConfig
+    from pruner.train_state import load_state, state_path_for
+
+    out = tmp_path / "r20.pt"
+    config = TrainConfig("resnet20", "digits", str(out), epochs=2, batch_size=64, limit=300)
+    real_evaluate, calls = train_mod.evaluate, []
+
+    def dies_in_epoch_2(model, batches, device="cpu"):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, batches, device)
+
+    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config, progress=False)
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    state = state_path_for(out)
+    assert load_state(state).epoch == 1 and not out.exists()
+
+    argv = ["train", "resnet20", "--data", "digits", "--epochs", "2", "--batch-size", "64"]
+    assert cli([*argv, "--limit", "300", "--out", str(out)]) == 2
+    assert "holds an interrupted run: add --resume" in capsys.readouterr().err
+    assert cli([*argv, "--limit", "300", "--out", str(out), "--epochs", "3", "--resume"]) == 2
+    assert "epochs: 2 there, 3 now" in capsys.readouterr().err
+
+    result = train_model(config.with_(resume=True), progress=False)
+    assert [e.epoch for e in result.fit.history] == [1, 2]
+    assert out.is_file() and not state.exists()  # the checkpoint is written: nothing to resume
+    meta = profiler.read_checkpoint(out).meta
+    assert meta["config"]["epochs"] == 2 and meta["test_n"] == result.test.n
+    assert TrainConfig.from_dict(meta["config"]) == config.with_(resume=True)

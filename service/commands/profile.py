@@ -10,6 +10,7 @@ from profiler import LatencyTable, TimingOptions, load_model, profile_model, res
 from .argtypes import input_size
 from .progress import progress_bar
 from .render import print_profile
+from .weights import add_weights_arguments
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,9 +18,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "model",
         help="built-in name (resnet20, resnet56, vgg16, mobilenetv2) or package.module:callable",
     )
-    p.add_argument(
-        "--checkpoint", type=Path, help="checkpoint from `prunerd train` (its stored spec wins)"
-    )
+    add_weights_arguments(p)
     p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
     p.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
     p.add_argument("--input-size", type=input_size, default=(32, 32), help="H,W (default: 32,32)")

@@ -1,4 +1,4 @@
-"""`prunerd prune MODEL --checkpoint CKPT --data DATA --budget F --out DIR`: latency-budgeted block pruning."""
+"""`prunerd prune MODEL (--checkpoint CKPT | --pretrained DATASET) --data DATA --budget F --out DIR`: latency-budgeted block pruning."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pruner.config import DATASETS, METHOD_INFO, METHODS, ConfigError, PruneConf
 from .argtypes import fraction, positive_float, positive_int
 from .progress import progress_bar
 from .render import _ms, _si, console
+from .weights import add_weights_arguments
 
 if TYPE_CHECKING:
     from pruner import PruneReport
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("model", metavar="MODEL", help="the model the checkpoint holds (e.g. resnet56)")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="from `prunerd train`")
+    add_weights_arguments(p, required=True)
     p.add_argument(
         "--data",
         required=True,

@@ -1,8 +1,9 @@
 """`prunerd quickstart`: the main job on embedded defaults.
 
-Trains a small baseline on a built-in dataset (once; it is cached), profiles
-it on this device and prints the per-block table, then prunes it to a latency
-budget and prints the before/after table.
+Starts from the shipped baseline of the model on the dataset when there is
+one (else trains a small one, once; it is cached; ``--train`` forces that),
+profiles it on this device and prints the per-block table, then prunes it to
+a latency budget and prints the before/after table.
 """
 
 from __future__ import annotations
@@ -10,33 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler import read_checkpoint
-
 from .argtypes import fraction
+from .baseline import choose_baseline
 from .profile import add_timing_arguments, run_profile
 from .render import console, print_profile
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pruner import cached_baseline
-
     out = console()
     steps = 2 if args.no_prune else 3
     out.rule(f"1/{steps}  baseline: {args.model} on {args.data}")
-    ckpt = cached_baseline(
-        args.model,
-        args.data,
-        args.epochs,
-        cache_dir=args.cache_dir,
-        limit=args.limit,
-        data_root=args.data_root,
-    )
-    meta = read_checkpoint(ckpt).meta or {}
-    accuracy = meta.get("test_accuracy")
-    out.print(
-        f"checkpoint {ckpt}"
-        + (f"  test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else "")
-    )
+    ckpt = choose_baseline(args, out)
     out.rule(f"2/{steps}  per-block serial latency on this device, batch {args.batch_size}")
     args.checkpoint, args.in_channels, args.num_classes, args.input_size = ckpt, 0, 0, (0, 0)
     profile = run_profile(args)
@@ -78,9 +63,10 @@ def handle(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="train a small baseline (cached), profile it and print the table",
-        description="The main job on embedded defaults: train (once) a baseline on a built-in dataset, "
-        "then measure each block's serial latency on this device.",
+        help="profile and prune the shipped baseline (or one trained here) on embedded defaults",
+        description="The main job on embedded defaults: start from the shipped baseline of the "
+        "model on the dataset (or train one here, once, when none is shipped or --train is "
+        "given), measure each block's serial latency on this device, prune to a latency budget.",
     )
     p.add_argument("--model", default="resnet20", help="built-in model (default: resnet20)")
     p.add_argument(
@@ -88,9 +74,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-root", type=Path, default=None, help="where the dataset's files are")
     p.add_argument(
-        "--epochs", type=int, default=1, help="training epochs for the baseline (default: 1)"
+        "--train",
+        action="store_true",
+        help="train the baseline here even when shipped weights exist (see --pretrained)",
     )
-    p.add_argument("--limit", type=int, default=20000, help="training images used (default: 20000)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="training epochs when the baseline is trained here (default: 1)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=20000,
+        help="training images used to train (when trained here) and fine-tune (default: 20000)",
+    )
     p.add_argument(
         "--cache-dir", type=Path, default=None, help="baseline cache (default: ~/.cache/prunerd)"
     )

@@ -1,0 +1,35 @@
+"""Where a command's weights come from: ``--checkpoint CKPT`` or ``--pretrained DATASET``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from profiler.pretrained import pretrained_checkpoint, shipped
+
+
+def add_weights_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--checkpoint`` and ``--pretrained``, mutually exclusive (one of them when ``required``)."""
+    have = ", ".join(f"{e.model} on {e.dataset}" for e in shipped()) or "none yet"
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="CKPT",
+        help="checkpoint from `prunerd train` (its stored spec wins)",
+    )
+    group.add_argument(
+        "--pretrained",
+        metavar="DATASET",
+        help=f"the shipped weights of MODEL trained on DATASET (shipped: {have})",
+    )
+
+
+def resolve_weights(args: argparse.Namespace) -> None:
+    """Turn ``--pretrained DATASET`` into the shipped checkpoint's path in ``args.checkpoint``.
+
+    A clear error (naming what is shipped and how to train one) when none is shipped.
+    """
+    dataset = getattr(args, "pretrained", None)
+    if dataset:
+        args.checkpoint = pretrained_checkpoint(args.model, dataset)
