@@ -38,7 +38,8 @@ class TimingOptions:
     ``pieces`` says how the pieces of a forward pass are timed: ``alone`` (each
     in its own launches, interleaved in rounds), ``chained`` (one pass with
     marks between pieces; see :mod:`profiler.chain`), or ``auto``: chained on
-    CUDA (in one captured graph with ``cuda_graph``), alone on CPU.
+    CUDA (in one captured graph with ``cuda_graph``), alone on CPU and for
+    cold-cache figures (``l2_flush``).
     """
 
     warmup: int = 3
@@ -185,7 +186,9 @@ def measure(
 def piece_mode(device: torch.device | str, options: TimingOptions) -> str:
     """How pieces of a forward pass are timed on ``device``: one of ``chain.MODES``."""
     on_cuda = torch.device(device).type == "cuda"
-    chained = options.pieces == "chained" or (options.pieces == "auto" and on_cuda)
+    # Cold-cache figures (l2_flush) time each piece alone after a flush; a pass is warm.
+    auto_chained = on_cuda and not options.l2_flush
+    chained = options.pieces == "chained" or (options.pieces == "auto" and auto_chained)
     if not chained:
         return "alone"
     return "chained_graph" if on_cuda and options.cuda_graph else "chained"

@@ -17,12 +17,16 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+def fail_skipped_gpu_test(report: pytest.TestReport, gpu_test: bool, has_cuda: bool) -> None:
     """With a GPU present, a ``gpu`` test that skipped is a failure: it was meant to run."""
-    outcome = yield
-    report = outcome.get_result()
-    if HAS_CUDA and report.skipped and item.get_closest_marker("gpu") is not None:
+    if has_cuda and gpu_test and report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"a gpu test skipped on a machine with a CUDA device: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    gpu_test = item.get_closest_marker("gpu") is not None
+    fail_skipped_gpu_test(outcome.get_result(), gpu_test, HAS_CUDA)

@@ -206,3 +206,19 @@ def test_laid_out_weight_follows_in_place_writes_and_skips_inference_tensors() -
         frozen = torch.randn(8, 4, 3, 3)
     laid = laid_out_weight(frozen, torch.float32)
     assert torch.equal(laid, frozen) and laid.stride(0) == 1
+
+
+@pytest.mark.parametrize(
+    "gpu_test, has_cuda, outcome",
+    [(True, True, "failed"), (True, False, "skipped"), (False, True, "skipped")],
+)
+def test_a_skipped_gpu_test_fails_where_cuda_is_present(gpu_test, has_cuda, outcome) -> None:
+    from tests.conftest import fail_skipped_gpu_test
+
+    report = pytest.TestReport(
+        "t.py::test", ("t.py", 1, "test"), {}, "skipped", ("t.py", 1, "Skipped: no GPU"), "call"
+    )
+    fail_skipped_gpu_test(report, gpu_test, has_cuda)
+    assert report.outcome == outcome
+    if outcome == "failed":
+        assert "skipped on a machine with a CUDA device: Skipped: no GPU" in report.longrepr

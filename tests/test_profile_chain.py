@@ -133,6 +133,7 @@ def test_piece_mode_per_device_and_options() -> None:
     assert piece_mode("cuda", TimingOptions()) == "chained"
     assert piece_mode("cuda", TimingOptions(cuda_graph=True)) == "chained_graph"
     assert piece_mode("cuda", TimingOptions(pieces="alone")) == "alone"
+    assert piece_mode("cuda", TimingOptions(l2_flush=True)) == "alone"  # cold: one at a time
     assert piece_mode("cpu", TimingOptions(pieces="chained", cuda_graph=True)) == "chained"
     with pytest.raises(ValueError, match="pieces must be"):
         TimingOptions(pieces="sometimes")
