@@ -224,3 +224,27 @@ def test_cuda_profile_is_chained_and_reports_launch_overhead(cuda_graph: bool) -
     assert p.timing == ("chained_graph" if cuda_graph else "chained")
     assert p.launch_overhead_s is not None and p.mark_cost_s is not None
     assert statistics.fmean([b.latency_s for b in p.blocks]) > 0
+
+
+def test_chained_gpu_profiles_are_held_to_the_tight_additivity_limit() -> None:
+    import dataclasses
+
+    from profiler.quality import QualityLimits, assess
+
+    spec = ModelSpec("resnet20", input_size=(8, 8))
+    p = profile_model(load_model(spec), spec, device="cpu", options=QUICK, threads=1)
+    total = p.blocks_s + p.rest_s
+    on_gpu = dataclasses.replace(
+        p,
+        device=dataclasses.replace(p.device, kind="cuda"),
+        end_to_end=Measurement((total / 1.2,) * 5),  # pieces add up to +20%
+    )
+    limits = QualityLimits()
+
+    def additivity_flagged(timing: str) -> bool:
+        q = assess(dataclasses.replace(on_gpu, timing=timing), [], None, limits)
+        return any("blocks + rest differ" in problem for problem in q.problems)
+
+    assert on_gpu.additivity_error == pytest.approx(0.2)
+    assert not additivity_flagged("alone")  # one launch per piece: the loose GPU limit
+    assert additivity_flagged("chained") and additivity_flagged("chained_graph")
