@@ -82,11 +82,11 @@ step() {  # step NAME LIMIT_S COMMAND...
     if [ "$rc" -ne 0 ] && [ "$RESULT" -eq 0 ]; then RESULT=$rc; fi
 }
 
-step "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
+step "pytest -m gpu" 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
 step "profiler additivity" 150 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
-step "fused vs unfused" 100 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
+step "fused vs unfused" 90 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
 step "autotune, two processes" 60 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
-step "kernel vs cuDNN" 80 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
+step "kernel vs cuDNN" 60 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
 
 {
     echo "# bench/gpu.sh run"

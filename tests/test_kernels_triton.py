@@ -159,7 +159,7 @@ def test_configs_compile_on_ampere_and_hopper() -> None:
 
 @pytest.mark.gpu
 @gpu
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(case=conv_cases(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
 def test_triton_on_gpu(case: dict, dtype: torch.dtype) -> None:
     # One fixed tile: each drawn case compiles once instead of tuning every config.
