@@ -85,8 +85,8 @@ step() {  # step NAME LIMIT_S COMMAND...
 step "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
 step "profiler additivity" 130 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
 step "fused vs unfused" 100 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
-step "autotune, two processes" 50 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
-step "kernel vs cuDNN" 50 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
+step "autotune, two processes" 70 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
+step "kernel vs cuDNN" 40 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
 
 {
     echo "# bench/gpu.sh run"
