@@ -165,25 +165,34 @@ class Batches:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) -> float32, normalised with the train split's statistics."""
-        return (x.float() - self._shift) / self._scale
+        return x.float().sub_(self._shift).div_(self._scale)  # in place on the fresh float copy
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop after zero padding and random horizontal flip, per sample, vectorised."""
-        b, _, h, w = x.shape
-        if self.augment_pad:
-            p = self.augment_pad
-            padded = torch.nn.functional.pad(x, (p, p, p, p))
+        """Random crop after zero padding and random horizontal flip, per sample, in one gather.
+
+        Offsets are drawn for rows, then columns, then the flips, from the
+        batches' own generator. Each output pixel's source in the padded batch
+        is computed as a flat index, with flipped samples reading their columns
+        right to left, so the crop and the flip cost one ``gather`` on uint8.
+        """
+        b, c, h, w = x.shape
+        p = self.augment_pad
+        hp, wp = h + 2 * p, w + 2 * p
+        oy = torch.zeros(b, dtype=torch.int64)
+        ox = torch.zeros(b, dtype=torch.int64)
+        if p:
             oy = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
             ox = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
-            rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-            cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-            batch = torch.arange(b)[:, None, None]
-            # Advanced indexing around the channel slice puts channels last: (B, H, W, C).
-            x = padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+        cols = torch.arange(w).expand(b, w)
         if self.augment_flip:
             flip = torch.rand(b, generator=self._gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        rows = torch.arange(h)
+        # (B, H, W) flat positions in the padded (Hp, Wp) plane, shared by every channel.
+        index = (oy[:, None, None] + rows[None, :, None]) * wp + (ox[:, None] + cols)[:, None, :]
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        flat = padded.reshape(b, c, hp * wp)
+        return flat.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
 @dataclass
