@@ -36,8 +36,8 @@ else
     unset TRITON_INTERPRET  # the interpreter would time Python, not the GPU
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# Test tools travel with the tree (bench/runs/gpu_deps) where the machine lacks them; last on
-# the path, so installed copies win.
+# Test tools travel with the tree (bench/runs/gpu_deps, made by bench/gpu_deps.sh; carry it to
+# the GPU machine) where the machine lacks them; last on the path, so installed copies win.
 if ! "$PY" -c 'import pytest, hypothesis' 2>/dev/null && [ -d bench/runs/gpu_deps ]; then
     export PYTHONPATH="$PYTHONPATH:$PWD/bench/runs/gpu_deps"
 fi
