@@ -248,3 +248,20 @@ def test_chained_gpu_profiles_are_held_to_the_tight_additivity_limit() -> None:
     assert on_gpu.additivity_error == pytest.approx(0.2)
     assert not additivity_flagged("alone")  # one launch per piece: the loose GPU limit
     assert additivity_flagged("chained") and additivity_flagged("chained_graph")
+
+
+def test_pieces_timed_another_way_are_other_table_entries(tmp_path) -> None:
+    from profiler import LatencyTable
+
+    spec = ModelSpec("resnet20", input_size=(8, 8))
+    model = load_model(spec)
+    chained = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20, pieces="chained")
+    with LatencyTable(tmp_path / "lut.sqlite") as table:
+        kw = dict(device="cpu", threads=1, table=table, store_failed=True)
+        profile_model(model, spec, options=QUICK, **kw)
+        first = profile_model(model, spec, options=chained, **kw)
+        again = profile_model(model, spec, options=chained, **kw)
+        alone = profile_model(model, spec, options=QUICK, **kw)
+    assert first.from_table == 0  # nothing timed alone is served to a chained profile
+    assert again.from_table > 0 and alone.from_table > 0
+    assert again.timing == "chained" and alone.timing == "alone"
