@@ -290,7 +290,15 @@ class _Call:
         grid = (triton.cdiv(self.m, cfg.block_m), triton.cdiv(self.k, cfg.block_n))
         if self.interpret:  # the interpreter takes no num_warps/num_stages
             meta = {k: v for k, v in meta.items() if k.startswith("BLOCK")}
-        _kernel(self.interpret)[grid](*self.args, **self.meta, **meta)
+            _kernel(True)[grid](*self.args, **self.meta, **meta)
+            return self.y
+        # Triton launches on the current device and stream: make that the tensors' device.
+        index = self.y.device.index
+        if index is not None and index != torch.cuda.current_device():
+            with torch.cuda.device(index):
+                _kernel(False)[grid](*self.args, **self.meta, **meta)
+        else:
+            _kernel(False)[grid](*self.args, **self.meta, **meta)
         return self.y
 
 
@@ -413,7 +421,8 @@ def _choice(call: _Call, torch_fn: Callable[[], object]) -> Choice:
         if torch.cuda.is_current_stream_capturing():
             # Nothing can be timed inside a capture: use the rule, measure on a later eager call.
             return rule_choice(CONFIGS, call.m, call.k, call.c)
-        c = _measure_choice(call, torch_fn)
+        with torch.cuda.device(call.y.device):  # timing streams and graphs on the conv's GPU
+            c = _measure_choice(call, torch_fn)
         cache.put(call.key, c)
     _CHOSEN[call.key] = c
     return c
