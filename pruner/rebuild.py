@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from profiler import ModelSpec, build_model, discover, example_input, read_checkpoint
+from profiler.files import write_with
 
 from .depth import SurgeryError, fit_adapters, remove_blocks
 from .plan import PrunePlan
@@ -90,5 +91,5 @@ def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_siz
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()
     ep = torch.export.export(model, (torch.randn(spec.input_shape(batch_size)),))
-    torch.export.save(ep, str(path))
+    write_with(path, lambda f: torch.export.save(ep, f))  # never through a planted link
     return path

@@ -31,6 +31,7 @@ from profiler import (
     save_checkpoint,
     torch_threads,
 )
+from profiler.files import write_text
 
 from .config import (
     Budget,
@@ -229,7 +230,7 @@ def prune_checkpoint(
         warnings=result.report.warnings + tuple(warnings),
         seconds=time.perf_counter() - t_start,
     )
-    (out / "report.json").write_text(report.to_json())
+    write_text(out / "report.json", report.to_json())  # never through a planted link
     emit({**held[-1], "report": str(out / "report.json")})
     return report
 
@@ -284,7 +285,7 @@ def write_artefacts(
     export failed (the checkpoint is the artefact)."""
     out.mkdir(parents=True, exist_ok=True)
     plan, report = result.plan, result.report
-    (out / "plan.json").write_text(plan.to_json())
+    write_text(out / "plan.json", plan.to_json())
     ckpt = save_checkpoint(
         out / "pruned.pt",
         plan.spec,

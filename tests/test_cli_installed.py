@@ -1,0 +1,189 @@
+"""The `prunerd` console script as installed, one subprocess per command, as a user runs it.
+
+train, profile, prune and quickstart run on digits with tiny limits; serve, submit, jobs,
+watch, cancel and keys run against a daemon the script itself started on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .service_helpers import wait_for
+
+PRUNERD = shutil.which("prunerd") or str(Path(sys.executable).parent / "prunerd")
+QUICK_TIMING = ["--budget-s", "0.3", "--no-table"]  # timing budget per measurement, no LUT
+
+
+def prunerd(
+    *args: str, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [PRUNERD, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (
+        f"{result.args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+def test_the_script_is_installed() -> None:
+    assert Path(PRUNERD).is_file() and os.access(PRUNERD, os.X_OK)
+    out = ok(prunerd("--help")).stdout
+    for command in ("train", "profile", "prune", "quickstart", "serve", "submit", "jobs"):
+        assert command in out
+    assert prunerd("no-such-command").returncode == 2
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def baseline(work: Path) -> Path:
+    ckpt = work / "base.pt"
+    result = ok(
+        prunerd("train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "200",
+                "--out", str(ckpt), "--json")
+    )  # fmt: skip
+    assert json.loads(result.stdout)  # the result, as JSON on stdout
+    assert ckpt.is_file()
+    return ckpt
+
+
+def test_profile(work: Path, baseline: Path) -> None:
+    out = work / "profile.json"
+    ok(prunerd("profile", "resnet20", "--checkpoint", str(baseline), *QUICK_TIMING,
+               "--json", str(out), "--quiet"))  # fmt: skip
+    profile = json.loads(out.read_text())
+    assert profile["blocks"] and profile["end_to_end_s"] > 0
+
+
+@pytest.mark.slow
+def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
+    out = work / "pruned"
+    result = ok(
+        prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                "--budget", "0.9", "--epochs", "1", "--limit", "200", *QUICK_TIMING,
+                "--out", str(out), "--json")
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["removed_blocks"] and (out / "pruned.pt").is_file()
+    # The exported program passes the .pt2 inspection and profiles like any model.
+    ok(prunerd("profile", str(out / "pruned.pt2"), "--in-channels", "1", "--input-size", "8x8",
+               *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart(work: Path) -> None:
+    out = work / "quickstart"
+    ok(
+        prunerd("quickstart", "--model", "resnet20", "--data", "digits", "--train",
+                "--epochs", "1", "--limit", "200", "--prune-epochs", "1", *QUICK_TIMING,
+                "--cache-dir", str(work / "cache"), "--out", str(out))
+    )  # fmt: skip
+    assert json.loads((out / "report.json").read_text())["removed_blocks"]
+
+
+# --------------------------------------------------------------------------- against a daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(work: Path, baseline: Path):
+    """`prunerd serve` on free loopback ports; yields the endpoints it wrote to daemon.json."""
+    state = work / "state"
+    log = (work / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [PRUNERD, "serve", "--host", "127.0.0.1", "--rpc-port", "0", "--events-port", "0",
+         "--ingest-port", "0", "--metrics-port", "0", "--state-dir", str(state),
+         "--path-root", str(work)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+
+    def started() -> dict | None:
+        assert proc.poll() is None, (work / "serve.log").read_text()
+        try:
+            info = json.loads((state / "daemon.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return info if info.get("pid") == proc.pid else None
+
+    info = wait_for(started, timeout_s=60)
+    yield {"proc": proc, "connect": ["--connect", info["rpc"], "--events", info["events"]]}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_submit_profile_waits_for_the_result(daemon: dict) -> None:
+    # The command that answered "unknown field 'params.system_malloc'" before.
+    result = ok(prunerd("submit", "profile", "resnet20", "--in-channels", "1",
+                        "--input-size", "8x8", "--wait", *daemon["connect"]))  # fmt: skip
+    assert "done" in result.stdout
+    # The global flag, given before the command, is for this process, not for the job.
+    ok(prunerd("--system-malloc", "submit", "selftest", "--seconds", "0.2", "--steps", "2",
+               "--wait", *daemon["connect"]))  # fmt: skip
+
+
+def test_jobs_watch_cancel(daemon: dict) -> None:
+    job = json.loads(
+        ok(prunerd("submit", "selftest", "--seconds", "60", "--steps", "60", "--json",
+                   *daemon["connect"])).stdout
+    )  # fmt: skip
+    listed = json.loads(ok(prunerd("jobs", "--json", *daemon["connect"])).stdout)
+    assert job["id"] in [j["id"] for j in listed["jobs"]]
+    assert job["id"] in ok(prunerd("jobs", *daemon["connect"])).stdout  # the table
+    cancelled = json.loads(ok(prunerd("cancel", job["id"], "--json", *daemon["connect"])).stdout)
+    assert cancelled["job"]["id"] == job["id"]
+    watched = prunerd("watch", job["id"], "--json", *daemon["connect"], timeout=120)
+    assert watched.returncode == 1  # the job ended, but not "done"
+    assert json.loads(watched.stdout.splitlines()[-1])["event"] == "cancelled"
+    again = prunerd("cancel", job["id"], "--json", *daemon["connect"])
+    assert again.returncode == 1 and json.loads(again.stderr)["error"]["code"] == "conflict"
+
+
+def test_submit_prune_is_refused_an_existing_output(
+    daemon: dict, work: Path, baseline: Path
+) -> None:
+    """`submit prune` end to end up to the daemon's checks (prune jobs themselves run in
+    test_daemon_prune): options travel as JSON, and an existing output is refused."""
+    (work / "taken").mkdir()
+    args = ["submit", "prune", "resnet20", "--checkpoint", str(baseline), "--budget-ratio", "0.9",
+            "--dataset", "digits", "--option", "epochs=1", "--option", "limit=200", "--json",
+            *daemon["connect"]]  # fmt: skip
+    taken = prunerd(*args, "--output", str(work / "taken"))
+    assert taken.returncode == 1
+    error = json.loads(taken.stderr)["error"]
+    assert (error["code"], error["field"]) == ("conflict", "params.output")
+    job = json.loads(ok(prunerd(*args, "--output", str(work / "fresh"))).stdout)
+    assert job["params"]["options"] == {"epochs": 1, "limit": 200}
+    assert (work / "fresh").is_dir()  # created by the daemon when it took the job
+    ok(prunerd("cancel", job["id"], *daemon["connect"]))
+
+
+def test_keys(work: Path) -> None:
+    ok(prunerd("keys", "bob", "--dir", str(work / "keys")))
+    assert (work / "keys" / "bob.key_secret").stat().st_mode & 0o777 == 0o600
+    assert prunerd("keys", "bob", "--dir", str(work / "keys")).returncode == 2  # exists
+    ok(prunerd("keys", "bob", "--dir", str(work / "keys"), "--force"))
+
+
+def test_serve_stops_cleanly(daemon: dict) -> None:
+    """Last of the daemon tests: SIGTERM ends `prunerd serve` with status 0."""
+    daemon["proc"].send_signal(signal.SIGTERM)
+    assert daemon["proc"].wait(60) == 0
+    down = prunerd("jobs", "--timeout", "0.5", "--json", *daemon["connect"])
+    assert down.returncode == 2 and json.loads(down.stderr)["error"]["code"] == "unavailable"
