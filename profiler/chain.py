@@ -39,7 +39,7 @@ MODES = ("alone", "chained", "chained_graph")
 
 
 class Runner(Protocol):
-    """Runs one round: the pass with marks, then the pass without."""
+    """Runs one round: the pass with marks and the pass without, in alternating order."""
 
     timer: str
     pieces: int
@@ -54,7 +54,7 @@ class Runner(Protocol):
 class ChainTiming:
     """What one chained timing found. ``pieces``: each piece's share of the pass, one
     mark's cost subtracted (seconds per pass); ``marked``/``plain``: the whole pass with
-    and without marks; ``mark_cost_s``: one mark, estimated from their medians."""
+    and without marks; ``mark_cost_s``: one mark (:func:`mark_cost`)."""
 
     pieces: tuple[Measurement, ...]
     marked: Measurement
