@@ -1,7 +1,7 @@
 """A pruning plan: what was removed from which model, and what it is predicted to cost.
 
 A pruned model is never pickled: it is rebuilt from (base model spec, plan,
-state_dict) by :func:`pruner.surgery.load_pruned`. The plan names blocks by
+state_dict) by :func:`pruner.load_pruned`. The plan names blocks by
 the names block discovery gives them on the unpruned model.
 """
 
