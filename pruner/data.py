@@ -35,6 +35,8 @@ import torch
 
 from profiler.imports import resolve_callable
 
+from .config import DATASETS
+
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "PRUNERD_FASHION_MNIST"
 FASHION_MNIST_FILES = {
@@ -211,7 +213,7 @@ class DataBundle:
 
 def datasets() -> list[str]:
     """Names :func:`load_data` knows (besides ``package.module:callable``)."""
-    return ["digits", "fashion-mnist", "synthetic"]
+    return list(DATASETS)
 
 
 # ---------------------------------------------------------------------------- loading raw arrays
