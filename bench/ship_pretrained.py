@@ -18,15 +18,14 @@ from pathlib import Path
 
 import torch
 
-from profiler import read_checkpoint
-from profiler.device import cpu_model
+from profiler import cpu_model, read_checkpoint
 from profiler.pretrained import (
     PRETRAINED_DIR,
     PretrainedEntry,
     add_to_manifest,
     pretrained_filename,
 )
-from pruner.checkpoint_eval import evaluate_checkpoint
+from pruner import evaluate_checkpoint
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ _LAZY = {
     "TrainResult": "train",
     "cached_baseline": "train",
     "evaluate": "train",
+    "evaluate_checkpoint": "checkpoint_eval",
     "fit": "train",
     "train_baseline": "train",
     "KDLoss": "finetune",

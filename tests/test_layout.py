@@ -4,6 +4,7 @@ the pruner's algorithm packages independent, and bench reaching only public name
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -155,18 +156,22 @@ def test_names_for_the_protocol_cost_no_torch():
 
 
 def _public(module: str) -> set[str]:
+    """``__all__`` of a package, or, without one, its top-level names not starting with _."""
     tree = ast.parse(MODULES[module].read_text())
+    names = set()
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
         ):
-            value = node.value
-            if isinstance(value, ast.Call):  # __all__ = sorted(_LAZY)
-                import importlib
-
+            if isinstance(node.value, ast.Call):  # __all__ = sorted(_LAZY): ask the package
                 return set(importlib.import_module(module).__all__)
-            return {ast.literal_eval(e) for e in value.elts}  # type: ignore[attr-defined]
-    return set()
+            return {ast.literal_eval(e) for e in node.value.elts}  # type: ignore[attr-defined]
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return {n for n in names if not n.startswith("_")}
 
 
 def _bench_scripts() -> list[Path]:
