@@ -101,11 +101,15 @@ def _entries(archive: zipfile.ZipFile, name: str) -> dict[str, str]:
     """Entry path relative to the archive's top folder -> full path; refuses anything unplain."""
     out: dict[str, str] = {}
     tops = set()
-    for full in archive.namelist():
+    for info in archive.infolist():
+        full = info.filename
         top, _, rel = full.partition("/")
         tops.add(top)
         if not _PLAIN_ENTRIES.fullmatch(rel):
             raise UnsafeExportError(f"{name!r} carries {full!r}: {_why(rel)}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            # torch.export.save stores every entry; a compressed one could be a zip bomb.
+            raise UnsafeExportError(f"{name!r}: {full!r} is compressed; torch writes none")
         out[rel] = full
     if len(tops) != 1 or not any(r.startswith("models/") for r in out):
         raise UnsafeExportError(f"{name!r} is not a torch.export archive of one program")

@@ -22,6 +22,8 @@ from profiler import ModelSpec, build_model
 from profiler.exported import UnsafeExportError, check_export
 from profiler.models import ModelSpecError
 
+from .service_helpers import DaemonProcess
+
 Entries = dict[str, bytes]
 
 
@@ -183,8 +185,35 @@ def test_the_pickled_weight_really_is_hostile(plain: Path, tmp_path: Path) -> No
     assert marker.exists()
 
 
+def test_compressed_entries_are_refused(plain: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(plain) as zin:
+        entries = {name: zin.read(name) for name in zin.namelist()}
+    path = tmp_path / "deflated.pt2"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name, data in entries.items():
+            zout.writestr(name, data)
+    with pytest.raises(UnsafeExportError, match="compressed"):
+        check_export(path.read_bytes(), str(path))
+
+
 def test_not_an_archive_is_refused(tmp_path: Path) -> None:
     for data in (b"", b"PK\x03\x04junk", pickle.dumps(Payload(tmp_path / "MARKER"))):
         with pytest.raises(UnsafeExportError):
             check_export(data, "x.pt2")
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_daemon_job_refuses_a_pickled_weight(plain: Path, tmp_path: Path) -> None:
+    """The attack as it reached the worker: a hostile .pt2 in a --model-dir, named by a client."""
+    models, marker = tmp_path / "models", tmp_path / "MARKER"
+    models.mkdir(mode=0o755)
+    rewrite(plain, models / "net.pt2", ATTACKS["pickled weight"][0](marker))
+    d = DaemonProcess(tmp_path / "state", "--model-dir", str(models)).start()
+    try:
+        with d.client() as c:
+            job = c.submit("profile", model="net.pt2", in_channels=1, input_size=[8, 8])
+            final = c.wait(job["id"], 120)
+        assert final["status"] == "failed" and "use_pickle" in final["error"]["message"]
+    finally:
+        assert d.stop() == 0
+    assert not marker.exists()
