@@ -91,7 +91,7 @@ class Settings:
     max_queued_per_client: int = 32
     max_queued_total: int = 256
     list_page_max: int = 100  # jobs in one `list` reply
-    max_reply_bytes: int = 1024 * 1024  # a `list` page stops before a reply grows past this
+    max_reply_bytes: int = 256 * 1024  # a `list` page stops before a reply grows past this
     max_batch_size: int = 1024
     max_channels: int = 64  # input channels of a model
     max_input_side: int = 1024  # pixels, height and width each

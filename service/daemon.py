@@ -39,7 +39,11 @@ log = logging.getLogger("prunerd")
 
 POLL_MS = 200  # how often the loop looks at timers (stop flag, SIGKILL escalation)
 MAX_BATCH = 200  # requests taken per loop turn, so no socket starves the others
-RPC_HWM = 8  # requests and replies queued per request-socket peer
+# Queued per request-socket peer. A full request queue only stops libzmq reading that peer;
+# a full reply queue drops the reply, and the socket learns how far a peer has read only
+# every few messages (libzmq batches those notices), so replies get room to spare.
+RPC_RCVHWM = 8
+RPC_SNDHWM = 64
 HANDSHAKE_MS = 10_000
 START_RETRY_S = 1.0  # wait before trying again to start a worker that lacked descriptors
 
@@ -150,14 +154,14 @@ class Daemon:
             # Only clients whose public key is in an authorised-keys directory get in.
             self.auth = start_authenticator(self.ctx, self.keys)
         # Few requests and replies queue per peer: a client that sends without reading
-        # holds at most RPC_HWM of each (replies are at most max_reply_bytes).
+        # holds at most RPC_RCVHWM requests and RPC_SNDHWM replies (each <= max_reply_bytes).
         self.rpc = self._socket(
             zmq.ROUTER,
             st.rpc_port,
             "rpc",
             maxmsgsize=st.max_frame_bytes,
-            rcvhwm=RPC_HWM,
-            sndhwm=RPC_HWM,
+            rcvhwm=RPC_RCVHWM,
+            sndhwm=RPC_SNDHWM,
         )
         self.events = self._socket(zmq.PUB, st.events_port, "events")
         self.events.linger = 1000  # ms: let the final "interrupted" events out on shutdown
