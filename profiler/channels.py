@@ -56,11 +56,22 @@ def _called_once(gm: fx.GraphModule, n: fx.Node) -> bool:
     return sum(m.op == "call_module" and m.target == n.target for m in gm.graph.nodes) == 1
 
 
+def _attr_arg(n: fx.Node, i: int) -> bool:
+    return len(n.args) > i and isinstance(n.args[i], fx.Node) and n.args[i].op == "get_attr"
+
+
+def norm_tensors(n: fx.Node) -> list[object]:
+    """The per-channel arguments of a functional batch norm: running mean and variance,
+    weight and bias, passed by position or by name (None where absent)."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    return [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in enumerate(names, 1)]
+
+
 def _is_functional_norm(n: fx.Node) -> bool:
     """``F.batch_norm`` whose per-channel tensors are all graph attributes (or absent)."""
     if n.op != "call_function" or n.target not in NORM_FUNCTIONS:
         return False
-    tensors = [a for a in n.args[1:5] if a is not None]
+    tensors = [a for a in norm_tensors(n) if a is not None]
     return all(isinstance(a, fx.Node) and a.op == "get_attr" for a in tensors)
 
 
@@ -79,7 +90,9 @@ def _kind(gm: fx.GraphModule, t: fx.Node, u: fx.Node) -> str:
     if reads_data and isinstance(conv, nn.Conv2d) and conv.groups == 1 and _called_once(gm, u):
         return "mixing"
     linear = isinstance(m, nn.Linear) and _called_once(gm, u)
-    linear = linear or (u.op == "call_function" and u.target in LINEAR_FUNCTIONS)
+    linear = linear or (
+        u.op == "call_function" and u.target in LINEAR_FUNCTIONS and _attr_arg(u, 1)
+    )
     if reads_data and linear and len(shape_of(t)) == 2:
         return "mixing"
     same_channels = len(shape_of(u)) >= 2 and shape_of(u)[1] == shape_of(t)[1]

@@ -128,10 +128,19 @@ def module_stack(node: fx.Node) -> list[tuple[str, str, str]]:
     out = []
     for key, value in (node.meta.get("nn_module_stack") or {}).items():
         path, cls = value if isinstance(value, tuple) else (key, "")
-        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        name = cls if isinstance(cls, str) else _class_name(cls)
         if path:
             out.append((key, path, name))
     return out
+
+
+def _class_name(cls: type) -> str:
+    """A class's qualified name; a container subclass that keeps its base's forward
+    (torchvision's Conv2dNormActivation is a Sequential) reads as that container."""
+    for base in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+        if issubclass(cls, base) and cls.forward is base.forward:
+            cls = base
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def scopes(node: fx.Node) -> list[str]:

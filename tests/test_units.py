@@ -55,7 +55,7 @@ FAMILIES: dict[type[nn.Module], list[tuple[str, str, str]]] = {
         ("trunk_output.1.1", "residual", "identity"),
     ],
     ConvNeXtLike: [
-        ("features.0", *STEM),  # conv and its LayerNorm2d
+        ("features.0.0", *STEM),  # a Sequential subclass is a container: named for its conv
         ("features.1.0", "residual", "identity"),
         ("features.1.1", "residual", "identity"),
         ("features.2.1", "conv_bn_act", "none"),  # downsampling conv

@@ -7,7 +7,9 @@ classes:
 - shortcut: the residual unit's merge (add) is replaced by its shortcut
   operand, which keeps the shortcut projection and the trailing activation;
 - adapter: the block becomes a 1x1 convolution (new submodule), initialised by
-  least squares on calibration features, block input -> block output per pixel.
+  least squares on calibration features, block input -> block output per pixel;
+- zero: a dense layer's output leaves every concatenation that reads it, and
+  what reads those concatenations loses its channels (:mod:`.dense`).
 
 Dead nodes and submodules nothing calls any more are then deleted, so the
 state_dict of a pruned model holds only what it runs.
@@ -23,6 +25,9 @@ import torch.fx as fx
 from torch import nn
 
 from profiler import Block, ModelSpec, discover, example_input
+from profiler.channels import ChannelError
+
+from .dense import drop_contributions
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -60,6 +65,7 @@ def remove_blocks(
             node = stands_for[node]
         return node
 
+    zeros: list[fx.Node] = []
     for b in blocks:
         if not b.removable or b.replacement == "none":
             raise SurgeryError(f"block {b.name!r} is not removable: {b.reason or 'no replacement'}")
@@ -82,8 +88,14 @@ def remove_blocks(
             out.replace_all_uses_with(node)
             node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
             stands_for[out] = node
+        elif b.replacement == "zero":
+            zeros.append(out)
         else:
             raise SurgeryError(f"block {b.name!r}: unknown replacement {b.replacement!r}")
+    try:
+        drop_contributions(gm, zeros)
+    except ChannelError as e:
+        raise SurgeryError(f"dense layers cannot be dropped: {e}") from e
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
