@@ -265,3 +265,15 @@ def test_pieces_timed_another_way_are_other_table_entries(tmp_path) -> None:
     assert first.from_table == 0  # nothing timed alone is served to a chained profile
     assert again.from_table > 0 and alone.from_table > 0
     assert again.timing == "chained" and alone.timing == "alone"
+
+
+def test_cli_profile_pieces_option(tmp_path, capsys) -> None:
+    from service.cli import main
+
+    out = tmp_path / "p.json"
+    argv = ["profile", "resnet20", "--input-size", "8,8", "--threads", "1", "--budget-s", "0.2"]
+    argv += ["--no-table", "--json", str(out), "--pieces", "chained"]
+    assert main(argv) == 0
+    assert "launch overhead" in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["timing"] == "chained" and d["launch_overhead_s"] is not None

@@ -69,6 +69,13 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="CUDA: replay captured graphs (no launch overhead)",
     )
+    p.add_argument(
+        "--pieces",
+        choices=["auto", "alone", "chained"],
+        default="auto",
+        help="how blocks are timed: alone (each in its own launches), chained (one forward pass, "
+        "a timing mark between blocks; reports the launch overhead), auto: chained on CUDA",
+    )
 
 
 def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 - returns BlockProfile
@@ -79,7 +86,10 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
     model = load_model(spec, checkpoint=args.checkpoint)
     table = None if args.no_table else LatencyTable(args.table)
     options = TimingOptions(
-        budget_s=args.budget_s, l2_flush=args.l2_flush, cuda_graph=args.cuda_graph
+        budget_s=args.budget_s,
+        l2_flush=args.l2_flush,
+        cuda_graph=args.cuda_graph,
+        pieces=args.pieces,
     )
     try:
         with progress_bar(f"profiling {spec.name}", disable=quiet) as progress:
