@@ -602,7 +602,12 @@ def private_state_dir(path: Path) -> Path:
             f"state dir {str(path)!r} belongs to uid {st.st_uid}, not to this user "
             f"({os.geteuid()}); give the daemon a state dir of its own"
         )
-    path.chmod(0o700)
+    if st.st_mode & 0o022:  # e.g. /tmp: shared, and not ours to chmod
+        raise RuntimeError(
+            f"state dir {str(path)!r} is writable by others (mode {st.st_mode & 0o777:o}); "
+            "give the daemon a directory of its own (it is created 0700)"
+        )
+    path.chmod(0o700)  # an older daemon's 0755 dir: its job parameters and results are private
     for db in path.glob("*.sqlite*"):
         if db.is_file() and not db.is_symlink():
             db.chmod(0o600)

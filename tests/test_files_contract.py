@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,26 @@ def test_secret_key_is_private_from_its_first_byte(tmp_path: Path, capsys) -> No
     with Client(timeout_s=1, server_key=directory / "alice.key", client_key=secret):
         pass  # both files load as ZeroMQ certificates
     capsys.readouterr()
+
+
+def test_state_dir_is_tightened_or_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old-state"
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)  # as an older daemon left it
+    d = DaemonProcess(old).start()
+    try:
+        assert old.stat().st_mode & 0o777 == 0o700
+        assert (old / "jobs.sqlite").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert d.stop() == 0
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: not the daemon's to chmod
+    prunerd = Path(sys.executable).parent / "prunerd"
+    result = subprocess.run(
+        [str(prunerd), "serve", "--state-dir", str(shared), "--rpc-port", "0",
+         "--events-port", "0", "--ingest-port", "0", "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "writable by others" in result.stderr
+    assert shared.stat().st_mode & 0o7777 == 0o1777
