@@ -237,6 +237,20 @@ def test_an_imported_name_is_not_run_by_the_worker(client: Client) -> None:
     assert "not defined in 'profiler.zoo'" in final["error"]["message"]
 
 
+def test_a_worker_that_writes_garbage_fails_its_job_only(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path / "state", "--allow-import", "tests.hostile_models").start()
+    try:
+        with d.client() as c:
+            job = c.submit("profile", model="tests.hostile_models:garbage_to_daemon")
+            final = c.wait(job["id"], 120)
+            assert final["status"] == "failed"
+            assert final["error"]["type"] == "WorkerProtocolError", final["error"]
+            ok = c.submit("selftest", seconds=0.1, steps=1)
+            assert c.wait(ok["id"], 60)["status"] == "done"
+    finally:
+        assert d.stop() == 0
+
+
 # --------------------------------------------------------------------------- a fatal error
 
 # The real daemon with one fault injected into its loop: the loop raises once a job runs
