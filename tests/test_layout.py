@@ -205,3 +205,23 @@ def test_bench_imports_public_names_only(path):
                 a.name for a in node.names if a.name.count(".") and _top(a.name) in BENCH_PACKAGES
             ]
     assert bad == []
+
+
+PRUNING = [
+    m
+    for m in MODULES
+    if m.split(".")[:2] in (["pruner", "depth"], ["pruner", "width"], ["pruner", "methods"])
+    or m in ("pruner.skeleton", "pruner.config", "pruner.report", "pruner.rebuild", "pruner.plan")
+]
+
+
+@pytest.mark.parametrize("module", PRUNING)
+def test_pruning_functions_fit_a_screen(module):
+    """The skeleton, the methods and the algorithm packages: no function over 80 lines."""
+    long = [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(MODULES[module].read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert long == []
