@@ -18,6 +18,7 @@ from torch import nn
 
 from .graph import shape_of
 from .ops import (
+    CONV_FUNCTIONS,
     LINEAR_FUNCTIONS,
     NORM_FUNCTIONS,
     cat_operands,
@@ -30,6 +31,9 @@ from .ops import (
 )
 
 FLATTEN_METHODS = ("flatten",)
+FLATTEN_FUNCTIONS = {torch.flatten, torch.ops.aten.flatten.using_ints}
+# aten.convolution's groups argument sits elsewhere (after transposed and output padding).
+CONVOLUTION = torch.ops.aten.convolution.default
 
 
 class ChannelError(ValueError):
@@ -67,6 +71,14 @@ def norm_tensors(n: fx.Node) -> list[object]:
     return [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in enumerate(names, 1)]
 
 
+def _is_functional_conv(n: fx.Node) -> bool:
+    """A convolution (groups = 1) whose weight is a graph attribute: torch.export's aten.conv2d."""
+    if n.op != "call_function" or n.target not in CONV_FUNCTIONS or not _attr_arg(n, 1):
+        return False
+    groups = n.args[6] if len(n.args) > 6 else n.kwargs.get("groups", 1)
+    return groups == 1 and n.target is not CONVOLUTION
+
+
 def _is_functional_norm(n: fx.Node) -> bool:
     """``F.batch_norm`` whose per-channel tensors are all graph attributes (or absent)."""
     if n.op != "call_function" or n.target not in NORM_FUNCTIONS:
@@ -89,6 +101,8 @@ def _kind(gm: fx.GraphModule, t: fx.Node, u: fx.Node) -> str:
     conv = conv_module(gm, u)
     if reads_data and isinstance(conv, nn.Conv2d) and conv.groups == 1 and _called_once(gm, u):
         return "mixing"
+    if reads_data and _is_functional_conv(u):
+        return "mixing"
     linear = isinstance(m, nn.Linear) and _called_once(gm, u)
     linear = linear or (
         u.op == "call_function" and u.target in LINEAR_FUNCTIONS and _attr_arg(u, 1)
@@ -98,7 +112,7 @@ def _kind(gm: fx.GraphModule, t: fx.Node, u: fx.Node) -> str:
     same_channels = len(shape_of(u)) >= 2 and shape_of(u)[1] == shape_of(t)[1]
     per_element = is_activation(gm, u) or is_pass(gm, u) or is_pool(gm, u)
     flatten = (
-        (u.op == "call_function" and u.target is torch.flatten)
+        (u.op == "call_function" and u.target in FLATTEN_FUNCTIONS)
         or (u.op == "call_method" and u.target in FLATTEN_METHODS)
         or isinstance(m, nn.Flatten)
     )

@@ -74,6 +74,7 @@ class _Graph:
         self.side = side_nodes(self.nodes)
         self.const = constant_nodes(self.nodes)
         self.idom = _dominators(self.nodes, self.const)
+        self.called = {str(n.target) for n in self.nodes if n.op == "call_module"}
         self.scope_nodes: dict[str, list[fx.Node]] = {}
         for n in self.nodes:
             if n.op != "get_attr" and n not in self.side and n not in self.const:
@@ -317,11 +318,10 @@ def _candidate_scopes(g: _Graph, chain: list[fx.Node]) -> list[str]:
     common = module_stack(chain[0])
     for c in chain[1:]:
         common = [a for a, b in zip(common, module_stack(c)) if a[0] == b[0]]
-    called = {str(n.target) for n in g.nodes if n.op == "call_module"}
     return [
         key
         for key, path, cls in common
-        if cls not in CONTAINERS and not _is_leaf_class(cls) and path not in called
+        if cls not in CONTAINERS and not _is_leaf_class(cls) and path not in g.called
     ]
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import Block, BlockGraph, discover
+from profiler import Block, BlockGraph, discover, load_model
 from pruner.depth import SurgeryError, remove_blocks
 
 from .models_for_tests import DenseNetLike
@@ -108,3 +108,21 @@ def test_a_dense_layer_that_cannot_drop_its_channels_is_refused() -> None:
     bg = discover(GrowingDense(head=False).eval(), torch.randn(1, 3, 8, 8))
     with pytest.raises(SurgeryError, match="model's output"):
         remove_blocks(bg.gm, [b for b in bg.blocks if b.kind == "dense"][:1])
+
+
+def test_zero_contribution_on_a_torch_export_program(tmp_path) -> None:
+    """A .pt2 file is a graph of ATen operators (functional convs, flatten); dense layers
+    are dropped from it as from the traced model."""
+    model = _model(DenseNetLike)
+    path = tmp_path / "densenet.pt2"
+    torch.export.save(torch.export.export(model, (X[:1],)), str(path))
+    names = {"features.denseblock1.denselayer2", "features.denseblock2.denselayer1"}
+    pruned = []
+    for m in (copy.deepcopy(model), load_model(str(path))):
+        bg = discover(m, X[:1])
+        assert [b.replacement for b in bg.blocks if b.kind == "dense"] == ["zero"] * 5
+        pruned.append(remove_blocks(bg.gm, [b for b in bg.blocks if b.name in names]))
+    with torch.no_grad():
+        out = pruned[1](X[:1])
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        torch.testing.assert_close(out, pruned[0](X[:1]))

@@ -103,7 +103,7 @@ def _slice_norm(gm: fx.GraphModule, n: fx.Node, keep: torch.Tensor) -> None:
 
 def _slice_inputs(gm: fx.GraphModule, n: fx.Node, keep: torch.Tensor) -> None:
     """A convolution or linear layer keeps the input channels that survive."""
-    if n.op == "call_function":  # F.linear on a graph attribute
+    if n.op == "call_function":  # F.linear, aten.conv2d: the weight is a graph attribute
         _slice_attr(gm, str(n.args[1].target), keep, 1)
         return
     old = gm.get_submodule(str(n.target))
