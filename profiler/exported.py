@@ -168,8 +168,8 @@ def _check_program(raw: bytes, where: str) -> None:
             raise UnsafeExportError(f"{where}: carries a symbolic expression {value!r}")
         if key == "custom_obj_values" and value:
             raise UnsafeExportError(f"{where}: carries custom objects")
-        if key == "target" and isinstance(value, str):
-            _check_target(value, where)
+        if key in ("target", "as_operator") and isinstance(value, str):
+            _check_target(value, where)  # an operator argument resolves the same way
 
 
 def _walk(doc: Any) -> Any:

@@ -115,6 +115,14 @@ def _target(marker: Path) -> Callable[[Entries], None]:
     return _program(edit)
 
 
+def _operator_argument(marker: Path) -> Callable[[Entries], None]:
+    def edit(doc: dict) -> None:
+        node = doc["graph_module"]["graph"]["nodes"][0]
+        node["inputs"].append({"name": "fn", "arg": {"as_operator": "torch.os.system"}})
+
+    return _program(edit)
+
+
 def _expression(marker: Path) -> Callable[[Entries], None]:
     def edit(doc: dict) -> None:
         doc["range_constraints"] = {f"__import__('os').mknod({str(marker)!r})": {}}
@@ -148,6 +156,7 @@ ATTACKS: dict[str, tuple[Callable[[Path], Callable[[Entries], None]], str]] = {
     "sample inputs": (_sample_inputs, "sample inputs"),
     "guard code": (_guards, "guard code"),
     "node target": (_target, "not an operator"),
+    "operator argument": (_operator_argument, "not an operator"),
     "symbolic expression": (_expression, "symbolic shapes"),
 }
 
