@@ -82,9 +82,11 @@ def _zero_columns(model: DenseNetLike, block: int, layer: int, growth: int = 8) 
             m.weight[:, cols] = 0
 
 
-@pytest.mark.parametrize(
-    "removed", [[(1, 2)], [(1, 1), (1, 3)], [(2, 1), (2, 2)], [(1, 3), (2, 1)]]
-)
+DENSE = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+SUBSETS = [[d for k, d in enumerate(DENSE) if mask >> k & 1] for mask in range(1, 2 ** len(DENSE))]
+
+
+@pytest.mark.parametrize("removed", SUBSETS, ids=str)
 def test_zero_contribution_drops_the_channels_physically(removed: list[tuple[int, int]]) -> None:
     model = _model(DenseNetLike)
     bg = discover(copy.deepcopy(model), X)
