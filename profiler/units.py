@@ -16,10 +16,12 @@ traced in), never class names:
 4. Outside those, every convolution starts a chain that takes in the
    single-user norm, activation, identity or dropout after it, and a gate on
    its output.
-5. Chains are grouped by the outermost module scope (not a plain container)
-   whose nodes are those chains plus operations that keep the tensor's size,
-   entered and left at one node each: an inverted residual / MBConv without
-   shortcut, a Conv2dNormActivation, a user's own ConvBlock class.
+5. Chains are grouped by the innermost module scope (not a plain container,
+   nor a Sequential subclass that keeps Sequential's forward) whose nodes are
+   those chains plus operations that keep the tensor's size, entered and left
+   at one node each: an inverted residual / MBConv without shortcut, a user's
+   own ConvBlock class. Innermost, so that a user's stage of ConvBlocks stays
+   one unit per ConvBlock.
 """
 
 from __future__ import annotations
@@ -313,14 +315,14 @@ def _keeps_size(n: fx.Node) -> bool:
 
 
 def _candidate_scopes(g: _Graph, chain: list[fx.Node]) -> list[str]:
-    """Scopes holding the whole chain, outermost first, that are neither a plain container
+    """Scopes holding the whole chain, innermost first, that are neither a plain container
     nor a module the graph calls as one node."""
     common = module_stack(chain[0])
     for c in chain[1:]:
         common = [a for a, b in zip(common, module_stack(c)) if a[0] == b[0]]
     return [
         key
-        for key, path, cls in common
+        for key, path, cls in reversed(common)
         if cls not in CONTAINERS and not _is_leaf_class(cls) and path not in g.called
     ]
 

@@ -199,3 +199,33 @@ def test_a_dense_layer_whose_output_leaves_the_model_is_not_removable() -> None:
     assert all("model's output" in b.reason for b in dense)
     with pytest.raises(ChannelError, match="model's output"):
         channel_readers(bg.gm, list(bg.node(dense[0].output_node).users))
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class Stage(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = ConvBlock(c, c), ConvBlock(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_a_stage_of_user_blocks_is_one_unit_per_block() -> None:
+    """Chains group by the innermost module that holds them: each ConvBlock, not the stage."""
+    model = nn.Sequential(ConvBlock(3, 8), Stage(8))
+    bg = discover(model.eval(), torch.randn(1, 3, 8, 8))
+    assert [(b.name, b.kind) for b in bg.blocks] == [
+        ("0", "conv_bn_act"),
+        ("1.a", "conv_bn_act"),
+        ("1.b", "conv_bn_act"),
+    ]
