@@ -18,7 +18,7 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class RemovedBlock:
-    """One removed block and what stands in its place ("identity" | "shortcut" | "adapter")."""
+    """One removed block and what stands in its place ("identity" | "shortcut" | "adapter" | "zero")."""
 
     name: str
     replacement: str
