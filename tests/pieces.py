@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from profiler import BlockGraph
+from profiler.graph import extract
 
 
 def run_pieces(bg: BlockGraph, x: torch.Tensor) -> torch.Tensor:
@@ -18,10 +19,9 @@ def run_pieces(bg: BlockGraph, x: torch.Tensor) -> torch.Tensor:
         if n.op == "placeholder":
             values[n] = x
     for _, names in sorted(pieces):
-        module, inputs = bg.piece(names)
+        module, inputs, outs = extract(bg.gm, [bg.node(n) for n in names])
         out = module(*[values[i] for i in inputs])
-        outs = [bg.node(nm) for nm in names if any(u.name not in names for u in bg.node(nm).users)]
-        for node, value in zip(outs, out if isinstance(out, tuple) else (out,)):
+        for node, value in zip(outs, out if len(outs) > 1 else (out,)):
             values[node] = value
     result = next(n for n in bg.gm.graph.nodes if n.op == "output").args[0]
     if isinstance(result, (tuple, list)):  # torch.export graphs return a flat tuple

@@ -229,3 +229,46 @@ def test_a_stage_of_user_blocks_is_one_unit_per_block() -> None:
         ("1.a", "conv_bn_act"),
         ("1.b", "conv_bn_act"),
     ]
+
+
+class ClassicSE(nn.Module):
+    """The common hand-written squeeze-excitation: linear layers on the pooled vector, its
+    shape read from the input, ``x * y.expand_as(x)``."""
+
+    def __init__(self, c: int, r: int = 4) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(c, c // r), nn.ReLU(), nn.Linear(c // r, c), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class ClassicSEBlock(nn.Module):
+    """Depthwise conv, BN, ReLU, classic SE, then a 1x1 projection; no shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.se = ClassicSE(cin)
+        self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.pw(self.se(F.relu(self.bn1(self.dw(x))))))
+
+
+def test_a_gate_that_reads_its_input_shape_is_still_a_gate() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ClassicSEBlock(8, 16)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    bg = discover(model, x)
+    assert [(b.name, b.kind, b.replacement) for b in bg.blocks] == [
+        ("0", "conv_bn_act", "none"),
+        ("1", "inverted_residual", "adapter"),
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(run_pieces(bg, x), model(x))
