@@ -4,9 +4,9 @@ Three measures, together:
 
 - at start the soft ``RLIMIT_NOFILE`` is raised to the hard limit, and the daemon refuses to
   start when the connection caps plus ``fd_reserve`` do not fit under it;
-- each bound socket's connections are counted from its ZeroMQ monitor; a connection past
-  the socket's cap is shut down as soon as it is seen (libzmq then closes it), so idle
-  connections cannot pile up;
+- each bound socket's connections are counted from its ZeroMQ monitor, in a thread of its
+  own (the request loop polls only what it serves); a connection past the socket's cap is
+  shut down as soon as it is seen (libzmq then closes it), so idle connections cannot pile up;
 - a job whose worker cannot start for want of descriptors stays queued and is retried
   (service.daemon), instead of failing.
 """
@@ -17,6 +17,7 @@ import logging
 import os
 import resource
 import socket
+import threading
 from dataclasses import dataclass, field
 
 import zmq
@@ -116,5 +117,38 @@ class ConnectionCap:
             )
 
     def close(self) -> None:
-        self.sock.disable_monitor()
         self.monitor.close()
+
+
+class ConnectionGuard(threading.Thread):
+    """Reads the monitors of ``caps`` until ``stop()``; owns their monitor sockets."""
+
+    def __init__(self, caps: list[ConnectionCap], poll_ms: int = 200) -> None:
+        super().__init__(name="prunerd-connections", daemon=True)
+        self.caps = caps
+        self.poll_ms = poll_ms
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for cap in self.caps:
+            poller.register(cap.monitor, zmq.POLLIN)
+        try:
+            while not self._stop_flag.is_set():
+                ready = dict(poller.poll(self.poll_ms))
+                for cap in self.caps:
+                    if cap.monitor in ready:
+                        try:
+                            cap.drain()
+                        except Exception:  # noqa: BLE001 - counting must not stop for one event
+                            log.exception("%s connection count failed", cap.name)
+        finally:
+            for cap in self.caps:
+                cap.close()
+
+    def stop(self) -> None:
+        """Stop reading and close the monitor sockets (before their sockets are closed)."""
+        for cap in self.caps:
+            cap.sock.disable_monitor()
+        self._stop_flag.set()
+        self.join(timeout=5)

@@ -28,7 +28,7 @@ import zmq
 from . import protocol as p
 from .auth import OPERATOR, KeyRing, read_basic_auth, start_authenticator
 from .config import Settings
-from .connections import ConnectionCap, raise_fd_limit
+from .connections import ConnectionCap, ConnectionGuard, raise_fd_limit
 from .jobs import JobStore, Worker, check_kind, describe_exit, start_worker
 from .limits import RequestBounds
 from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
@@ -96,7 +96,8 @@ class Daemon:
             else None
         )
         self.caps: list[ConnectionCap] = []
-        self._client = ""  # who sent the request being answered (service.quotas.client_of)
+        self.guard: ConnectionGuard | None = None
+        self._frame: zmq.Frame | None = None  # the request being answered, for its sender
         self._reload_keys = False
         self._start_retry_at = 0.0
         self.workers: dict[str, Worker] = {}
@@ -107,6 +108,8 @@ class Daemon:
         # Both read the filesystem (package metadata, sys.path): once here, not on every ping.
         self.version = _version()
         self.kinds = {kind: _kind_unavailable(kind) for kind in p.PARAMS_TYPES}
+        self.kinds_available = {kind: reason or "available" for kind, reason in self.kinds.items()}
+        self.pid = os.getpid()
         self.ctx = zmq.Context()
         self.auth = None
         self.endpoints: dict[str, str] = {}
@@ -182,6 +185,8 @@ class Daemon:
         ):
             port = int(sock.last_endpoint.decode().rpartition(":")[2])
             self.caps.append(ConnectionCap(name, sock, cap, port))
+        self.guard = ConnectionGuard(self.caps)
+        self.guard.start()
         self.metrics = serve_metrics(
             st.metrics_host,
             st.metrics_port,
@@ -218,8 +223,6 @@ class Daemon:
         self.poller = zmq.Poller()
         self.poller.register(self.rpc, zmq.POLLIN)
         self.poller.register(self.ingest, zmq.POLLIN)
-        for cap in self.caps:
-            self.poller.register(cap.monitor, zmq.POLLIN)
         try:
             while not self.stopping:
                 self._turn()
@@ -232,9 +235,6 @@ class Daemon:
     def _turn(self) -> None:
         """One loop turn. A handler that fails is logged; the loop goes on serving."""
         ready = dict(self.poller.poll(POLL_MS))
-        for cap in self.caps:
-            if cap.monitor in ready:
-                self._guarded(f"{cap.name} connection count", cap.drain)
         if self._reload_keys and self.keys is not None:
             self._reload_keys = False
             self._guarded("reloading keys", self.keys.reload)
@@ -268,12 +268,15 @@ class Daemon:
 
     def _serve_requests(self) -> None:
         for _ in range(MAX_BATCH):
+            # Asking first is cheaper than the zmq.Again a drained socket raises.
+            if not self.rpc.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 msg = self.rpc.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             # Frames carry the connection's metadata: who sent this (its key or address).
-            self._client = client_of(msg[-1], self.settings.curve)
+            self._frame = msg[-1]
             frames = [f.bytes for f in msg]
             # ROUTER prepends the peer identity; REQ peers add an empty delimiter. Echo both back.
             route, body = frames[:1], frames[1:]
@@ -285,9 +288,15 @@ class Daemon:
             except zmq.ZMQError as e:  # the peer is gone or its queue is full: drop the reply
                 log.debug("reply not sent: %s", e)
 
+    def _client(self) -> str:
+        """Who sent the request being answered (read from its frame only when asked)."""
+        if self._frame is None:  # reply() called directly, not from the socket
+            return "addr:local"
+        return client_of(self._frame, self.settings.curve)
+
     def _revoked(self) -> bytes | None:
         """An error reply when the sender's key was removed since it connected (SIGHUP reload)."""
-        if self.keys is None or self.keys.key_class(self._client[4:]) == OPERATOR:
+        if self.keys is None or self.keys.key_class(self._client()[4:]) == OPERATOR:
             return None
         err = p.ProtocolError("not_allowed", "this client key is no longer authorised")
         return p.encode_error(err)
@@ -322,10 +331,10 @@ class Daemon:
         return {
             "version": self.version,
             "protocol": p.PROTOCOL_VERSION,
-            "pid": os.getpid(),
+            "pid": self.pid,
             "uptime_s": time.time() - self.started_at,
             "running": len(self.workers),
-            "kinds": {kind: reason or "available" for kind, reason in self.kinds.items()},
+            "kinds": self.kinds_available,
             "endpoints": self.endpoints,
         }
 
@@ -335,11 +344,11 @@ class Daemon:
         reason = self.kinds[req.kind]
         if reason:
             raise p.ProtocolError("unavailable", reason, "kind")
-        self.owners.check_queue(self._client)
+        self.owners.check_queue(self._client())
         if params.get("output"):  # last: a refused request leaves no directory behind
             make_output_dir(params["output"], "params.output")
         job = self.store.create(req.kind, params)
-        self.owners.record(job.id, self._client)
+        self.owners.record(job.id, self._client())
         self._queue_changed = True
         self._publish(job.id, "queued", {"kind": job.kind, "params": job.params})
         return {"job": job.to_dict()}
@@ -376,7 +385,7 @@ class Daemon:
 
     def _op_cancel(self, req: p.JobRequest) -> dict[str, Any]:
         job = self._job(req.job_id)
-        self.owners.check_cancel(job.id, self._client)
+        self.owners.check_cancel(job.id, self._client())
         if job.status == "queued":
             self._finish_job(
                 job.id, "cancelled", {"type": "Cancelled", "message": "cancelled before it started"}
@@ -581,8 +590,8 @@ class Daemon:
         self.metrics.server_close()
         if self.auth is not None:
             self.auth.stop()
-        for cap in self.caps:
-            cap.close()
+        if self.guard is not None:
+            self.guard.stop()
         for s in (self.rpc, self.events, self.ingest):
             s.close()
         self.ctx.term()

@@ -349,3 +349,13 @@ def test_idle_connections_cannot_fail_a_queued_job(tmp_path: Path) -> None:
         for s in junk:
             s.close()
         d.stop()
+
+
+def test_every_sequential_request_is_answered(daemon: DaemonProcess) -> None:
+    # The reply queue per peer is small; it must never be so small that a client with one
+    # request in flight loses replies (libzmq reports a peer's reads only every few messages).
+    with daemon.client(30) as c:
+        job = c.submit("selftest", seconds=0.0, steps=1)
+        for _ in range(1000):
+            c.ping()
+            c.status(job["id"])
