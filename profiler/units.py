@@ -269,7 +269,9 @@ def residual_units(g: _Graph, claimed: set[fx.Node]) -> list[Unit]:
 # --- chains and their groups ----------------------------------------------------------------
 
 
-def _grow(g: _Graph, head: fx.Node, claimed: set[fx.Node], gate_at: dict) -> list[fx.Node]:
+def _grow(
+    g: _Graph, head: fx.Node, claimed: set[fx.Node], gate_at: dict[fx.Node, Gate]
+) -> list[fx.Node]:
     """A convolution and the norms, activations, pass-throughs and gates that follow it."""
     chain = [head]
     while True:
@@ -327,7 +329,9 @@ def _candidate_scopes(g: _Graph, chain: list[fx.Node]) -> list[str]:
     ]
 
 
-def _scope_span(g: _Graph, key: str, chain_of: dict, claimed: set[fx.Node]) -> list[fx.Node] | None:
+def _scope_span(
+    g: _Graph, key: str, chain_of: dict[fx.Node, tuple[fx.Node, ...]], claimed: set[fx.Node]
+) -> list[fx.Node] | None:
     """The scope's nodes when they are whole chains plus size-keeping operations, with one
     entry and one exit; else None."""
     members = set(g.scope_nodes.get(key, ()))
