@@ -467,7 +467,9 @@ def abuse_section(ab: dict) -> str:
     return f"""## Abuse: ingest flood and job flood (CurveZMQ on, default limits)
 
 "mallory" (an operator key) floods; "alice" (another operator key) pings every 10 ms
-and has two jobs in the queue; the daemon's RSS is sampled every 20 ms.
+and has two jobs in the queue; the daemon's RSS is sampled every 20 ms. A ping every 10 ms
+(CURVE, both processes waking from idle each time) is slower than the back-to-back round
+trip above; the quiet row is its baseline.
 
 | phase | wall | RSS before | RSS peak growth | alice's pings | unanswered | ping p50 | ping p99 |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

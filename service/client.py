@@ -139,10 +139,15 @@ class Client:
     def status(self, job_id: str) -> dict[str, Any]:
         return self.request("status", job_id=job_id)
 
-    def jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    def jobs(
+        self, limit: int = 50, status: str | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first, one page (the daemon caps its size); ``before``: a job id to page from."""
         fields: dict[str, Any] = {"limit": limit}
         if status:
             fields["status"] = status
+        if before:
+            fields["before"] = before
         return self.request("list", **fields)["jobs"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:

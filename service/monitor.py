@@ -75,7 +75,7 @@ class Monitor:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not DEPLOYMENT_RE.match(name):
+        if not DEPLOYMENT_RE.fullmatch(name):  # "$" would let a trailing newline by
             raise ValueError(f"deployment name {name!r} must match {DEPLOYMENT_RE.pattern}")
 
     def observe(self, seconds: float, deployment: str | None = None) -> None:

@@ -18,6 +18,7 @@ from zmq.auth import create_certificates
 
 from service import protocol as p
 from service.client import Client, RequestError
+from service.monitor import Monitor
 from tests.service_helpers import DaemonProcess, wait_for
 
 LONG_JOB = {"seconds": 300.0, "steps": 300}
@@ -254,6 +255,8 @@ def test_junk_deployment_names_do_not_lock_out_real_ones(ingest_daemon: DaemonPr
     for i in range(300):
         s.send(p.encode_samples(f"junk-{i}", [0.001]))
     s.send(p.encode_samples("real\n", [0.001]))  # fullmatch: a trailing newline is refused
+    with pytest.raises(ValueError):
+        Monitor("real\n", d.info["ingest"])  # and the monitor says so before sending
     for name in ("real", "early"):
         s.send(p.encode_samples(name, [0.002]))
     wait_for(lambda: metric(d, "prunerd_inference_latency_seconds_count", deployment="real"), 30)
