@@ -40,11 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from profiler import ModelSpec, build_model
-from profiler.device import cpu_model
-from pruner.data import DataBundle
-from pruner.train import fit_config, load_training_data
-from pruner.train_config import TrainConfig
+from profiler import ModelSpec, build_model, cpu_model
+from pruner import DataBundle, TrainConfig, fit_config, load_training_data
 
 
 def plain_epoch(

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from profiler.files import write_with
+
 STATE_FORMAT = "prunerd-train-state"
 STATE_VERSION = 1
 STATE_SUFFIX = ".state"
@@ -79,10 +81,8 @@ def save_state(path: str | os.PathLike[str], state: TrainState) -> Path:
         "best_state": state.best_state,
         "extra": json.dumps(state.extra),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    # Complete and synced before it replaces the previous epoch's file, never through a link.
+    return write_with(path, lambda f: torch.save(payload, f))
 
 
 def load_state(path: str | os.PathLike[str]) -> TrainState:

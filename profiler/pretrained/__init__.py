@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text
+
 PRETRAINED_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -130,7 +132,4 @@ def add_to_manifest(
     entries = [e for e in entries if (e["model"], e["dataset"]) != (entry.model, entry.dataset)]
     entries.append(entry.to_dict())
     text = json.dumps({"version": MANIFEST_VERSION, "checkpoints": entries}, indent=2) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
