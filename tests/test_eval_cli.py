@@ -120,3 +120,31 @@ def test_load_model_pretrained_error_and_shipped_weights(
     # A manifest entry whose file is gone is not offered.
     (tmp_path / "resnet20-digits.pt").unlink()
     assert pretrained.shipped() == []
+
+
+def test_every_command_that_names_a_model_takes_pretrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import build_parser
+    from service.commands.weights import resolve_weights
+
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
+    (tmp_path / "resnet20-fashion-mnist.pt").write_bytes(b"")  # shipped() checks presence only
+    entry = PretrainedEntry("resnet20", "fashion-mnist", "resnet20-fashion-mnist.pt", 0.9, 0.3,
+                            10000, 40, 0, 1.0, "prunerd train ...", "test", "2026-01-01")  # fmt: skip
+    add_to_manifest(entry)
+    parser = build_parser()
+    for argv in (
+        ["eval", "resnet20", "--pretrained", "fashion-mnist"],
+        ["profile", "resnet20", "--pretrained", "fashion-mnist"],
+        ["prune", "resnet20", "--pretrained", "fashion-mnist", "--data", "fashion-mnist",
+         "--budget", "0.5", "--out", str(tmp_path / "out")],
+    ):  # fmt: skip
+        args = parser.parse_args(argv)
+        resolve_weights(args)
+        assert args.checkpoint == tmp_path / "resnet20-fashion-mnist.pt", argv[0]
+        args = parser.parse_args([*argv[:2], "--pretrained", "digits", *argv[4:]])
+        with pytest.raises(PretrainedError, match="shipped: resnet20 on fashion-mnist"):
+            resolve_weights(args)
+    with pytest.raises(SystemExit):  # one or the other, never both
+        parser.parse_args(["eval", "resnet20", "--pretrained", "x", "--checkpoint", "y"])
