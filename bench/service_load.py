@@ -1,7 +1,7 @@
 """Load and abuse figures of the daemon: round trip against a plain echo server, ingest rate,
 /metrics scrape time, and daemon memory and ping latency under an ingest flood and a job flood.
 
-    python bench/service_load.py [--requests 5000] [--rounds 8] [--samples 2000000]
+    python bench/service_load.py [--requests 1000] [--rounds 8] [--samples 2000000]
                                  [--flood-mb 700] [--flood-jobs 1000] [--out bench/results/service_load.md]
 
 Starts `prunerd serve` on free 127.0.0.1 ports in a temporary state dir, then:
