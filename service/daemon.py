@@ -558,12 +558,16 @@ class Daemon:
         # Blocks served from the latency table may not have been streamed; record them all.
         for b in profile.get("blocks", []):
             self._record_block(params, b["name"], b["latency_s"])
+        quality = profile.get("quality") or {}
+        seen = quality.get("interference") or {}
         self.store.record_model(
             params["model"],
             params["device"],
             params["batch_size"],
             profile["end_to_end_s"],
             profile.get("additivity_error"),
+            quality.get("ok"),
+            seen.get("other_cores"),
         )
 
     # ------------------------------------------------------------------ shutdown

@@ -73,8 +73,14 @@ CREATE TABLE IF NOT EXISTS block_latency (
     PRIMARY KEY (model, block, device, batch));
 CREATE TABLE IF NOT EXISTS model_latency (
     model TEXT, device TEXT, batch INTEGER, seconds REAL NOT NULL, additivity_error REAL,
-    updated_at REAL NOT NULL, PRIMARY KEY (model, device, batch));
+    updated_at REAL NOT NULL, checks_passed INTEGER, other_cores REAL,
+    PRIMARY KEY (model, device, batch));
 """
+# Columns added after the first release: (table, column, type) added to older stores on open.
+_ADDED_COLUMNS = (
+    ("model_latency", "checks_passed", "INTEGER"),
+    ("model_latency", "other_cores", "REAL"),
+)
 
 _COLUMNS = "id, kind, params, status, created_at, started_at, finished_at, error"
 
@@ -101,6 +107,10 @@ class JobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = connect(path)
         self.db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.db.commit()
 
     def close(self) -> None:
@@ -204,12 +214,24 @@ class JobStore:
             )
 
     def record_model(
-        self, model: str, device: str, batch: int, seconds: float, additivity_error: float
+        self,
+        model: str,
+        device: str,
+        batch: int,
+        seconds: float,
+        additivity_error: float | None,
+        checks_passed: bool | None = None,
+        other_cores: float | None = None,
     ) -> None:
+        """The latest profile of a model: end to end (s), additivity, and its own checks
+        (``None``: not checked); ``other_cores``: other processes' CPU use while it was timed."""
+        passed = None if checks_passed is None else int(checks_passed)
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO model_latency VALUES (?, ?, ?, ?, ?, ?)",
-                (model, device, batch, seconds, additivity_error, time.time()),
+                "INSERT OR REPLACE INTO model_latency (model, device, batch, seconds, "
+                "additivity_error, updated_at, checks_passed, other_cores) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, device, batch, seconds, additivity_error, time.time(), passed, other_cores),
             )
 
 

@@ -249,14 +249,33 @@ class PrunerdCollector(Collector):
             "(sum of block latencies + rest - end-to-end) / end-to-end of the latest profile.",
             labels=["model", "device", "batch"],
         )
-        for model, device, batch, seconds, err in db.execute(
-            "SELECT model, device, batch, seconds, additivity_error FROM model_latency"
+        passed = GaugeMetricFamily(
+            "prunerd_profile_checks_passed",
+            "1 when the latest profile passed its own checks (additivity, spread, drift, "
+            "other processes' CPU use), 0 when it failed and was not stored.",
+            labels=["model", "device", "batch"],
+        )
+        others = GaugeMetricFamily(
+            "prunerd_profile_other_cpu_cores",
+            "Cores other processes used, on average, while the latest profile was timed (CPU).",
+            labels=["model", "device", "batch"],
+        )
+        for model, device, batch, seconds, err, ok, other in db.execute(
+            "SELECT model, device, batch, seconds, additivity_error, checks_passed, other_cores "
+            "FROM model_latency"
         ):
-            e2e.add_metric([model, device, str(batch)], seconds)
+            labels = [model, device, str(batch)]
+            e2e.add_metric(labels, seconds)
             if err is not None:
-                add.add_metric([model, device, str(batch)], err)
+                add.add_metric(labels, err)
+            if ok is not None:
+                passed.add_metric(labels, float(ok))
+            if other is not None:
+                others.add_metric(labels, other)
         yield e2e
         yield add
+        yield passed
+        yield others
 
     def _jobs(self, db: Any) -> Iterator[Metric]:
         finished = ",".join(f"'{s}'" for s in FINISHED_STATUSES)

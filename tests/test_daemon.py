@@ -82,6 +82,11 @@ def test_list_status_and_metrics(client: Client, daemon: DaemonProcess, profiled
     )
     assert 'prunerd_jobs_total{kind="profile",status="done"} 1.0' in text
     assert 'prunerd_model_latency_seconds{batch="1",device="cpu",model="resnet20"}' in text
+    # The profile's own checks reach the metrics, passed or not, with the CPU others used.
+    ok = profiled["result"]["result"]["quality"]["ok"]
+    labels = '{batch="1",device="cpu",model="resnet20"}'
+    assert f"prunerd_profile_checks_passed{labels} {float(ok)}" in text
+    assert f"prunerd_profile_other_cpu_cores{labels}" in text
     assert "prunerd_job_duration_seconds_count" in text
     assert "prunerd_gpu_" not in text  # no GPU here: absent, not zero
 

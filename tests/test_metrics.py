@@ -63,6 +63,54 @@ def test_latency_and_jobs_from_the_store(tmp_path: Path) -> None:
     assert not any(name.startswith("prunerd_gpu_") for name, _ in m)
 
 
+def test_profile_checks_reach_the_metrics(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    collector = PrunerdCollector(store.path, DeploymentTracker())
+    store.record_model("resnet20", "cpu", 1, 0.01, -0.6, checks_passed=False, other_cores=1.4)
+    store.record_model("resnet56", "cpu", 1, 0.03, 0.01)  # unchecked: no checks gauge
+    m = scrape(collector)
+    labels = (("batch", "1"), ("device", "cpu"), ("model", "resnet20"))
+    assert m[("prunerd_profile_checks_passed", labels)] == 0.0
+    assert m[("prunerd_profile_other_cpu_cores", labels)] == 1.4
+    assert not any(
+        name == "prunerd_profile_checks_passed" and ("model", "resnet56") in key for name, key in m
+    )
+
+
+def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE model_latency (model TEXT, device TEXT, batch INTEGER, seconds REAL "
+            "NOT NULL, additivity_error REAL, updated_at REAL NOT NULL, "
+            "PRIMARY KEY (model, device, batch))"
+        )
+        db.execute("INSERT INTO model_latency VALUES ('resnet20', 'cpu', 1, 0.01, 0.0, 0.0)")
+    store = JobStore(path)
+    store.record_model("resnet56", "cpu", 1, 0.03, 0.01, checks_passed=True, other_cores=0.1)
+    m = scrape(PrunerdCollector(store.path, DeploymentTracker()))
+    assert (
+        m[
+            (
+                "prunerd_model_latency_seconds",
+                (("batch", "1"), ("device", "cpu"), ("model", "resnet20")),
+            )
+        ]
+        == 0.01
+    )
+    assert (
+        m[
+            (
+                "prunerd_profile_checks_passed",
+                (("batch", "1"), ("device", "cpu"), ("model", "resnet56")),
+            )
+        ]
+        == 1.0
+    )
+
+
 def test_gpu_gauges_when_telemetry_is_there(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
     gpus = [
