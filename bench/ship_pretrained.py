@@ -39,6 +39,9 @@ def main() -> None:
     )
     p.add_argument("--data-root", default=None, help="directory of the dataset files")
     p.add_argument("--threads", type=int, default=2, help="threads for the evaluation")
+    p.add_argument(
+        "--dir", type=Path, default=PRETRAINED_DIR, help="where to ship (default: the package's)"
+    )
     args = p.parse_args()
 
     ckpt = read_checkpoint(args.checkpoint)
@@ -48,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = evaluate_checkpoint(args.checkpoint, data=meta["dataset"], data_root=args.data_root)
     name = pretrained_filename(ckpt.spec.name, result.dataset)
-    shutil.copyfile(args.checkpoint, PRETRAINED_DIR / name)
+    shutil.copyfile(args.checkpoint, args.dir / name)
     config = meta["config"]
     machine = args.machine or f"{cpu_model()}, {config.get('threads') or 'default'} threads"
     entry = PretrainedEntry(
@@ -66,9 +69,9 @@ def main() -> None:
         date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         config=config,
     )
-    path = add_to_manifest(entry)
+    path = add_to_manifest(entry, args.dir)
     print(
-        f"shipped {PRETRAINED_DIR / name}: test accuracy {result.accuracy:.4f} "
+        f"shipped {args.dir / name}: test accuracy {result.accuracy:.4f} "
         f"(n={result.n}), manifest {path}"
     )
 
