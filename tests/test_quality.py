@@ -110,10 +110,12 @@ def test_busy_machine_is_detected_with_cause_and_fix(tmp_path: Path) -> None:
     try:
         time.sleep(0.3)
         with LatencyTable(tmp_path / "lut.sqlite") as table:
-            # Few rounds: threads competing for cores make every round slow, which is the point.
+            # A small net and few rounds: threads competing for cores wait at every operator's
+            # barrier, so each call is slow, which is the point.
             few = TimingOptions(budget_s=0.1, min_rounds=3, max_rounds=4)
+            small = ModelSpec("tests.models_for_tests:inline_residual_net", input_size=(8, 8))
             p = profile_model(
-                load_model(SPEC), SPEC, device="cpu", options=few, threads=cores, table=table
+                load_model(small), small, device="cpu", options=few, threads=cores, table=table
             )
             stored = len(table)
     finally:
