@@ -466,10 +466,7 @@ def fit(
         return value
 
     path = None if state_path is None else Path(state_path)
-    if path is not None and resume and path.is_file():
-        run = _restore_run(path, model, optimizer, train, all_settings)
-    else:
-        run = _Run()
+    run = _start_run(path, resume, model, optimizer, train, all_settings)
     start = time.perf_counter()
     with _progress(progress) as bar:
         for epoch in range(len(run.history) + 1, epochs + 1):
@@ -486,18 +483,36 @@ def fit(
                 val_result = None
             stats = EpochStats(epoch, loss, acc, val_result, current_lr, time.perf_counter() - t0)
             run.record(stats, model)
-            summary = f"loss {loss:.4f} acc {acc:.4f}"
-            if val_result is not None:
-                summary += f" | val acc {val_result.accuracy:.4f} loss {val_result.loss:.4f}"
-            bar.update(task, stats=summary)
-            if progress and not bar.console.is_terminal:
-                # A log file gets one line per epoch; a terminal has the bar.
-                bar.console.print(
-                    f"epoch {epoch}/{epochs} {summary} lr {current_lr:.4g} {stats.seconds:.1f} s"
-                )
+            _report_epoch(bar, task, stats, epochs, log_lines=progress)
             if path is not None:
                 _save_run(path, run, model, optimizer, train, all_settings)
     return _finish(model, run, time.perf_counter() - start)
+
+
+def _start_run(
+    path: Path | None,
+    resume: bool,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    settings: dict[str, Any],
+) -> _Run:
+    """A fresh run, or the one ``path`` holds when resuming and the file is there."""
+    if path is not None and resume and path.is_file():
+        return _restore_run(path, model, optimizer, train, settings)
+    return _Run()
+
+
+def _report_epoch(bar: Any, task: Any, stats: EpochStats, epochs: int, log_lines: bool) -> None:
+    """Show an epoch's figures on its progress bar; a log file gets one line per epoch."""
+    summary = f"loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f}"
+    if stats.val is not None:
+        summary += f" | val acc {stats.val.accuracy:.4f} loss {stats.val.loss:.4f}"
+    bar.update(task, stats=summary)
+    if log_lines and not bar.console.is_terminal:
+        bar.console.print(
+            f"epoch {stats.epoch}/{epochs} {summary} lr {stats.lr:.4g} {stats.seconds:.1f} s"
+        )
 
 
 def _finish(model: nn.Module, run: _Run, seconds: float) -> FitResult:

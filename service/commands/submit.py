@@ -7,6 +7,8 @@ import dataclasses
 import json
 from typing import Any
 
+from pruner.config import METHODS
+
 from ..client import Client, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
 from .argtypes import input_size
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--budget-ratio", type=float, default=None, help="budget as a fraction of measured latency"
     )
-    prune.add_argument("--method", default=None, choices=["dbp", "hfp", "dbp+hfp"])
+    prune.add_argument("--method", default=None, choices=METHODS)
     prune.add_argument("--dataset", default=None)
     prune.add_argument(
         "--output", default=None, help="where the pruned checkpoint goes (under a path root)"
