@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import FusedConv2d, fuse
-from kernels.gpu_timing import eager_seconds, graph_seconds
+from kernels import FusedConv2d, eager_seconds, fuse, graph_seconds
 from profiler import load_model
 
 PRECISIONS = {

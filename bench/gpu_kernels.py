@@ -42,9 +42,7 @@ from kernels_cpu import (
 )
 from torch import nn
 
-from kernels import FusedConv2d
-from kernels.conv_bn_relu import conv2d_triton, lay_out_weight
-from kernels.gpu_timing import eager_seconds, graph_seconds
+from kernels import FusedConv2d, conv2d_triton, eager_seconds, graph_seconds, lay_out_weight
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
