@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import FusedConv2d, eager_seconds, fuse, graph_seconds
+from kernels import FusedConv2d, eager_seconds, fuse, graph_seconds, tuning_stats
 from profiler import load_model
 
 PRECISIONS = {
@@ -38,12 +38,11 @@ TOL = {torch.float32: 1e-3, torch.float16: 3e-2}  # max |fused - unfused| / max 
 
 def choices(model: torch.nn.Module) -> str:
     """How many fused convs run on each backend, eager and under a graph (from the cache)."""
-    import kernels.conv_bn_relu as cbr
-
+    stats = tuning_stats()
     counts: Counter[str] = Counter()
-    for c in cbr._CHOSEN.values():
-        counts[f"eager {c.eager}"] += 1
-        counts[f"graph {c.graph}"] += 1
+    for mode, chosen in (("eager", stats.eager), ("graph", stats.graph)):
+        for backend, shapes in chosen.items():
+            counts[f"{mode} {backend}"] += shapes
     n = sum(isinstance(m, FusedConv2d) for m in model.modules())
     return f"{n} convs; shapes tuned so far: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))  # fmt: skip
 

@@ -1,6 +1,13 @@
 """Fused deploy-time kernels: BN folding, a Triton Conv-BN-ReLU kernel, model fusion."""
 
-from .conv_bn_relu import FusedConv2d, conv2d_bias_relu, conv2d_triton, lay_out_weight
+from .conv_bn_relu import (
+    FusedConv2d,
+    TuningStats,
+    conv2d_bias_relu,
+    conv2d_triton,
+    lay_out_weight,
+    tuning_stats,
+)
 from .fold import fold_conv_bn
 from .fuse import fuse
 from .gpu_timing import eager_seconds, graph_seconds
@@ -14,4 +21,6 @@ __all__ = [
     "fuse",
     "graph_seconds",
     "lay_out_weight",
+    "TuningStats",
+    "tuning_stats",
 ]

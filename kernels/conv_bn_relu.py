@@ -255,6 +255,27 @@ def conv_key(
 _CACHES: dict[Path, TuneCache] = {}
 _CHOSEN: dict[ConvKey, Choice] = {}
 _SEEN: dict[tuple, Choice] = {}  # the same choices by the call's raw arguments
+_MEASURED: list[ConvKey] = []  # shapes this process had to time (not found in the cache file)
+
+
+@dataclass(frozen=True)
+class TuningStats:
+    """Launch choices this process holds: shapes it had to time itself (``measured``), how
+    many shapes run on each backend eager and under a CUDA graph, and the cache file's size."""
+
+    measured: int
+    eager: dict[str, int]
+    graph: dict[str, int]
+    cache_entries: int
+
+
+def tuning_stats() -> TuningStats:
+    eager: dict[str, int] = {}
+    graph: dict[str, int] = {}
+    for c in _CHOSEN.values():
+        eager[c.eager] = eager.get(c.eager, 0) + 1
+        graph[c.graph] = graph.get(c.graph, 0) + 1
+    return TuningStats(len(_MEASURED), eager, graph, len(_tune_cache()))
 
 
 def _tune_cache() -> TuneCache:
@@ -423,6 +444,7 @@ def _choice(call: _Call, torch_fn: Callable[[], object]) -> Choice:
             return rule_choice(CONFIGS, call.m, call.k, call.c)
         with torch.cuda.device(call.y.device):  # timing streams and graphs on the conv's GPU
             c = _measure_choice(call, torch_fn)
+        _MEASURED.append(call.key)
         cache.put(call.key, c)
     _CHOSEN[call.key] = c
     return c

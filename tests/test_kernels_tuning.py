@@ -222,3 +222,16 @@ def test_a_skipped_gpu_test_fails_where_cuda_is_present(gpu_test, has_cuda, outc
     assert report.outcome == outcome
     if outcome == "failed":
         assert "skipped on a machine with a CUDA device: Skipped: no GPU" in report.longrepr
+
+
+def test_tuning_stats_on_cpu_measure_nothing() -> None:
+    """Without a GPU the interpreter's fixed tile is used: no shape is timed, none chosen."""
+    import torch
+
+    from kernels import conv2d_triton, tuning_stats
+
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(8, 4, 3, 3)
+    conv2d_triton(x, w, None, padding=1)
+    stats = tuning_stats()
+    assert stats.measured == 0 and stats.eager == {} and stats.graph == {}
+    assert stats.cache_entries >= 0
