@@ -148,17 +148,24 @@ def time_chain(
     return ChainTiming(tuple(m(s) for s in subtract_marks(pieces, cost)), m(marked), m(plain), cost)
 
 
-class CpuChain:
-    """Marks are readings of ``clock`` (integer nanoseconds; ``perf_counter_ns``)."""
+class _Chain:
+    """The pieces of one pass, in order, and which of the two passes runs first next round."""
 
-    timer = "perf_counter"
-
-    def __init__(self, works: Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns):
+    def __init__(self, works: Sequence[Work]) -> None:
         if not works:
             raise ValueError("nothing to time")
         self.works = list(works)
         self.pieces = len(works)
         self.flip = False  # which pass runs first this round
+
+
+class CpuChain(_Chain):
+    """Marks are readings of ``clock`` (integer nanoseconds; ``perf_counter_ns``)."""
+
+    timer = "perf_counter"
+
+    def __init__(self, works: Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns):
+        super().__init__(works)
         self.clock = clock
 
     def round(self) -> tuple[list[float], float, float]:
@@ -199,17 +206,13 @@ def _seconds(a: torch.cuda.Event, b: torch.cuda.Event) -> float:
     return a.elapsed_time(b) / 1e3
 
 
-class EagerCudaChain:
+class EagerCudaChain(_Chain):
     """CUDA events on the current stream between pieces launched from Python; one sync a round."""
 
     timer = "cuda_events"
 
     def __init__(self, works: Sequence[Work], device: torch.device) -> None:
-        if not works:
-            raise ValueError("nothing to time")
-        self.works = list(works)
-        self.pieces = len(works)
-        self.flip = False  # which pass runs first this round
+        super().__init__(works)
         self.device = device
 
     def round(self) -> tuple[list[float], float, float]:
@@ -252,18 +255,14 @@ def _capture(run: Work, device: torch.device) -> torch.cuda.CUDAGraph:
     return graph
 
 
-class GraphCudaChain:
+class GraphCudaChain(_Chain):
     """The pass captured as one CUDA graph with external timing events between pieces
     (recorded as event nodes of the graph), and the same pass captured without them."""
 
     timer = "cuda_events"
 
     def __init__(self, works: Sequence[Work], device: torch.device) -> None:
-        if not works:
-            raise ValueError("nothing to time")
-        self.works = list(works)
-        self.pieces = len(works)
-        self.flip = False  # which pass runs first this round
+        super().__init__(works)
         self.device = device
         with torch.cuda.device(device):
             self.marks = [_event(external=True) for _ in range(self.pieces + 1)]
