@@ -73,10 +73,10 @@ def _interference_problem(seen: Interference | None, limits: QualityLimits) -> s
         if fewer < seen.threads
         else "profile on a quieter machine (other processes leave no core free)"
     )
-    threads = f"{seen.threads} thread{'s' if seen.threads != 1 else ''}"
+    threads = f"{seen.threads} threads were" if seen.threads != 1 else "1 thread was"
     return (
         f"other processes used {seen.other_cores:.2f} of {seen.cores} cores on average while "
-        f"{threads} were timed (load average {seen.load_1m_end:.2f}): the timed threads were "
+        f"{threads} timed (load average {seen.load_1m_end:.2f}): the timed threads were "
         f"competing for the CPU. Fix: {fix}"
     )
 
