@@ -118,6 +118,7 @@ def run_method(
     with torch_threads(options.run.threads):
         if steps.needs_profile:
             s.profile = profile_baseline(s)
+            s.warnings += profile_warnings(s.profile)
         for step in steps.steps:
             step(s)
         return finish(s, t_start)
@@ -137,6 +138,17 @@ def profile_baseline(s: PruneState) -> BlockProfile:
         threads=run.latency_threads or run.threads,
         progress=s.step,
     )
+
+
+def profile_warnings(profile: BlockProfile) -> list[str]:
+    """The baseline profile's failed checks: the latencies the selection weighs are suspect."""
+    q = profile.quality
+    if q is None or q.ok:
+        return []
+    return [
+        f"the baseline profile failed its checks, so its latencies are suspect: {p}"
+        for p in q.problems
+    ]
 
 
 def finish(s: PruneState, t_start: float) -> PruneResult:

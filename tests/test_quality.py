@@ -172,3 +172,17 @@ def test_cli_table_lists_quality_and_clears_failed(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "must be a ratio > 0" in refused.stderr
     with LatencyTable(path) as table:
         assert len(table) == 1 and table.get("fp0", "a") is not None
+
+
+def test_a_prune_warns_when_its_baseline_profile_failed() -> None:
+    import dataclasses
+
+    from pruner.skeleton import profile_warnings
+
+    p = profile_model(load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1)
+    failed = dataclasses.replace(
+        p, quality=ProfileQuality(ok=False, problems=("timings scatter: ...",))
+    )
+    assert profile_warnings(dataclasses.replace(p, quality=ProfileQuality(ok=True))) == []
+    (warning,) = profile_warnings(failed)
+    assert "baseline profile failed its checks" in warning and "timings scatter" in warning
