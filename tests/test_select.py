@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pruner.depth.select import (
@@ -98,8 +98,17 @@ def candidate_sets(draw):
     return cands, rest, floor + frac * (full - floor), draw(st.integers(1, 200))
 
 
+# At a budget equal to the full latency, rounding each of five costs up to a bucket once
+# made keeping everything look infeasible even at 20000 buckets.
+_FULL = [Candidate("b0", 0, 0.001953125, 0.0, 0.0, False)] + [
+    Candidate(f"b{i}", stage, 0.00390625, 0.0, gain, True)
+    for i, stage, gain in ((1, 0, 1.0), (2, 1, 1.0), (3, 1, 1.0), (4, 2, 0.0))
+]
+
+
 @settings(max_examples=200, deadline=None)
 @given(candidate_sets())
+@example((_FULL, 0.0, 0.017578125, 3))
 def test_selection_never_exceeds_the_budget(inst):
     cands, rest, budget, buckets = inst
     try:

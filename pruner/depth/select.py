@@ -235,6 +235,7 @@ def select_blocks(
             "(rounding each cost up to a bucket leaves no room); raise the budget or the buckets"
         )
     removed = {c.name for c, m in zip(cands, mask) if m}
+    removed = _keep_what_fits(rest_s, cands, budget_s, removed, forced_set)
     return Selection(
         removed=tuple(c.name for c in candidates if c.name in removed),
         predicted_latency_s=predict_latency(rest_s, candidates, removed),
@@ -243,6 +244,29 @@ def select_blocks(
         method="dp",
         solve_s=solve_s,
     )
+
+
+def _keep_what_fits(
+    rest_s: float,
+    cands: Sequence[Candidate],
+    budget_s: float,
+    removed: set[str],
+    forced: set[str],
+) -> set[str]:
+    """Put back removed blocks, most gain first, while the exact prediction stays in budget.
+
+    The DP rounds every cost up to a whole bucket, so with many blocks the rounding
+    can exclude a choice that fits exactly (at a budget equal to the full latency,
+    keeping everything); this repairs that. Keeping a block never breaks a stage.
+    """
+    removed = set(removed)
+    for c in sorted(
+        (c for c in cands if c.name in removed and c.name not in forced),
+        key=lambda c: (-max(c.gain, 0.0), c.latency_s - c.replacement_s),
+    ):
+        if predict_latency(rest_s, cands, removed - {c.name}) <= budget_s:
+            removed.discard(c.name)
+    return removed
 
 
 def _stage_ok(cands: Sequence[Candidate], removed: set[str], name: str) -> bool:
