@@ -8,6 +8,7 @@ from pathlib import Path
 
 from profiler import LatencyTable, TableQuality
 
+from .argtypes import positive_float
 from .render import console
 
 
@@ -70,13 +71,6 @@ def _quality_dict(q: TableQuality | None) -> dict[str, float | int] | None:
     return None if q is None else q.to_dict()
 
 
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a ratio > 0 (0.2 = 20%), got {text}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="list or clear the latency lookup table", description=__doc__)
     p.add_argument("action", choices=["list", "clear"], nargs="?", default="list")
@@ -100,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--spread-above",
-        type=_ratio,
+        type=positive_float,
         default=None,
         metavar="RATIO",
         help="clear: only measurements whose IQR / median exceeds RATIO (e.g. 0.2)",
