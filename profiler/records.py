@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from .plain import check_version, from_plain, to_plain
 
 SCHEMA_VERSION = 1
 
@@ -71,26 +73,17 @@ class Measurement:
         return _quantile(s, 0.75) - _quantile(s, 0.25)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples_s"] = list(self.samples_s)
         # Derived statistics are written for readers of the JSON; from_dict ignores them.
-        d.update(
-            median_s=self.median_s,
-            p10_s=self.p10_s,
-            p90_s=self.p90_s,
-            iqr_s=self.iqr_s,
-            runs=self.runs,
-        )
-        return d
+        return {
+            **to_plain(self),
+            "median_s": self.median_s,
+            "p10_s": self.p10_s,
+            "p90_s": self.p90_s,
+            "iqr_s": self.iqr_s,
+            "runs": self.runs,
+        }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Measurement:
-        return cls(
-            samples_s=tuple(d["samples_s"]),
-            number=int(d.get("number", 1)),
-            timer=d.get("timer", "perf_counter"),
-            fingerprint=d.get("fingerprint", ""),
-        )
+    from_dict = classmethod(from_plain)
 
     @classmethod
     def exact(cls, seconds: float, fingerprint: str = "") -> Measurement:
@@ -116,23 +109,8 @@ class DeviceInfo:
     telemetry: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["warnings"] = list(self.warnings)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DeviceInfo:
-        return cls(
-            kind=d["kind"],
-            name=d["name"],
-            fingerprint=d["fingerprint"],
-            threads=int(d.get("threads", 0)),
-            torch_version=d.get("torch_version", ""),
-            details=dict(d.get("details", {})),
-            telemetry={k: float(v) for k, v in d.get("telemetry", {}).items()},
-            warnings=tuple(d.get("warnings", ())),
-        )
+    to_dict = to_plain
+    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -172,16 +150,8 @@ class Block:
         for name in ("nodes", "input_shape", "output_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("nodes", "input_shape", "output_shape"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Block:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    to_dict = to_plain
+    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -216,21 +186,12 @@ class BlockTiming:
             "removable": b.removable,
             "replacement": b.replacement,
             "replacement_latency_s": self.replacement_latency_s,
-            "block": b.to_dict(),
+            "block": to_plain(b),
             "latency": self.latency.to_dict(),
-            "replacement_latency": None
-            if self.replacement_latency is None
-            else self.replacement_latency.to_dict(),
+            "replacement_latency": _opt_dict(self.replacement_latency),
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BlockTiming:
-        rep = d.get("replacement_latency")
-        return cls(
-            block=Block.from_dict(d["block"]),
-            latency=Measurement.from_dict(d["latency"]),
-            replacement_latency=None if rep is None else Measurement.from_dict(rep),
-        )
+    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -244,24 +205,10 @@ class Segment:
     params: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "nodes": list(self.nodes),
-            "latency_s": self.latency.median_s,
-            "flops": self.flops,
-            "params": self.params,
-            "latency": self.latency.to_dict(),
-        }
+        d = to_plain(self)
+        return {**d, "latency_s": self.latency.median_s, "latency": self.latency.to_dict()}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Segment:
-        return cls(
-            name=d["name"],
-            nodes=tuple(d["nodes"]),
-            latency=Measurement.from_dict(d["latency"]),
-            flops=int(d.get("flops", 0)),
-            params=int(d.get("params", 0)),
-        )
+    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -286,12 +233,8 @@ class Interference:
         """Cores left to other processes before they compete with the timed threads."""
         return max(self.cores - self.threads, 0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Interference:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+    to_dict = to_plain
+    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -312,26 +255,12 @@ class ProfileQuality:
     interference: Interference | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "problems": list(self.problems),
-            "additivity_error": self.additivity_error,
-            "spread": _finite_or_none(self.spread),
-            "drift": _finite_or_none(self.drift),
-            "interference": None if self.interference is None else self.interference.to_dict(),
-        }
+        spread, drift = _finite_or_none(self.spread), _finite_or_none(self.drift)
+        return {**to_plain(self), "spread": spread, "drift": drift}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProfileQuality:
-        seen = d.get("interference")
-        return cls(
-            ok=bool(d["ok"]),
-            problems=tuple(d.get("problems", ())),
-            additivity_error=float(d.get("additivity_error", 0.0)),
-            spread=_none_to_nan(d.get("spread")),
-            drift=_none_to_nan(d.get("drift")),
-            interference=None if seen is None else Interference.from_dict(seen),
-        )
+        return from_plain(cls, _null_to_nan(d))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -339,12 +268,12 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _optional_float(x: float | None) -> float | None:
-    return None if x is None else float(x)
+def _null_to_nan(quality: dict[str, Any]) -> dict[str, Any]:
+    return {**quality, **{k: math.nan for k in ("spread", "drift") if quality.get(k) is None}}
 
 
-def _none_to_nan(x: float | None) -> float:
-    return math.nan if x is None else float(x)
+def _opt_dict(record: Any) -> dict[str, Any] | None:
+    return None if record is None else record.to_dict()
 
 
 @dataclass(frozen=True)
@@ -404,28 +333,19 @@ class BlockProfile:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        # The records that write figures for readers (medians, totals) write their own.
         return {
             "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "batch_size": self.batch_size,
-            "input_shape": list(self.input_shape),
-            "dtype": self.dtype,
-            "fused": self.fused,
-            "device": self.device.to_dict(),
+            **to_plain(self),
             "blocks": [b.to_dict() for b in self.blocks],
             "rest": [s.to_dict() for s in self.rest],
             "rest_s": self.rest_s,
             "end_to_end_s": self.end_to_end_s,
             "end_to_end": self.end_to_end.to_dict(),
             "eager_s": None if self.eager is None else self.eager.median_s,
-            "eager": None if self.eager is None else self.eager.to_dict(),
+            "eager": _opt_dict(self.eager),
             "additivity_error": self.additivity_error,
-            "from_table": self.from_table,
-            "created_at": self.created_at,
-            "quality": None if self.quality is None else self.quality.to_dict(),
-            "timing": self.timing,
-            "launch_overhead_s": self.launch_overhead_s,
-            "mark_cost_s": self.mark_cost_s,
+            "quality": _opt_dict(self.quality),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -434,29 +354,10 @@ class BlockProfile:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BlockProfile:
         version = d.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"profile schema_version {version} is not supported (this prunerd reads {SCHEMA_VERSION}); "
-                "re-run `prunerd profile` to produce a current one"
-            )
-        return cls(
-            model=d["model"],
-            batch_size=int(d["batch_size"]),
-            input_shape=tuple(d["input_shape"]),
-            dtype=d["dtype"],
-            fused=bool(d.get("fused", False)),
-            device=DeviceInfo.from_dict(d["device"]),
-            blocks=tuple(BlockTiming.from_dict(b) for b in d["blocks"]),
-            rest=tuple(Segment.from_dict(s) for s in d["rest"]),
-            end_to_end=Measurement.from_dict(d["end_to_end"]),
-            eager=Measurement.from_dict(d["eager"]) if d.get("eager") else None,
-            from_table=int(d.get("from_table", 0)),
-            created_at=float(d.get("created_at", 0.0)),
-            quality=ProfileQuality.from_dict(d["quality"]) if d.get("quality") else None,
-            timing=d.get("timing", "alone"),
-            launch_overhead_s=_optional_float(d.get("launch_overhead_s")),
-            mark_cost_s=_optional_float(d.get("mark_cost_s")),
-        )
+        hint = "; re-run `prunerd profile` to produce a current one"
+        check_version("profile schema_version", version, SCHEMA_VERSION, hint)
+        quality = d.get("quality")
+        return from_plain(cls, {**d, "quality": _null_to_nan(quality) if quality else None})
 
     @classmethod
     def from_json(cls, text: str) -> BlockProfile:

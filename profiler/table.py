@@ -13,9 +13,10 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from .plain import to_plain
 from .records import DeviceInfo, Measurement, ProfileQuality
 
 # 2: chained in-place timing; "model" is the traced graph.
@@ -54,8 +55,7 @@ class TableQuality:
     median_spread: float
     worst_spread: float
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    to_dict = to_plain
 
 
 def _relative_iqr(m: Measurement) -> float:

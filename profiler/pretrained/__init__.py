@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..files import write_text
+from ..plain import from_plain, to_plain
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "manifest.json"
@@ -50,26 +50,8 @@ class PretrainedEntry:
     date: str
     config: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PretrainedEntry:
-        return cls(
-            model=str(d["model"]),
-            dataset=str(d["dataset"]),
-            file=str(d["file"]),
-            test_accuracy=float(d["test_accuracy"]),
-            test_loss=float(d["test_loss"]),
-            test_n=int(d["test_n"]),
-            epochs=int(d["epochs"]),
-            seed=int(d["seed"]),
-            seconds=float(d["seconds"]),
-            command=str(d["command"]),
-            machine=str(d["machine"]),
-            date=str(d["date"]),
-            config=dict(d.get("config", {})),
-        )
+    to_dict = to_plain
+    from_dict = classmethod(from_plain)
 
 
 def pretrained_filename(model: str, dataset: str) -> str:
