@@ -1,4 +1,4 @@
-"""Model specs -> nn.Module: the built-in zoo, ``package.module:callable``, torch.export files.
+"""Model specs -> nn.Module: the built-in zoo, ``package.module:callable``, ``timm:NAME``, torch.export files.
 
 A checkpoint is a ``torch.save``d dict of plain data (loadable with
 ``weights_only=True``): the model spec as JSON text, the state_dict, and
@@ -70,11 +70,60 @@ def builtin_models() -> list[str]:
     return sorted(ZOO)
 
 
+TIMM_PREFIX = "timm:"
+
+
+def _build_timm(spec: ModelSpec) -> nn.Module:
+    """``timm:NAME``: timm's own builder, untrained, for the spec's channels and classes."""
+    name = spec.name[len(TIMM_PREFIX) :]
+    try:
+        import timm
+    except ImportError:
+        raise ModelSpecError(
+            f"model {spec.name!r} needs timm: pip install 'prunerd[timm]'"
+        ) from None
+    if name not in timm.list_models():
+        raise ModelSpecError(
+            f"model {spec.name!r}: timm has no model {name!r} (see timm.list_models())"
+        )
+    return timm.create_model(
+        name, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels
+    )
+
+
+def model_input_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution takes (None when it has none).
+
+    Builders such as torchvision's take ``num_classes`` only and always expect
+    three channels: this is how a command learns what the model really takes.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d):
+            return int(m.in_channels)
+    return None
+
+
+def build_model_for(
+    name: str, in_channels: int, num_classes: int, input_size: tuple[int, int]
+) -> tuple[ModelSpec, nn.Module]:
+    """Build ``name`` for images of ``in_channels`` x ``input_size``, and the spec of what it takes.
+
+    A model that chooses its own input channels keeps them: the returned spec
+    says so, and the data is then adapted to it (see ``pruner.adapt``).
+    """
+    spec = ModelSpec(name, in_channels, num_classes, tuple(input_size))
+    model = build_model(spec)
+    takes = model_input_channels(model)
+    if takes is not None and takes != in_channels:
+        spec = ModelSpec(name, takes, num_classes, tuple(input_size))
+    return spec, model
+
+
 def _import_callable(spec: str) -> Any:
     if ":" not in spec:
         raise ModelSpecError(
             f"model {spec!r} is not a built-in ({', '.join(builtin_models())}) "
-            "nor of the form 'package.module:callable'"
+            "nor of the form 'package.module:callable' or 'timm:NAME'"
         )
     try:
         return resolve_callable(spec, "model")
@@ -86,6 +135,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) model a spec names."""
     if spec.name in ZOO:
         return ZOO[spec.name](in_channels=spec.in_channels, num_classes=spec.num_classes)
+    if spec.name.startswith(TIMM_PREFIX):
+        return _build_timm(spec)
     if spec.name.endswith((".pt2", ".pt2e")):
         path = Path(spec.name)
         if not path.is_file():

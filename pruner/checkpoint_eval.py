@@ -7,9 +7,10 @@ with when its checkpoint records them (``meta["normalisation"]``, written by
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 
 from profiler import load_model, read_checkpoint
 
-from .data import Batch, Batches, DatasetInfo, load_data
+from .adapt import recorded_adaptation
+from .data import Batches, DataBundle, load_data
 from .train import evaluate
 
 CHECKPOINT_EVAL_VERSION = 1
@@ -59,20 +61,20 @@ class CheckpointEval:
         )
 
 
-def test_split(
+def test_data(
     data: str,
     meta: Mapping[str, Any],
     data_root: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     batch_size: int = 256,
-) -> tuple[DatasetInfo, Iterable[Batch]]:
-    """The test batches of ``data``, normalised as the checkpoint whose ``meta`` is given was trained."""
+) -> DataBundle:
+    """``data`` with its test batches normalised as the checkpoint whose ``meta`` is given was trained."""
     bundle = load_data(data, root=data_root, batch_size=batch_size, limit=limit, val_fraction=0.0)
     test = bundle.test
     norm = meta.get("normalisation")
     if norm and isinstance(test, Batches):
         test = Batches(test.images, test.labels, norm["mean"], norm["std"], batch_size)
-    return bundle.info, test
+    return dataclasses.replace(bundle, test=test)
 
 
 def _load(checkpoint: Path, plan_json: str) -> torch.nn.Module:
@@ -103,18 +105,17 @@ def evaluate_checkpoint(
         raise ValueError(
             f"checkpoint {str(path)!r} does not say which dataset it was trained on: give --data"
         )
-    info, test = test_split(data, meta, data_root, limit, batch_size)
-    spec = ckpt.spec
-    if (info.in_channels, tuple(info.input_size)) != (spec.in_channels, tuple(spec.input_size)):
+    bundle = test_data(data, meta, data_root, limit, batch_size)
+    info, spec = bundle.info, ckpt.spec
+    if info.num_classes != spec.num_classes:
         raise ValueError(
-            f"checkpoint {str(path)!r} holds {spec.name} for {spec.in_channels}x"
-            f"{spec.input_size[0]}x{spec.input_size[1]} inputs, but dataset {data!r} gives "
-            f"{info.in_channels}x{info.input_size[0]}x{info.input_size[1]}: give the dataset it "
-            "was trained on"
+            f"checkpoint {str(path)!r} holds {spec.name} with {spec.num_classes} outputs, but "
+            f"dataset {data!r} has {info.num_classes} classes: give the dataset it was trained on"
         )
+    fed, _ = bundle.for_model(spec.in_channels, spec.input_size, recorded_adaptation(meta))
     model = _load(path, ckpt.plan_json).to(device)
     t0 = time.perf_counter()
-    result = evaluate(model, test, device)
+    result = evaluate(model, fed.test, device)
     return CheckpointEval(
         model=spec.name,
         checkpoint=str(path),

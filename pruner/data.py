@@ -35,6 +35,7 @@ import torch
 
 from profiler.imports import resolve_callable
 
+from .adapt import AdaptationError, AdaptedBatches, InputAdaptation
 from .config import DATASETS
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -209,6 +210,48 @@ class DataBundle:
     train: Iterable[Batch]
     val: Iterable[Batch]
     test: Iterable[Batch]
+
+    def for_model(
+        self,
+        in_channels: int,
+        input_size: tuple[int, int],
+        recorded: InputAdaptation | None = None,
+    ) -> tuple[DataBundle, InputAdaptation]:
+        """These batches shaped for a model taking ``in_channels`` x ``input_size`` images.
+
+        ``recorded`` is the adaptation a checkpoint was trained with; it must lead
+        to the same shape. Raises :class:`AdaptationError` naming both shapes when
+        the channels cannot be adapted.
+        """
+        info = self.info
+        wanted = InputAdaptation(info.in_channels, info.input_size, in_channels, input_size)
+        if recorded is not None and recorded != wanted:
+            raise AdaptationError(
+                f"the model was trained on images adapted {recorded.describe()}, but dataset "
+                f"{info.name!r} needs {wanted.describe()}: give the dataset it was trained on"
+            )
+        return self.adapted(wanted), wanted
+
+    def adapted(self, adaptation: InputAdaptation) -> DataBundle:
+        """These batches as a model of another input shape takes them (see :mod:`pruner.adapt`).
+
+        ``info`` still describes the dataset itself.
+        """
+        info = self.info
+        if (adaptation.source_channels, adaptation.source_size) != (
+            info.in_channels,
+            tuple(info.input_size),
+        ):
+            raise AdaptationError(
+                f"adaptation {adaptation.describe()} does not start from dataset {info.name!r}'s "
+                f"{info.in_channels}x{info.input_size[0]}x{info.input_size[1]} images"
+            )
+        if adaptation.is_identity:
+            return self
+        train, val, test = (
+            AdaptedBatches(b, adaptation) for b in (self.train, self.val, self.test)
+        )
+        return DataBundle(info=info, train=train, val=val, test=test)
 
 
 def datasets() -> list[str]:

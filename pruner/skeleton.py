@@ -33,6 +33,8 @@ from profiler import (
 )
 from profiler.files import write_text
 
+from .adapt import META_KEY as ADAPTATION_META
+from .adapt import recorded_adaptation
 from .config import (
     Budget,
     DepthOptions,
@@ -81,8 +83,10 @@ def prune(
     removal. ``table`` serves block and width timings this device has already taken.
     ``progress(what, done, total)`` reports steps; ``on_event(dict)`` gets one JSON-ready
     dict per milestone (profiled, scored, split, selected, gated, finetuned, measured, done).
-    ``run``, ``depth``, ``width``: the other options (defaults otherwise).
+    ``run``, ``depth``, ``width``: the other options (defaults otherwise). Images of
+    another shape than ``spec`` takes are adapted to it (see :mod:`pruner.adapt`).
     """
+    data, _ = data.for_model(spec.in_channels, spec.input_size)
     options = PruneOptions(
         method=method,
         budget=budget if isinstance(budget, Budget) else Budget(fraction=budget),
@@ -222,7 +226,7 @@ def prune_checkpoint(
     emit = on_event or (lambda e: None)
     held: list[dict[str, Any]] = []
     with torch_threads(run.threads):
-        spec, teacher, data = load_inputs(config)
+        spec, teacher, data, inherited = load_inputs(config)
         with open_table(io.table) as table:
             result = run_method(
                 teacher,
@@ -234,7 +238,7 @@ def prune_checkpoint(
                 progress,
             )
     out = Path(io.out)
-    files, warnings = write_artefacts(out, result, data.info.name, config)
+    files, warnings = write_artefacts(out, result, data.info.name, config, inherited)
     report = dataclasses.replace(
         result.report,
         **files,
@@ -247,10 +251,14 @@ def prune_checkpoint(
     return report
 
 
-def load_inputs(config: PruneConfig) -> tuple[ModelSpec, nn.Module, DataBundle]:
-    """The checkpoint's spec and model, and the data; checked against each other."""
+def load_inputs(
+    config: PruneConfig,
+) -> tuple[ModelSpec, nn.Module, DataBundle, dict[str, Any]]:
+    """The checkpoint's spec and model, the data fed to it as it was trained on it, and the
+    meta the pruned checkpoint inherits (how its inputs are normalised and adapted)."""
     io = config.io
-    spec = read_checkpoint(io.checkpoint).spec
+    ckpt = read_checkpoint(io.checkpoint)
+    spec = ckpt.spec
     if io.model not in ("", spec.name):
         raise ValueError(
             f"checkpoint {io.checkpoint!r} holds model {spec.name!r}, not {io.model!r}"
@@ -269,13 +277,10 @@ def load_inputs(config: PruneConfig) -> tuple[ModelSpec, nn.Module, DataBundle]:
             f"dataset {io.data!r} has {info.num_classes} classes, but the model in "
             f"{io.checkpoint!r} has {spec.num_classes} outputs"
         )
-    if info.in_channels != spec.in_channels or tuple(info.input_size) != tuple(spec.input_size):
-        raise ValueError(
-            f"dataset {io.data!r} has {info.in_channels}x{info.input_size[0]}x{info.input_size[1]} "
-            f"images, but the model in {io.checkpoint!r} expects "
-            f"{spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}"
-        )
-    return spec, teacher, data
+    meta = ckpt.meta or {}
+    fed, adaptation = data.for_model(spec.in_channels, spec.input_size, recorded_adaptation(meta))
+    inherited = {k: meta[k] for k in ("normalisation",) if k in meta}
+    return spec, teacher, fed, {**inherited, ADAPTATION_META: adaptation.to_dict()}
 
 
 @contextlib.contextmanager
@@ -290,7 +295,11 @@ def open_table(path: str | None) -> Iterator[LatencyTable | None]:
 
 
 def write_artefacts(
-    out: Path, result: PruneResult, dataset: str, config: PruneConfig
+    out: Path,
+    result: PruneResult,
+    dataset: str,
+    config: PruneConfig,
+    inherited: dict[str, Any] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Write ``plan.json``, ``pruned.pt`` and, when ``config.io.export``, ``pruned.pt2`` into
     ``out``: their paths as report fields ("" when not exported), and a warning when the
@@ -306,6 +315,7 @@ def write_artefacts(
         dataset=dataset,
         test_accuracy=report.pruned.accuracy,
         budget_s=plan.budget_s,
+        **(inherited or {}),
     )
     files = {"plan_path": str(out / "plan.json"), "checkpoint_path": str(ckpt), "export_path": ""}
     warnings = []

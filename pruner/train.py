@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from profiler import ModelSpec, build_model, builtin_models, save_checkpoint
+from profiler import ModelSpec, build_model_for, builtin_models, save_checkpoint
 
+from .adapt import META_KEY as ADAPTATION_META
 from .data import Batches, DataBundle, DatasetInfo, load_data
 from .schedule import Schedule
 from .train_config import TrainConfig
@@ -636,15 +637,17 @@ def train_model(
         )
     bundle = data if data is not None else load_training_data(config)
     info = bundle.info
-    spec = ModelSpec(config.model, info.in_channels, info.num_classes, info.input_size)
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
         torch.manual_seed(config.seed)  # the initial weights are part of what the seed reproduces
-        model = build_model(spec)
-        fit_result = fit_config(model, bundle, config, state_path, progress)
-        test = evaluate(model, bundle.test, config.device)
+        spec, model = build_model_for(
+            config.model, info.in_channels, info.num_classes, config.input_size or info.input_size
+        )
+        fed, adaptation = bundle.for_model(spec.in_channels, spec.input_size)
+        fit_result = fit_config(model, fed, config, state_path, progress)
+        test = evaluate(model, fed.test, config.device)
     finally:
         torch.set_num_threads(threads_before)
     path = save_checkpoint(
@@ -661,6 +664,7 @@ def train_model(
         seconds=fit_result.seconds,
         config=config.to_dict(),
         normalisation=normalisation_of(bundle),
+        **{ADAPTATION_META: adaptation.to_dict()},
     )
     state_path.unlink(missing_ok=True)  # the checkpoint is written: nothing left to resume
     return TrainResult(

@@ -28,7 +28,8 @@ class TrainConfig:
     linear weights only. ``val_fraction`` of the train split is held out for
     best-epoch selection and ``patience`` (0 trains on every training image and
     keeps the last epoch). ``crop_pad`` is the random-crop padding in pixels for
-    datasets that support cropping. ``threads`` fixes torch's intra-op threads
+    datasets that support cropping. ``input_size`` (H, W) resizes the images to
+    what the model should see (None: the dataset's own size). ``threads`` fixes torch's intra-op threads
     (None leaves torch's choice). ``resume`` continues from the resume file
     beside ``out`` when one is there.
     """
@@ -49,12 +50,15 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 0
     limit: int | None = None
+    input_size: tuple[int, int] | None = None
     data_root: str | None = None
     device: str = "cpu"
     threads: int | None = None
     resume: bool = False
 
     def __post_init__(self) -> None:
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -66,6 +70,12 @@ class TrainConfig:
             ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
             ("patience", self.patience is None or self.patience >= 1, ">= 1"),
             ("threads", self.threads is None or self.threads >= 1, ">= 1"),
+            (
+                "input_size",
+                self.input_size is None
+                or (len(self.input_size) == 2 and min(self.input_size) >= 1),
+                "two positive ints (H, W)",
+            ),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -84,6 +94,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["schedule"] = self.schedule.to_dict()
+        d["input_size"] = None if self.input_size is None else list(self.input_size)
         return {"version": TRAIN_CONFIG_VERSION, **d}
 
     @classmethod

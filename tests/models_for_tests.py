@@ -499,3 +499,8 @@ class VGGLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torchvision_style_resnet(num_classes: int = 1000, **kwargs: object) -> nn.Module:
+    """A builder with torchvision's signature: ``num_classes`` only, always three input channels."""
+    return ResNetLike(3, num_classes)

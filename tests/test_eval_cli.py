@@ -71,7 +71,7 @@ def test_eval_errors_and_help(digits_checkpoint, tmp_path: Path) -> None:
     shape = prunerd(
         "eval", "resnet20", "--checkpoint", str(ckpt), "--data", "synthetic", check=False
     )
-    assert shape.returncode == 2 and "1x8x8 inputs" in shape.stderr
+    assert shape.returncode == 2 and "with 10 outputs, but dataset 'synthetic' has" in shape.stderr
     neither = prunerd("eval", "resnet20", check=False)
     assert neither.returncode == 2 and "--checkpoint" in neither.stderr
 

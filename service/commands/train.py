@@ -10,7 +10,7 @@ from pruner.schedule import DECAYS, Schedule
 from pruner.train import train_model
 from pruner.train_config import TrainConfig
 
-from .argtypes import positive_float, positive_int
+from .argtypes import input_size, positive_float, positive_int
 
 DEFAULTS = TrainConfig(model="", data="", out="")
 
@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "only), a linear warm-up then cosine decay of the learning rate, label smoothing and "
             "the dataset's augmentation (fashion-mnist: random crop and horizontal flip, on whole "
             "batches). Evaluates on the full test split and saves a checkpoint (model spec + "
-            "state_dict). Input channels, classes and input size come from the dataset. A resume "
+            "state_dict). Input channels, classes and input size come from the dataset; a model "
+            "built for other channels (torchvision's take 3) gets a one-channel image repeated, "
+            "--input-size resizes the images, and the checkpoint records that adaptation so "
+            "eval and prune feed the model the same way. A resume "
             "file beside the checkpoint (CKPT.state) is rewritten after every epoch, so a killed "
             "run continues with --resume and loses at most one epoch."
         ),
@@ -32,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a built-in (resnet20, resnet56, vgg16, mobilenetv2) or package.module:callable",
+        help="a built-in (resnet20, resnet56, vgg16, mobilenetv2), package.module:callable "
+        "(e.g. torchvision.models:resnet18) or timm:NAME (needs timm)",
     )
     p.add_argument(
         "--data",
@@ -145,6 +149,12 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit", type=positive_int, metavar="N", help="use at most N train and N test samples"
     )
+    p.add_argument(
+        "--input-size",
+        type=input_size,
+        metavar="H,W",
+        help="resize the images to H,W for the model (default: the dataset's own size)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -166,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience,
         seed=args.seed,
         limit=args.limit,
+        input_size=args.input_size,
         data_root=args.data_root,
         device=args.device,
         threads=args.threads,
@@ -186,6 +197,12 @@ def handler(args: argparse.Namespace) -> int:
         f"{result.fit.epochs_run} epoch{'' if result.fit.epochs_run == 1 else 's'} "
         f"in {result.fit.seconds:.1f} s"
     )
+    spec = result.spec
+    if (spec.in_channels, spec.input_size) != (info.in_channels, info.input_size):
+        print(
+            f"input adapted for the model: {info.in_channels}x{info.input_size[0]}x"
+            f"{info.input_size[1]} -> {spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}"
+        )
     print(f"test accuracy: {result.test.accuracy:.4f} (n={result.test.n})")
     print(f"checkpoint: {result.checkpoint}")
     return 0
