@@ -16,7 +16,8 @@ from .weights import add_weights_arguments
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
-        help="built-in name (resnet20, resnet56, vgg16, mobilenetv2) or package.module:callable",
+        help="built-in name (resnet20, resnet56, vgg16, mobilenetv2), package.module:callable "
+        "(e.g. torchvision.models:resnet50 --input-size 224) or timm:NAME (needs timm)",
     )
     add_weights_arguments(p)
     p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
