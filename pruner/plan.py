@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from profiler import ModelSpec
+from profiler.plain import check_version, from_plain, to_plain
 
 PLAN_VERSION = 1
 
@@ -22,13 +23,6 @@ class RemovedBlock:
 
     name: str
     replacement: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "replacement": self.replacement}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RemovedBlock:
-        return cls(name=str(d["name"]), replacement=str(d["replacement"]))
 
 
 @dataclass(frozen=True)
@@ -60,36 +54,15 @@ class PrunePlan:
         return tuple(r.name for r in self.removed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": PLAN_VERSION,
-            "spec": json.loads(self.spec.to_json()),
-            "removed": [r.to_dict() for r in self.removed],
-            "predicted_latency_s": self.predicted_latency_s,
-            "budget_s": self.budget_s,
-            "batch_size": self.batch_size,
-            "method": self.method,
-            "channels": dict(self.channels),
-        }
+        return {"version": PLAN_VERSION, **to_plain(self)}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrunePlan:
-        version = int(d.get("version", PLAN_VERSION))
-        if version != PLAN_VERSION:
-            raise ValueError(
-                f"plan version {version} is not supported (this prunerd reads {PLAN_VERSION})"
-            )
-        return cls(
-            spec=ModelSpec.from_json(json.dumps(d["spec"])),
-            removed=tuple(RemovedBlock.from_dict(r) for r in d.get("removed", ())),
-            predicted_latency_s=float(d.get("predicted_latency_s", 0.0)),
-            budget_s=float(d.get("budget_s", 0.0)),
-            batch_size=int(d.get("batch_size", 1)),
-            method=str(d.get("method", "dbp")),
-            channels={str(k): int(v) for k, v in d.get("channels", {}).items()},
-        )
+        check_version("plan version", d.get("version", PLAN_VERSION), PLAN_VERSION)
+        return from_plain(cls, d)
 
     @classmethod
     def from_json(cls, text: str) -> PrunePlan:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from profiler.plain import check_version, from_plain, to_plain
 
 from .depth import BlockScore, Candidate
 from .width import BudgetSplit, GateRecord
@@ -29,19 +31,6 @@ class ModelStats:
     params: int
     macs: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelStats:
-        return cls(
-            float(d["latency_s"]),
-            float(d["accuracy"]),
-            int(d["flops"]),
-            int(d["params"]),
-            int(d.get("macs", 0)),
-        )
-
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -56,13 +45,6 @@ class RoundRecord:
     accuracy_after_finetune: float
     measured_latency_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "removed": list(self.removed)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
-        return cls(**{**d, "removed": tuple(d["removed"])})
-
 
 @dataclass(frozen=True)
 class DepthSection:
@@ -74,23 +56,6 @@ class DepthSection:
     candidates: tuple[Candidate, ...]
     additivity_scale: float
     budget: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scores": [s.to_dict() for s in self.scores],
-            "candidates": [c.to_dict() for c in self.candidates],
-            "additivity_scale": self.additivity_scale,
-            "budget": self.budget,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DepthSection:
-        return cls(
-            tuple(BlockScore.from_dict(s) for s in d["scores"]),
-            tuple(Candidate.from_dict(c) for c in d["candidates"]),
-            float(d["additivity_scale"]),
-            None if d.get("budget") is None else float(d["budget"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -105,24 +70,6 @@ class WidthSection:
     gates: GateRecord
     macs_ratio: float
     params_ratio: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gates": self.gates.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WidthSection:
-        return cls(
-            {str(k): float(v) for k, v in d["targets"].items()},
-            {str(k): float(v) for k, v in d["ratios"].items()},
-            {str(k): int(v) for k, v in d["widths"].items()},
-            GateRecord.from_dict(d["gates"]),
-            float(d["macs_ratio"]),
-            float(d["params_ratio"]),
-        )
-
-
-def _opt(section: Any) -> dict[str, Any] | None:
-    return None if section is None else section.to_dict()
 
 
 @dataclass(frozen=True)
@@ -164,55 +111,16 @@ class PruneReport:
     version: int = REPORT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        d.update(
-            removed_blocks=list(self.removed_blocks),
-            baseline=self.baseline.to_dict(),
-            pruned=self.pruned.to_dict(),
-            rounds=[r.to_dict() for r in self.rounds],
-            warnings=list(self.warnings),
-            depth=_opt(self.depth),
-            width=_opt(self.width),
-            split=_opt(self.split),
-        )
-        return d
+        return to_plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruneReport:
-        version = int(d.get("version", 1))
-        if version != REPORT_VERSION:
-            raise ValueError(
-                f"report version {version} is not supported (this prunerd reads {REPORT_VERSION})"
-            )
-        sections = {"depth": DepthSection, "width": WidthSection, "split": BudgetSplit}
-        return cls(
-            **{k: d[k] for k in ("model", "dataset", "method", "device", "config")},
-            **{k: float(d[k]) for k in _FLOATS},
-            **{k: str(d.get(k, "")) for k in ("plan_path", "checkpoint_path", "export_path")},
-            removed_blocks=tuple(d["removed_blocks"]),
-            baseline=ModelStats.from_dict(d["baseline"]),
-            pruned=ModelStats.from_dict(d["pruned"]),
-            budget_met=bool(d["budget_met"]),
-            rounds=tuple(RoundRecord.from_dict(r) for r in d["rounds"]),
-            warnings=tuple(d.get("warnings", ())),
-            **{k: None if d.get(k) is None else t.from_dict(d[k]) for k, t in sections.items()},
-            version=version,
-        )
+        check_version("report version", d.get("version", 1), REPORT_VERSION)
+        return from_plain(cls, d)
 
     @classmethod
     def from_json(cls, text: str) -> PruneReport:
         return cls.from_dict(json.loads(text))
-
-
-_FLOATS = (
-    "budget_s",
-    "budget_check_s",
-    "predicted_latency_s",
-    "accuracy_before_finetune",
-    "speedup",
-    "seconds",
-    "created_at",
-)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 SCHEDULE_VERSION = 1
 DECAYS = ("cosine", "linear", "constant")
@@ -57,18 +59,13 @@ class Schedule:
         return self.final + (1.0 - self.final) * shape
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": SCHEDULE_VERSION, **asdict(self)}
+        return {"version": SCHEDULE_VERSION, **msgspec.to_builtins(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Schedule:
-        if int(d.get("version", SCHEDULE_VERSION)) != SCHEDULE_VERSION:
+        if d.get("version", SCHEDULE_VERSION) != SCHEDULE_VERSION:
             raise ValueError(
                 f"schedule version {d.get('version')} is not {SCHEDULE_VERSION}; "
                 "it was written by another prunerd"
             )
-        return cls(
-            decay=str(d["decay"]),
-            warmup_epochs=float(d["warmup_epochs"]),
-            warmup_start=float(d["warmup_start"]),
-            final=float(d["final"]),
-        )
+        return msgspec.convert(d, cls, strict=False)

@@ -8,7 +8,6 @@ from profiler import ModelSpec, build_model, discover
 from pruner import load_data
 from pruner.depth.discrimination import (
     INPUT,
-    BlockScore,
     fit_probe,
     pooled_features,
     probe_metrics,
@@ -45,7 +44,6 @@ def test_gains_chain_from_the_input_probe():
     assert a.gain > 0.3  # from chance to separable
     assert abs(b.gain) < 1e-6  # the same features again: nothing gained
     assert scores_from_json(scores_to_json(scores)) == scores
-    assert BlockScore.from_dict(a.to_dict()) == a
 
 
 def test_score_blocks_on_a_traced_model_streams_bounded_samples():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from profiler import Block, discover, trace
+from profiler.plain import from_plain, to_plain
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[str, int, int], None]
@@ -49,29 +50,13 @@ class BlockScore:
     features: int
     previous: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BlockScore:
-        return cls(
-            name=str(d["name"]),
-            accuracy=float(d["accuracy"]),
-            loss=float(d["loss"]),
-            gain=float(d["gain"]),
-            accuracy_gain=float(d["accuracy_gain"]),
-            loss_gain=float(d["loss_gain"]),
-            features=int(d["features"]),
-            previous=str(d["previous"]),
-        )
-
 
 def scores_to_json(scores: Iterable[BlockScore]) -> str:
-    return json.dumps([s.to_dict() for s in scores], indent=2)
+    return json.dumps(to_plain(tuple(scores)), indent=2)
 
 
 def scores_from_json(text: str) -> tuple[BlockScore, ...]:
-    return tuple(BlockScore.from_dict(d) for d in json.loads(text))
+    return from_plain(tuple[BlockScore, ...], json.loads(text))
 
 
 class _Pooler(fx.Interpreter):

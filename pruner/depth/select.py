@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -41,20 +40,6 @@ class Candidate:
     gain: float
     removable: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        return cls(
-            str(d["name"]),
-            int(d["stage"]),
-            float(d["latency_s"]),
-            float(d["replacement_s"]),
-            float(d["gain"]),
-            bool(d["removable"]),
-        )
-
 
 @dataclass(frozen=True)
 class Selection:
@@ -66,22 +51,6 @@ class Selection:
     budget_s: float
     method: str
     solve_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["removed"] = list(self.removed)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Selection:
-        return cls(
-            removed=tuple(d["removed"]),
-            predicted_latency_s=float(d["predicted_latency_s"]),
-            kept_gain=float(d["kept_gain"]),
-            budget_s=float(d["budget_s"]),
-            method=str(d["method"]),
-            solve_s=float(d.get("solve_s", 0.0)),
-        )
 
 
 def predict_latency(rest_s: float, candidates: Sequence[Candidate], removed: set[str]) -> float:

@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol
 import torch.fx as fx
 
 from profiler import trace
+from profiler.plain import to_plain
 
 from ..config import DepthOptions
 from ..depth import (
@@ -135,7 +136,7 @@ class _BlockPass:
         self.scorer = step.scorer(s)
         self.scores = self.scorer(s.teacher, list(self.blocks.values()))
         self.gains = dict(self.scores.gains)
-        s.emit({"event": "scored", "scores": [p.to_dict() for p in self.scores.probes]})
+        s.emit({"event": "scored", "scores": to_plain(self.scores.probes)})
         self.removed: list[str] = []
         self.rounds: list[RoundRecord] = []
 

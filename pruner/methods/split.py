@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from profiler import example_input
+from profiler.plain import to_plain
 
 from ..depth import block_yield, candidates_from_profile, min_latency
 from ..plan import PrunePlan
@@ -38,5 +39,5 @@ class SplitStep:
             width_yield=width_yield(space, widths, round_to),
             depth_share=s.options.width.depth_share,
         )
-        s.emit({"event": "split", **s.split.to_dict()})
+        s.emit({"event": "split", **to_plain(s.split)})
         s.depth_fraction = s.split.depth

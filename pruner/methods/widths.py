@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from profiler import TimingOptions, example_input, torch_threads
+from profiler.plain import to_plain
 
 from ..errors import BudgetError
 from ..plan import PrunePlan
@@ -155,7 +156,7 @@ def _gate_and_fit(
             device=run.device,
             progress=s.step,
         )
-    s.emit({"event": "gated", **record.to_dict()})
+    s.emit({"event": "gated", **to_plain(record)})
     choice = fit_widths(
         space, channel_ranking(space, gates), targets, width.round_to, gates.widths()
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -117,23 +116,6 @@ class GateRecord:
     ratios: dict[str, float]
     closed: int
     open_channels: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "ratios": dict(self.ratios),
-            "closed": self.closed,
-            "open_channels": self.open_channels,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GateRecord:
-        return cls(
-            int(d["steps"]),
-            {str(k): float(v) for k, v in d["ratios"].items()},
-            int(d["closed"]),
-            int(d["open_channels"]),
-        )
 
 
 def train_gates(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,19 +21,6 @@ class BudgetSplit:
     block_yield: float
     width_yield: float
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BudgetSplit:
-        return cls(
-            float(d["depth"]),
-            float(d["width"]),
-            float(d["block_yield"]),
-            float(d["width_yield"]),
-            str(d["reason"]),
-        )
 
 
 def split_budget(
