@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 CACHE_VERSION = 1
 CACHE_FILE = "conv_bn_relu.json"
 BACKENDS = ("triton", "torch")
@@ -148,23 +150,11 @@ class Choice:
         return self.graph if capturing else self.eager
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": asdict(self.config),
-            "eager": self.eager,
-            "graph": self.graph,
-            "times_s": dict(self.times_s),
-            "measured": self.measured,
-        }
+        return msgspec.to_builtins(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Choice:
-        return cls(
-            config=TileConfig(**{k: int(v) for k, v in d["config"].items()}),
-            eager=d["eager"],
-            graph=d["graph"],
-            times_s={k: float(v) for k, v in d.get("times_s", {}).items()},
-            measured=bool(d.get("measured", True)),
-        )
+        return msgspec.convert(d, cls, strict=False)
 
 
 def rule_choice(configs: Sequence[TileConfig], m: int, n: int, k: int) -> Choice:
