@@ -24,34 +24,29 @@ interleaved). Writes bench/results/head_to_head.{md,json,png}.
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-from profiler import (
-    TimingOptions,
-    device_info,
-    example_input,
-    load_model,
-    measure,
-    model_cost,
-    read_checkpoint,
-    retain_freed_memory,
+from compare_methods import (  # bench/ is on sys.path when run as a script
+    at_equal_accuracy,
+    cost_ratios,
+    finetune,
+    machine,
+    pyplot,
+    speedups,
+    tp_prune,
+    uptime,
+    utc_now,
 )
+
+from profiler import load_model, read_checkpoint, retain_freed_memory
 from pruner import (
     PruneConfig,
-    PrunePlan,
-    apply_plan,
     cached_baseline,
     evaluate,
-    finetune,
     first_samples,
     load_data,
     load_pruned,
@@ -59,54 +54,12 @@ from pruner import (
 )
 
 OUT = Path("bench/results")
-
-
-def speedups(base: torch.nn.Module, pruned: torch.nn.Module, spec, batches, budget_s: float):
-    out = {}
-    for b in batches:
-        x = torch.randn(spec.input_shape(b), generator=torch.Generator().manual_seed(0))
-        a, p = copy.deepcopy(base).eval(), copy.deepcopy(pruned).eval()
-        ma, mp = measure(
-            [lambda a=a, x=x: a(x), lambda p=p, x=x: p(x)], "cpu", TimingOptions(budget_s=budget_s),
-            device_info("cpu").fingerprint,
-        )  # fmt: skip
-        out[b] = {
-            "base_s": ma.median_s,
-            "pruned_s": mp.median_s,
-            "speedup": ma.median_s / mp.median_s,
-        }
-    return out
+FILTERS = ("hfp", "tp-magnitude")
 
 
 def tp_magnitude(teacher, spec, target_macs: float):
     """Torch-Pruning's magnitude pruner, ratio bisected so MACs land at ``target_macs``."""
-    import torch_pruning as tp
-
-    x = example_input(spec)
-    base_macs = model_cost(teacher, spec).macs
-
-    def prune(ratio: float):
-        model = apply_plan(teacher, PrunePlan(spec))
-        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        pruner = tp.pruner.MagnitudePruner(
-            model, x, importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=ratio, ignored_layers=[head], global_pruning=True,
-        )  # fmt: skip
-        pruner.step()
-        return model, model_cost(model, spec).macs / base_macs
-
-    lo, hi = 0.0, 0.95
-    best = None
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        model, r = prune(mid)
-        if best is None or abs(r - target_macs) < abs(best[1] - target_macs):
-            best = (model, r, mid)
-        if r > target_macs:
-            lo = mid
-        else:
-            hi = mid
-    return best
+    return tp_prune(teacher, spec, target_macs, "magnitude")
 
 
 def main() -> int:
@@ -134,7 +87,7 @@ def main() -> int:
     retain_freed_memory()
     torch.manual_seed(0)
     t0 = time.time()
-    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load_before = uptime()
     ckpt = cached_baseline("resnet56", "fashion-mnist", 6, lr=0.05, limit=8000)
     teacher = load_model("resnet56", checkpoint=ckpt).eval()
     spec = read_checkpoint(ckpt).spec
@@ -142,13 +95,11 @@ def main() -> int:
     test = first_samples(data.test, args.test_samples)
     base_acc = evaluate(teacher, test).accuracy
     rows: list[dict] = []
-    info = device_info("cpu")
     this = {
         "command": f"python {' '.join(sys.argv)}",
-        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "date": utc_now(),
         "load_before": load_before,
-        "machine": f"{info.name}, {info.threads} threads, torch {torch.__version__}, "
-        f"heap policy {info.details['allocator']}, {platform.platform()}",
+        "machine": machine("cpu"),
     }
     settings = {k: getattr(args, k) for k in ("epochs", "limit", "test_samples", "batches")}
     run = {**this, "settings": settings, "baseline_accuracy": base_acc, "rows": rows}
@@ -192,10 +143,7 @@ def main() -> int:
                 note = "; ".join([*split, *report.warnings])
                 if method == "hfp":
                     hfp_macs[level] = report.width.macs_ratio
-            ratio = model_cost(model, spec).macs / model_cost(teacher, spec).macs
-            params = sum(p.numel() for p in model.parameters()) / sum(
-                p.numel() for p in teacher.parameters()
-            )
+            ratio, params = cost_ratios(model, teacher, spec)
             sp = speedups(teacher, model, spec, args.batches, args.timing_budget)
             row = {
                 "method": method, "level": level, "accuracy": acc, "accuracy_before_ft": acc_before,
@@ -212,38 +160,10 @@ def main() -> int:
     return 0
 
 
-def at_equal_accuracy(rows: list[dict], batch: int, within: float = 0.003) -> list[dict]:
-    """For each filter-pruning row, the fastest block-pruning row no less accurate.
-
-    "No less accurate" allows ``within`` (0.3 points) below the filter row's
-    accuracy; ratio is that DBP row's speed-up over the filter row's.
-    """
-    key = f"speedup_b{batch}"
-    dbp = [r for r in rows if r["method"] == "dbp"]
-    out = []
-    for f in (r for r in rows if r["method"] in ("hfp", "tp-magnitude")):
-        ok = [d for d in dbp if d["accuracy"] >= f["accuracy"] - within]
-        best = max(ok, key=lambda d: d[key], default=None)
-        out.append(
-            {"filter": f, "dbp": best, "ratio": best[key] / f[key] if best else float("nan")}
-        )
-    return out
-
-
-def write(run: dict) -> None:
-    order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp", "dbp+hfp-share0.5"]
-    rows = sorted(run["rows"], key=lambda r: (-r["level"], order.index(r["method"])))
-    methods = [m for m in order if any(r["method"] == m for r in rows)]
-    base_acc, cfg = run["baseline_accuracy"], run["settings"]
-    se = (base_acc * (1 - base_acc) / cfg["test_samples"]) ** 0.5
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cfg["batches"]), figsize=(6 * len(cfg["batches"]), 4.5))
+def plot(plt, rows: list[dict], methods: list[str], base_acc: float, se: float, batches) -> None:
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5))
     markers = {"dbp": "o", "hfp": "s", "tp-magnitude": "^", "dbp+hfp": "D", "dbp+hfp-share0.5": "v"}
-    for ax, b in zip(axes, cfg["batches"]):
+    for ax, b in zip(axes, batches):
         for m in methods:
             pts = sorted(
                 (r[f"speedup_b{b}"], r["accuracy"], r["level"]) for r in rows if r["method"] == m
@@ -265,6 +185,19 @@ def write(run: dict) -> None:
     )
     fig.tight_layout()
     fig.savefig(OUT / "head_to_head.png", dpi=110)
+
+
+def write(run: dict) -> None:
+    order = ["dbp", "hfp", "tp-magnitude", "dbp+hfp", "dbp+hfp-share0.5"]
+    rows = sorted(run["rows"], key=lambda r: (-r["level"], order.index(r["method"])))
+    methods = [m for m in order if any(r["method"] == m for r in rows)]
+    base_acc, cfg = run["baseline_accuracy"], run["settings"]
+    se = (base_acc * (1 - base_acc) / cfg["test_samples"]) ** 0.5
+    plt = pyplot()
+    if plt is None:
+        print("matplotlib is not installed: head_to_head.png not redrawn", file=sys.stderr)
+    else:
+        plot(plt, rows, methods, base_acc, se, cfg["batches"])
     lines = [
         "# Block pruning vs filter pruning, resnet56 on Fashion-MNIST, CPU",
         "",
@@ -320,7 +253,7 @@ def write(run: dict) -> None:
     ]
     for b in cfg["batches"]:
         key = f"speedup_b{b}"
-        for c in at_equal_accuracy(rows, b):
+        for c in at_equal_accuracy(rows, f"speedup_b{b}", FILTERS):
             f, d = c["filter"], c["dbp"]
             dbp_cells = (
                 f"{d['level']} | {d['accuracy']:.4f} | {d[key]:.2f}x | **{c['ratio']:.2f}x**"
@@ -332,7 +265,7 @@ def write(run: dict) -> None:
                 + dbp_cells
                 + " |"
             )
-    comps = [c for b in cfg["batches"] for c in at_equal_accuracy(rows, b)]
+    comps = [c for b in cfg["batches"] for c in at_equal_accuracy(rows, f"speedup_b{b}", FILTERS)]
     ratios = [c["ratio"] for c in comps if c["dbp"]]
     held = sum(r >= 1.2 for r in ratios)
     lines += [
