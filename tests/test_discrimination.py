@@ -69,3 +69,22 @@ def test_score_blocks_on_a_traced_model_streams_bounded_samples():
     assert [s.name for s in scores] == [b.name for b in bg.blocks]
     assert all(0.0 <= s.accuracy <= 1.0 and s.loss > 0 for s in scores)
     assert "probes" in calls
+
+
+def test_a_dense_layer_is_probed_on_what_the_network_holds_after_it():
+    """Its new channels beside its input: the concatenation the next layer reads."""
+    from .models_for_tests import DenseNetLike
+
+    torch.manual_seed(0)
+    model = DenseNetLike(in_channels=1, num_classes=4, growth=8).eval()
+    data = load_data("synthetic", batch_size=16, limit=64)
+    bg = discover(model, torch.zeros(1, 1, 16, 16))
+    dense = [b for b in bg.blocks if b.kind == "dense" and b.stage == 0]
+    assert len(dense) == 3
+    feats, _ = pooled_features(bg.gm, bg.blocks, data.train, max_samples=32)
+    widths = [feats[b.name].shape[1] for b in dense]
+    assert widths == [16 + 8, 16 + 16, 16 + 24]
+    # layer k's input is exactly what layer k-1's probe saw
+    for before, after in zip(dense, dense[1:]):
+        held = feats[before.name]
+        assert torch.allclose(feats[after.name][:, : held.shape[1]], held, atol=1e-6)

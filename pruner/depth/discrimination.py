@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,12 @@ from torch import nn
 from profiler import Block, discover, trace
 from profiler.plain import from_plain, to_plain
 
+from .. import distributed
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[str, int, int], None]
 INPUT = "<input>"  # the name of the probe on the pooled network input
+LABELS = "<labels>"  # the labels, gathered over ranks beside the features
 METRICS = ("loss", "accuracy")
 
 
@@ -62,17 +65,29 @@ def scores_from_json(text: str) -> tuple[BlockScore, ...]:
 class _Pooler(fx.Interpreter):
     """Runs the graph and keeps the global average pool (B, C) of the requested nodes."""
 
-    def __init__(self, gm: fx.GraphModule, keep: dict[str, str]) -> None:
+    def __init__(self, gm: fx.GraphModule, keep: set[str]) -> None:
         super().__init__(gm)
-        self.keep = keep  # node name -> feature name
+        self.keep = keep  # node names
         self.pooled: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         # Pool at once: a later in-place op (ReLU(inplace=True)) would change the value.
         if n.name in self.keep and isinstance(value, torch.Tensor):
-            self.pooled[self.keep[n.name]] = _pool(value)
+            self.pooled[n.name] = _pool(value)
         return value
+
+
+def _feature_nodes(block: Block) -> tuple[str, ...]:
+    """The nodes whose pooled outputs, side by side, are what the network holds after ``block``.
+
+    A dense layer's output is only its new channels; what follows reads them
+    concatenated to the layer's input, so its probe sees both (pooling is per
+    channel, so pooling the parts is pooling the concatenation).
+    """
+    if block.kind == "dense" and block.input_node:
+        return (block.input_node, block.output_node)
+    return (block.output_node,)
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
@@ -91,32 +106,54 @@ def pooled_features(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pooled features per block name (and ``INPUT``), each (N, C) float32, and labels (N,).
 
-    Streams ``batches`` and stops after ``max_samples``; memory is N x sum(C).
+    Streams ``batches`` and stops after ``max_samples``; memory is N x sum(C). With
+    a process group each rank pools every N-th batch, and all get every row.
     """
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    keep = {placeholders[0]: INPUT, **{b.output_node: b.name for b in blocks}}
+    wanted = {INPUT: (placeholders[0],), **{b.name: _feature_nodes(b) for b in blocks}}
+    keep = {n for nodes in wanted.values() for n in nodes}
     was_training = gm.training
     gm.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keep.values()}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in wanted}
     labels: list[torch.Tensor] = []
-    seen = 0
+    positions: list[torch.Tensor] = []
     try:
-        for x, y in batches:
-            if max_samples is not None and seen >= max_samples:
-                break
-            if max_samples is not None and seen + len(y) > max_samples:
-                x, y = x[: max_samples - seen], y[: max_samples - seen]
+        for x, y, at in _own_batches(batches, max_samples):
             pooler = _Pooler(gm, keep)
             pooler.run(x.to(device))
-            for k, v in pooler.pooled.items():
-                parts[k].append(v.cpu())
+            for k, nodes in wanted.items():
+                got = [pooler.pooled[n] for n in nodes if n in pooler.pooled]
+                parts[k].append(torch.cat(got, 1).cpu())
             labels.append(y.cpu().long())
-            seen += len(y)
+            positions.append(torch.arange(at, at + len(y)))
     finally:
         gm.train(was_training)
+    if distributed.active():  # every rank gets all rows, in the order one process has them
+        _, rows = distributed.gather_rows(positions, {**parts, LABELS: labels})
+        parts, labels = {k: [rows[k]] for k in parts}, [rows[LABELS]]
+        labels = labels if len(labels[0]) else []
     if not labels:
         raise ValueError("no calibration batches: the data split is empty")
     return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
+
+
+def _own_batches(
+    batches: Batches, max_samples: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(x, y, place of the first row in the stream) up to ``max_samples`` rows in all.
+
+    With a process group, every rank draws every batch (the shuffling generator
+    stays the same on all) but yields only every N-th.
+    """
+    seen = 0
+    for i, (x, y) in enumerate(batches):
+        if max_samples is not None and seen >= max_samples:
+            return
+        if max_samples is not None and seen + len(y) > max_samples:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        if distributed.owns(i):
+            yield x, y, seen
+        seen += len(y)
 
 
 @dataclass(frozen=True)
@@ -193,12 +230,13 @@ def score_features(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     names = [INPUT, *order]
-    results: dict[str, tuple[float, float]] = {}
-    for i, name in enumerate(names):
-        probe = fit_probe(fit_x[name], fit_y, num_classes)
-        results[name] = probe_metrics(probe, eval_x[name], eval_y)
-        if progress:
-            progress("probes", i + 1, len(names))
+
+    def fit_and_score(name: str) -> tuple[float, float]:
+        return probe_metrics(fit_probe(fit_x[name], fit_y, num_classes), eval_x[name], eval_y)
+
+    done = (lambda k, total: progress("probes", k, total)) if progress else None
+    # With a process group each rank fits every N-th probe, and all get every result.
+    results = distributed.map_in_turns(names, fit_and_score, done)
     scores = []
     for prev, name in zip(names, names[1:]):
         acc, loss = results[name]
