@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiler import ModelSpec, build_model, save_checkpoint
+from profiler import ModelSpec, build_model, read_checkpoint, save_checkpoint
+from pruner.adapt import InputAdaptation, recorded_adaptation
 from service.client import RequestError
 
 from .service_helpers import DaemonProcess
 
 SPEC = ModelSpec("resnet20", 1, 4, (16, 16))  # what the synthetic dataset produces
+RGB_MODEL = "tests.models_for_tests:torchvision_style_resnet"
 QUICK = {
     "epochs": 1,
     "batch_size": 32,
@@ -32,7 +34,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     save_checkpoint(root / "resnet20.pt", SPEC, build_model(SPEC))
     config = root / "prunerd.toml"
-    config.write_text(f'path_roots = ["{root}"]\n')
+    rgb = ModelSpec(RGB_MODEL, 3, 4, (24, 24))  # a fixed three-channel builder, bigger inputs
+    adapted = InputAdaptation(1, (16, 16), 3, (24, 24)).to_dict()
+    save_checkpoint(root / "rgb.pt", rgb, build_model(rgb), input_adaptation=adapted)
+    config.write_text(f'path_roots = ["{root}"]\nallow_imports = ["tests.models_for_tests"]\n')
     d = DaemonProcess(tmp_path_factory.mktemp("daemon") / "state", "--config", str(config)).start()
     d.root = root
     yield d
@@ -66,6 +71,19 @@ def test_prune_job_runs_the_pipeline(daemon: DaemonProcess) -> None:
             json.loads((out / "report.json").read_text())["removed_blocks"]
             == report["removed_blocks"]
         )
+
+
+def test_prune_job_feeds_an_adapted_model_as_its_checkpoint_says(daemon: DaemonProcess) -> None:
+    """One-channel 16x16 data into a three-channel 24x24 model, through a worker."""
+    with daemon.client() as client:
+        params = {"model": RGB_MODEL, "checkpoint": str(daemon.root / "rgb.pt")}
+        job = client.submit("prune", **params, dataset="synthetic", budget_ratio=0.8, options=QUICK)
+        events = list(client.watch(job["id"], timeout_s=600))
+        result = client.result(job["id"])
+    assert events[-1].event == "done", [e.data for e in events if e.event == "failed"]
+    pruned = read_checkpoint(result["result"]["checkpoint_path"])
+    assert (pruned.spec.in_channels, pruned.spec.input_size) == (3, (24, 24))
+    assert recorded_adaptation(pruned.meta) == InputAdaptation(1, (16, 16), 3, (24, 24))
 
 
 def test_prune_job_errors(daemon: DaemonProcess) -> None:
