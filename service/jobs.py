@@ -24,6 +24,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
 
 # --------------------------------------------------------------------------- the store
@@ -49,17 +51,7 @@ class Job:
         return self.finished_at - self.started_at
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "params": self.params,
-            "status": self.status,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_s": self.duration_s,
-            "error": self.error,
-        }
+        return {**msgspec.to_builtins(self), "duration_s": self.duration_s}
 
 
 _SCHEMA = """

@@ -7,6 +7,8 @@ Request (one ZeroMQ frame, UTF-8 JSON object)::
 
 Ops: ``ping``; ``submit`` (kind, params); ``status``, ``result``, ``cancel`` (job_id);
 ``list`` (limit, status). Unknown fields are errors, so a typo never passes silently.
+The schema is declared below as msgspec types; what no schema can say (which models,
+datasets and files the operator allows) is :class:`ModelPolicy`'s.
 
 Reply: ``{"v": 1, "ok": true, "op": ..., "req_id": ..., "data": {...}}`` or
 ``{"v": 1, "ok": false, "op": ..., "req_id": ..., "error": {"code", "message", "field"}}``.
@@ -20,13 +22,16 @@ Deployment samples (PUSH -> PULL, one frame):
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
 
 from pruner.config import DATASETS, METHODS
 
@@ -44,9 +49,8 @@ FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
 BUILTIN_DATASETS = DATASETS
 PRUNE_METHODS = METHODS
 
-JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")
-DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:[0-9]{1,2})?)$")
+# "\Z", not "$": "$" would also accept a trailing newline.
+DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 # ``package.module:name``: one name defined in the module, never a dotted attribute path
 # (``allowed.module:torch.os.system`` would walk out of the allowed module), never private.
 _IMPORT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*")
@@ -73,28 +77,242 @@ class ProtocolError(Exception):
         return {"code": self.code, "message": self.message, "field": self.field}
 
 
-# --------------------------------------------------------------------------- field checks
+# --------------------------------------------------------------------------- the schema
 
-_MISSING = object()
+# Strings are never empty and never carry NUL (no path or module name has one).
+Text = Annotated[str, Meta(min_length=1, max_length=MAX_STRING, pattern=r"^[^\x00]+\Z")]
+Name = Annotated[str, Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]+\Z")]
+ReqId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\x00]+\Z")]
+JobId = Annotated[str, Meta(pattern=r"^[0-9a-f]{12}\Z")]
+Device = Annotated[str, Meta(pattern=r"^(cpu|cuda(:[0-9]{1,2})?)\Z")]
+Side = Annotated[int, Meta(ge=1, le=4096)]
+# Options are knobs, never code or nested documents: plain scalars, finite numbers.
+Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+Options = Annotated[
+    dict[Annotated[str, Meta(max_length=64)], None | bool | int | Finite | str],
+    Meta(max_length=64),
+]
 
 
-def _type_name(value: Any) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), "null" if value is None else type(value).__name__)
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
 
 
-def _take(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> Any:
-    if key in d:
-        return d[key]
-    if default is _MISSING:
-        raise ProtocolError("bad_request", f"missing required field {where + key!r}", where + key)
-    return default
+class _Params(_Wire):
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data: what the job store keeps and the worker gets."""
+        return msgspec.to_builtins(self)
+
+    def checked(self, policy: ModelPolicy) -> _Params:
+        """These parameters after the policy's checks (some make a name canonical)."""
+        return self
+
+
+class ModelParams(_Params, kw_only=True):
+    """Fields every job that loads a model shares."""
+
+    model: Name
+    in_channels: Annotated[int, Meta(ge=1, le=4096)] = 3
+    num_classes: Annotated[int, Meta(ge=1, le=100_000)] = 10
+    input_size: tuple[Side, Side] = (32, 32)
+    batch_size: Side = 1
+    device: Device = "cpu"
+    checkpoint: Text | None = None
+
+    def _confined(self, policy: ModelPolicy) -> dict[str, Any]:
+        ckpt = self.checkpoint
+        return {
+            "model": policy.check_model(self.model, "params.model"),
+            "checkpoint": None if ckpt is None else policy.check_path(ckpt, "params.checkpoint"),
+        }
+
+    def checked(self, policy: ModelPolicy) -> ModelParams:
+        return msgspec.structs.replace(self, **self._confined(policy))
+
+
+class ProfileParams(ModelParams, kw_only=True):
+    """A profile job: per-block serial latency of one model (see profiler.profile_model)."""
+
+    fused: bool = False
+    remeasure: bool = False
+
+
+class PruneParams(ModelParams, kw_only=True):
+    """A prune job: exactly one of ``budget_s`` (seconds) or ``budget_ratio`` (of the measured latency)."""
+
+    budget_s: Annotated[float, Meta(ge=1e-9, le=3600.0)] | None = None
+    budget_ratio: Annotated[float, Meta(ge=1e-6, le=1.0)] | None = None
+    method: Literal[PRUNE_METHODS] = "dbp"  # type: ignore[valid-type]
+    dataset: Name = "digits"
+    output: Text | None = None
+    options: Options = {}
+
+    def checked(self, policy: ModelPolicy) -> PruneParams:
+        w = "params."
+        confined = self._confined(policy)
+        if (self.budget_s is None) == (self.budget_ratio is None):
+            raise ProtocolError(
+                "bad_request",
+                f"give exactly one of {w}budget_s and {w}budget_ratio",
+                w + "budget_s",
+            )
+        confined["dataset"] = policy.check_dataset(self.dataset, w + "dataset")
+        if self.output is not None:
+            confined["output"] = policy.check_new_dir(self.output, w + "output")
+        confined["options"] = _confined_options(self.options, policy, w + "options.")
+        if self.checkpoint is None:
+            raise ProtocolError(
+                "bad_request",
+                f"a prune job needs {w}checkpoint: the trained model to prune",
+                w + "checkpoint",
+            )
+        return msgspec.structs.replace(self, **confined)
+
+
+def _confined_options(options: dict[str, Any], policy: ModelPolicy, w: str) -> dict[str, Any]:
+    """Options that name a directory are confined like every other path a request names."""
+    out = dict(options)
+    if out.get("data_root") is not None:
+        if type(out["data_root"]) is not str:
+            raise ProtocolError("bad_request", f"{w}data_root must be a string", w + "data_root")
+        out["data_root"] = policy.check_dir(out["data_root"], w + "data_root")
+    return out
+
+
+class SelftestParams(_Params):
+    """A selftest job: exercises the worker machinery without touching a model
+    (reports ``steps`` progress events over ``seconds``; ``fail`` makes it raise)."""
+
+    seconds: Annotated[float, Meta(ge=0.0, le=600.0)] = 1.0
+    steps: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    fail: bool = False
+
+
+PARAMS_TYPES: dict[str, Any] = {
+    "profile": ProfileParams,
+    "prune": PruneParams,
+    "selftest": SelftestParams,
+}
+
+
+class Request(_Wire, kw_only=True):
+    op: str
+    req_id: ReqId | None = None
+    v: int = PROTOCOL_VERSION  # checked before the rest, for its own error code
+
+
+class Ping(Request):
+    pass
+
+
+class Submit(Request, tag_field="kind"):
+    """A job to queue; one subclass per kind, told apart by ``kind``."""
+
+    params: _Params
+
+    @property
+    def kind(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+class SubmitProfile(Submit, tag="profile"):
+    params: ProfileParams
+
+
+class SubmitPrune(Submit, tag="prune"):
+    params: PruneParams
+
+
+class SubmitSelftest(Submit, tag="selftest"):
+    params: SelftestParams = msgspec.field(default_factory=SelftestParams)
+
+
+class JobRequest(Request, kw_only=True):
+    """status, result and cancel: they name one job."""
+
+    job_id: JobId
+
+
+class ListJobs(Request):
+    """Newest first; ``before``: the ``next`` of the previous page (the daemon caps a page)."""
+
+    limit: Annotated[int, Meta(ge=1, le=10_000)] = 50
+    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    before: JobId | None = None
+
+
+REQUESTS: dict[str, Any] = {
+    "ping": Ping,
+    "submit": SubmitProfile | SubmitPrune | SubmitSelftest,
+    "status": JobRequest,
+    "list": ListJobs,
+    "cancel": JobRequest,
+    "result": JobRequest,
+}
+assert tuple(REQUESTS) == OPS
+
+# What a reply adds to msgspec's message, for fields whose limit the message does not say.
+_LIMITS = {
+    "kind": f"kinds are {sorted(PARAMS_TYPES)}",
+    "params.method": f"one of {list(PRUNE_METHODS)}",
+    "status": f"one of {list(JOB_STATUSES)}",
+    "params.options": "at most 64 entries, names of at most 64 characters, scalar values",
+}
+_AT = re.compile(r" - at (?:`key` in )?`\$\.?([^`]*)`$")
+_FIELD_NAMED = re.compile(r"field `([^`]*)`")
+
+
+def _refusal(e: msgspec.ValidationError) -> ProtocolError:
+    """msgspec's "Expected `int` <= 4096 - at `$.params.batch_size`" as a ProtocolError
+    naming the field ("params.batch_size"; an array's or object's own, not its item's)."""
+    text = str(e)
+    at = _AT.search(text)
+    path, message = (at[1], text[: at.start()]) if at else ("", text)
+    if named := _FIELD_NAMED.search(message):  # a missing or unknown field: at its object
+        path = f"{path}.{named[1]}" if path else named[1]
+    field = re.sub(r"\[[^\]]*\]", "", path)
+    limit = f"; {_LIMITS[field]}" if field in _LIMITS else ""
+    code = "unknown_kind" if field == "kind" else "bad_request"
+    return ProtocolError(code, f"{field or 'message'}: {message[:200]}{limit}", field or None)
+
+
+def _convert(doc: dict[str, Any], schema: Any) -> Any:
+    try:
+        return msgspec.convert(doc, schema)
+    except msgspec.ValidationError as e:
+        raise _refusal(e) from None
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_strict(data: bytes, max_bytes: int) -> Any:
+    """Parse a JSON frame: size-limited, UTF-8, no NaN/Infinity; ProtocolError otherwise."""
+    if len(data) > max_bytes:
+        raise ProtocolError("too_large", f"message is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError("bad_json", f"message is not UTF-8 JSON: {str(e)[:200]}") from None
+
+
+def _check_version(doc: Any) -> None:
+    if type(doc) is not dict:
+        raise ProtocolError("bad_request", f"a message must be a JSON object, got {_show(doc)}")
+    if "v" not in doc:
+        raise ProtocolError(
+            "bad_version", f'missing protocol version; send "v": {PROTOCOL_VERSION}', "v"
+        )
+    if type(doc["v"]) is not int or doc["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "bad_version",
+            f"protocol version {_show(doc['v'])} is not supported; this daemon speaks {PROTOCOL_VERSION}",
+            "v",
+        )
 
 
 def _show(value: Any) -> str:
@@ -103,102 +321,51 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
-def _int(d: dict[str, Any], key: str, where: str, lo: int, hi: int, default: Any = _MISSING) -> int:
-    v = _take(d, key, where, default)
-    # bool is a subclass of int in Python, but true is not a batch size.
-    if type(v) is not int:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be an integer, got {_type_name(v)}", where + key
-        )
-    if not lo <= v <= hi:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be in {lo}..{hi}, got {_show(v)}", where + key
-        )
-    return v
+def peek_req_id(doc: Any) -> str | None:
+    """The req_id of a request, if it has a usable one, so that even an error reply can be matched."""
+    if isinstance(doc, dict):
+        rid = doc.get("req_id")
+        if type(rid) is str and 0 < len(rid) <= 64:
+            return rid
+    return None
 
 
-def _float(
-    d: dict[str, Any], key: str, where: str, lo: float, hi: float, default: Any = _MISSING
-) -> float:
-    v = _take(d, key, where, default)
-    if v is None and default is None:
-        return None  # type: ignore[return-value]
-    # isfinite() on a 400-digit integer raises OverflowError; compare ints exactly instead.
-    if type(v) not in (int, float) or (type(v) is float and not math.isfinite(v)):
-        raise ProtocolError(
-            "bad_request",
-            f"{where + key} must be a finite number, got {_type_name(v)}",
-            where + key,
-        )
-    if not lo <= v <= hi:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be in [{lo}, {hi}], got {_show(v)}", where + key
-        )
-    return float(v)
+def parse_request(doc: Any, policy: ModelPolicy) -> Request:
+    """Validate a decoded JSON document into a typed request, or raise ProtocolError."""
+    _check_version(doc)
+    op = doc.get("op")
+    if type(op) is not str or op not in REQUESTS:
+        raise ProtocolError("unknown_op", f"unknown op {_show(op)}; ops are {list(OPS)}", "op")
+    req = _convert(doc, REQUESTS[op])
+    if isinstance(req, Submit):
+        req = msgspec.structs.replace(req, params=req.params.checked(policy))
+    return req
 
 
-def _bool(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> bool:
-    v = _take(d, key, where, default)
-    if type(v) is not bool:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be true or false, got {_type_name(v)}", where + key
-        )
-    return v
+def decode_request(data: bytes, policy: ModelPolicy, max_bytes: int) -> Request:
+    return parse_request(loads_strict(data, max_bytes), policy)
 
 
-def _str(
-    d: dict[str, Any],
-    key: str,
-    where: str,
-    default: Any = _MISSING,
-    choices: tuple[str, ...] | None = None,
-    pattern: re.Pattern[str] | None = None,
-    max_len: int = MAX_STRING,
-) -> str:
-    v = _take(d, key, where, default)
-    if v is None and default is None:
-        return None  # type: ignore[return-value]
-    if type(v) is not str:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be a string, got {_type_name(v)}", where + key
-        )
-    if not v or len(v) > max_len or "\x00" in v:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be 1..{max_len} characters without NUL", where + key
-        )
-    if choices is not None and v not in choices:
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be one of {list(choices)}, got {v!r}", where + key
-        )
-    # fullmatch: "$" in a pattern would also accept a trailing newline.
-    if pattern is not None and not pattern.fullmatch(v):
-        raise ProtocolError(
-            "bad_request", f"{where + key}={v!r} does not match {pattern.pattern}", where + key
-        )
-    return v
+def encode_request(op: str, req_id: str | None = None, **fields: Any) -> bytes:
+    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": op}
+    if req_id is not None:
+        doc["req_id"] = req_id
+    doc.update(fields)
+    return json.dumps(doc).encode()
 
 
-def _size(d: dict[str, Any], key: str, where: str, default: tuple[int, int]) -> tuple[int, int]:
-    v = _take(d, key, where, list(default))
-    if (
-        type(v) is not list
-        or len(v) != 2
-        or any(type(x) is not int or not 1 <= x <= 4096 for x in v)
-    ):
-        raise ProtocolError(
-            "bad_request", f"{where + key} must be [height, width], ints in 1..4096", where + key
-        )
-    return (v[0], v[1])
+# --------------------------------------------------------------------------- replies
 
 
-def _no_extra(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise ProtocolError(
-            "bad_request",
-            f"unknown field {where + extra[0]!r}; allowed: {sorted(allowed)}",
-            where + extra[0],
-        )
+def encode_reply(op: str | None, req_id: str | None, data: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"v": PROTOCOL_VERSION, "ok": True, "op": op, "req_id": req_id, "data": data}
+    ).encode()
+
+
+def encode_error(err: ProtocolError, op: str | None = None, req_id: str | None = None) -> bytes:
+    doc = {"v": PROTOCOL_VERSION, "ok": False, "op": op, "req_id": req_id, "error": err.to_dict()}
+    return json.dumps(doc).encode()
 
 
 # --------------------------------------------------------------------------- model policy
@@ -313,308 +480,6 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- job parameters
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """Fields every job that loads a model shares."""
-
-    model: str
-    in_channels: int = 3
-    num_classes: int = 10
-    input_size: tuple[int, int] = (32, 32)
-    batch_size: int = 1
-    device: str = "cpu"
-    checkpoint: str | None = None
-
-    FIELDS: ClassVar[set[str]] = {
-        "model",
-        "in_channels",
-        "num_classes",
-        "input_size",
-        "batch_size",
-        "device",
-        "checkpoint",
-    }
-
-    @staticmethod
-    def parse_common(d: dict[str, Any], policy: ModelPolicy, w: str) -> dict[str, Any]:
-        ckpt = _str(d, "checkpoint", w, default=None)
-        return {
-            "model": policy.check_model(_str(d, "model", w, max_len=1024), w + "model"),
-            "in_channels": _int(d, "in_channels", w, 1, 4096, 3),
-            "num_classes": _int(d, "num_classes", w, 1, 100_000, 10),
-            "input_size": _size(d, "input_size", w, (32, 32)),
-            "batch_size": _int(d, "batch_size", w, 1, 4096, 1),
-            "device": _str(d, "device", w, "cpu", pattern=_DEVICE_RE),
-            "checkpoint": None if ckpt is None else policy.check_path(ckpt, w + "checkpoint"),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["input_size"] = list(self.input_size)
-        return d
-
-
-@dataclass(frozen=True)
-class ProfileParams(ModelParams):
-    """A profile job: per-block serial latency of one model (see profiler.profile_model)."""
-
-    fused: bool = False
-    remeasure: bool = False
-
-    @classmethod
-    def parse(cls, d: dict[str, Any], policy: ModelPolicy) -> ProfileParams:
-        w = "params."
-        _no_extra(d, cls.FIELDS | {"fused", "remeasure"}, w)
-        common = cls.parse_common(d, policy, w)
-        return cls(
-            **common, fused=_bool(d, "fused", w, False), remeasure=_bool(d, "remeasure", w, False)
-        )
-
-
-@dataclass(frozen=True)
-class PruneParams(ModelParams):
-    """A prune job: exactly one of ``budget_s`` (seconds) or ``budget_ratio`` (of the measured latency)."""
-
-    budget_s: float | None = None
-    budget_ratio: float | None = None
-    method: str = "dbp"
-    dataset: str = "digits"
-    output: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, d: dict[str, Any], policy: ModelPolicy) -> PruneParams:
-        w = "params."
-        extra = {"budget_s", "budget_ratio", "method", "dataset", "output", "options"}
-        _no_extra(d, cls.FIELDS | extra, w)
-        common = cls.parse_common(d, policy, w)
-        budget_s = _float(d, "budget_s", w, 1e-9, 3600.0, None)
-        budget_ratio = _float(d, "budget_ratio", w, 1e-6, 1.0, None)
-        if (budget_s is None) == (budget_ratio is None):
-            raise ProtocolError(
-                "bad_request",
-                "give exactly one of params.budget_s and params.budget_ratio",
-                w + "budget_s",
-            )
-        output = _str(d, "output", w, default=None)
-        options = _take(d, "options", w, {})
-        if type(options) is not dict or len(options) > 64:
-            raise ProtocolError(
-                "bad_request",
-                "params.options must be an object of at most 64 entries",
-                w + "options",
-            )
-        for k, v in options.items():
-            # Plain scalars only: options are knobs, never code or nested documents.
-            if len(k) > 64 or not (
-                v is None or type(v) in (bool, int, str) or (type(v) is float and math.isfinite(v))
-            ):
-                raise ProtocolError(
-                    "bad_request",
-                    f"params.options.{k[:64]} must be a scalar",
-                    w + "options." + k[:64],
-                )
-        parsed = cls(
-            **common,
-            budget_s=budget_s,
-            budget_ratio=budget_ratio,
-            method=_str(d, "method", w, "dbp", choices=PRUNE_METHODS),
-            dataset=policy.check_dataset(
-                _str(d, "dataset", w, "digits", max_len=1024), w + "dataset"
-            ),
-            output=None if output is None else policy.check_new_dir(output, w + "output"),
-            options=_confined_options(options, policy, w + "options."),
-        )
-        if parsed.checkpoint is None:
-            raise ProtocolError(
-                "bad_request",
-                "a prune job needs params.checkpoint: the trained model to prune",
-                w + "checkpoint",
-            )
-        return parsed
-
-
-def _confined_options(options: dict[str, Any], policy: ModelPolicy, w: str) -> dict[str, Any]:
-    """Options that name a directory are confined like every other path a request names."""
-    out = dict(options)
-    if out.get("data_root") is not None:
-        if type(out["data_root"]) is not str:
-            raise ProtocolError("bad_request", f"{w}data_root must be a string", w + "data_root")
-        out["data_root"] = policy.check_dir(out["data_root"], w + "data_root")
-    return out
-
-
-@dataclass(frozen=True)
-class SelftestParams:
-    """A selftest job: exercises the worker machinery without touching a model
-    (reports ``steps`` progress events over ``seconds``; ``fail`` makes it raise)."""
-
-    seconds: float = 1.0
-    steps: int = 10
-    fail: bool = False
-
-    @classmethod
-    def parse(cls, d: dict[str, Any], policy: ModelPolicy) -> SelftestParams:
-        w = "params."
-        _no_extra(d, {"seconds", "steps", "fail"}, w)
-        return cls(
-            seconds=_float(d, "seconds", w, 0.0, 600.0, 1.0),
-            steps=_int(d, "steps", w, 1, 10_000, 10),
-            fail=_bool(d, "fail", w, False),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-PARAMS_TYPES: dict[str, Any] = {
-    "profile": ProfileParams,
-    "prune": PruneParams,
-    "selftest": SelftestParams,
-}
-JobParams = ProfileParams | PruneParams | SelftestParams
-
-
-# --------------------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class Request:
-    op: str
-    req_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Ping(Request):
-    pass
-
-
-@dataclass(frozen=True)
-class Submit(Request):
-    kind: str = ""
-    params: Any = None
-
-
-@dataclass(frozen=True)
-class JobRequest(Request):
-    """status, result and cancel: they name one job."""
-
-    job_id: str = ""
-
-
-@dataclass(frozen=True)
-class ListJobs(Request):
-    """Newest first; ``before``: the ``next`` of the previous page (the daemon caps a page)."""
-
-    limit: int = 50
-    status: str | None = None
-    before: str | None = None
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def loads_strict(data: bytes, max_bytes: int) -> Any:
-    """Parse a JSON frame: size-limited, UTF-8, no NaN/Infinity; ProtocolError otherwise."""
-    if len(data) > max_bytes:
-        raise ProtocolError("too_large", f"message is {len(data)} bytes; the limit is {max_bytes}")
-    try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError("bad_json", f"message is not UTF-8 JSON: {str(e)[:200]}") from None
-
-
-def peek_req_id(doc: Any) -> str | None:
-    """The req_id of a request, if it has a usable one, so that even an error reply can be matched."""
-    if isinstance(doc, dict):
-        rid = doc.get("req_id")
-        if type(rid) is str and 0 < len(rid) <= 64:
-            return rid
-    return None
-
-
-def parse_request(doc: Any, policy: ModelPolicy) -> Request:
-    """Validate a decoded JSON document into a typed request, or raise ProtocolError."""
-    if type(doc) is not dict:
-        raise ProtocolError(
-            "bad_request", f"a request must be a JSON object, got {_type_name(doc)}"
-        )
-    if "v" not in doc:
-        raise ProtocolError(
-            "bad_version", f'missing protocol version; send "v": {PROTOCOL_VERSION}', "v"
-        )
-    if type(doc["v"]) is not int or doc["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(
-            "bad_version",
-            f"protocol version {doc['v']!r} is not supported; this daemon speaks {PROTOCOL_VERSION}",
-            "v",
-        )
-    op = _str(doc, "op", "")
-    if op not in OPS:
-        raise ProtocolError("unknown_op", f"unknown op {op!r}; ops are {list(OPS)}", "op")
-    req_id = _str(doc, "req_id", "", default=None, max_len=64)
-    base = {"v", "op", "req_id"}
-    if op == "ping":
-        _no_extra(doc, base, "")
-        return Ping(op, req_id)
-    if op == "submit":
-        _no_extra(doc, base | {"kind", "params"}, "")
-        kind = _str(doc, "kind", "")
-        if kind not in PARAMS_TYPES:
-            raise ProtocolError(
-                "unknown_kind",
-                f"unknown job kind {kind!r}; kinds are {sorted(PARAMS_TYPES)}",
-                "kind",
-            )
-        params = _take(doc, "params", "", {})
-        if type(params) is not dict:
-            raise ProtocolError(
-                "bad_request", f"params must be an object, got {_type_name(params)}", "params"
-            )
-        return Submit(op, req_id, kind, PARAMS_TYPES[kind].parse(params, policy))
-    if op == "list":
-        _no_extra(doc, base | {"limit", "status", "before"}, "")
-        return ListJobs(
-            op,
-            req_id,
-            _int(doc, "limit", "", 1, 10_000, 50),
-            _str(doc, "status", "", None, choices=JOB_STATUSES),
-            _str(doc, "before", "", None, pattern=JOB_ID_RE, max_len=12),
-        )
-    _no_extra(doc, base | {"job_id"}, "")
-    return JobRequest(op, req_id, _str(doc, "job_id", "", pattern=JOB_ID_RE, max_len=12))
-
-
-def decode_request(data: bytes, policy: ModelPolicy, max_bytes: int) -> Request:
-    return parse_request(loads_strict(data, max_bytes), policy)
-
-
-def encode_request(op: str, req_id: str | None = None, **fields: Any) -> bytes:
-    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": op}
-    if req_id is not None:
-        doc["req_id"] = req_id
-    doc.update(fields)
-    return json.dumps(doc).encode()
-
-
-# --------------------------------------------------------------------------- replies
-
-
-def encode_reply(op: str | None, req_id: str | None, data: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {"v": PROTOCOL_VERSION, "ok": True, "op": op, "req_id": req_id, "data": data}
-    ).encode()
-
-
-def encode_error(err: ProtocolError, op: str | None = None, req_id: str | None = None) -> bytes:
-    doc = {"v": PROTOCOL_VERSION, "ok": False, "op": op, "req_id": req_id, "error": err.to_dict()}
-    return json.dumps(doc).encode()
-
-
 # --------------------------------------------------------------------------- events
 
 
@@ -656,14 +521,24 @@ def decode_event(frames: list[bytes]) -> Event:
 # --------------------------------------------------------------------------- deployment samples
 
 
-@dataclass(frozen=True)
-class SampleBatch:
-    """Latency samples (seconds) of one deployment, as sent by service.monitor."""
+class SampleBatch(
+    _Wire,
+    tag_field="v",
+    tag=PROTOCOL_VERSION,
+    rename={"deployment": "d", "samples": "s", "budget_s": "b", "dropped": "x"},
+):
+    """Latency samples (seconds) of one deployment, as sent by service.monitor.
 
-    deployment: str
-    samples: list[float]
-    budget_s: float | None = None
-    dropped: int = 0  # samples the sender dropped so far (cumulative)
+    Bounded, so that the sums the metrics keep can never overflow (math.fsum of 1e308s).
+    """
+
+    deployment: Annotated[str, Meta(pattern=DEPLOYMENT_RE.pattern)]
+    samples: Annotated[
+        list[Annotated[float, Meta(ge=0.0, le=MAX_SAMPLE_S)]],
+        Meta(max_length=MAX_SAMPLES_PER_MESSAGE),
+    ]
+    budget_s: Annotated[float, Meta(ge=1e-9, le=3600.0)] | None = None
+    dropped: Annotated[int, Meta(ge=0, le=2**62)] = 0  # samples the sender dropped so far
 
 
 def encode_samples(
@@ -675,21 +550,5 @@ def encode_samples(
 
 def decode_samples(data: bytes, max_bytes: int) -> SampleBatch:
     doc = loads_strict(data, max_bytes)
-    if type(doc) is not dict or type(doc.get("v")) is not int or doc["v"] != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", "not a version-1 sample batch", "v")
-    _no_extra(doc, {"v", "d", "s", "b", "x"}, "")
-    name = _str(doc, "d", "", pattern=DEPLOYMENT_RE, max_len=64)
-    samples = doc.get("s")
-    if type(samples) is not list or len(samples) > MAX_SAMPLES_PER_MESSAGE:
-        raise ProtocolError("bad_request", "s must be an array of seconds", "s")
-    for s in samples:
-        # Bounded, so that the sums the metrics keep can never overflow (math.fsum of 1e308s).
-        if type(s) not in (float, int) or not 0 <= s <= MAX_SAMPLE_S:
-            raise ProtocolError(
-                "bad_request",
-                f"every sample must be a number of seconds in 0..{MAX_SAMPLE_S:g}",
-                "s",
-            )
-    budget = _float(doc, "b", "", 1e-9, 3600.0, None)
-    dropped = _int(doc, "x", "", 0, 2**62, 0)
-    return SampleBatch(name, samples, budget, dropped)
+    _check_version(doc)
+    return _convert(doc, SampleBatch)

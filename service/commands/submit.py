@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
+
+import msgspec
 
 from pruner.config import METHODS
 
@@ -86,7 +87,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     Taken by name from the protocol's parameter type, so that a global flag of the
     command line (``--system-malloc``) or a client flag never ends up in the request.
     """
-    names = [f.name for f in dataclasses.fields(PARAMS_TYPES[args.kind]) if f.name != "options"]
+    names = [f.name for f in msgspec.structs.fields(PARAMS_TYPES[args.kind]) if f.name != "options"]
     params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "option", None):
         params["options"] = dict(args.option)
