@@ -101,6 +101,20 @@ def profile_row(model: str, batch: int, threads: int, budget_s: float, work: Pat
     }
 
 
+def train(spec: str, ckpt: Path, args: argparse.Namespace, limit: list[str]) -> dict:
+    """``prunerd train``'s JSON result, kept beside the checkpoint: training needs no quiet
+    machine, so ``--train-only`` can run it early and the timed part reuses it."""
+    done = ckpt.with_suffix(".train.json")
+    if done.is_file():
+        return json.loads(done.read_text())
+    size, epochs = str(args.input_size), str(args.train_epochs)
+    args_ = ["--data", "fashion-mnist", "--input-size", size, "--epochs", epochs]
+    args_ += ["--threads", str(args.threads), "--resume", *limit, "--out", str(ckpt), "--json"]
+    out = prunerd("train", spec, *args_).stdout
+    done.write_text(out)
+    return json.loads(out)
+
+
 def prune_row(model: str, args: argparse.Namespace, work: Path) -> dict:
     spec = f"torchvision.models:{model}"
     ckpt = work / f"{model}-fashion-mnist.pt"
@@ -108,24 +122,7 @@ def prune_row(model: str, args: argparse.Namespace, work: Path) -> dict:
     limit = ["--limit", str(args.limit)] if args.limit else []
     load = uptime()
     t0 = time.perf_counter()
-    trained = json.loads(
-        prunerd(
-            "train",
-            spec,
-            "--data",
-            "fashion-mnist",
-            "--input-size",
-            str(args.input_size),
-            "--epochs",
-            str(args.train_epochs),
-            "--threads",
-            threads,
-            "--resume",
-            "--out",
-            str(ckpt),
-            "--json",
-        ).stdout  # fmt: skip
-    )
+    trained = train(spec, ckpt, args, limit)
     t_train = time.perf_counter() - t0
     out = work / f"{model}-pruned-{args.budget}"
     if out.exists():
@@ -229,13 +226,16 @@ def main() -> int:
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--skip-prune", action="store_true")
     ap.add_argument("--input-size", type=int, default=32, help="Fashion-MNIST resized to this")
-    ap.add_argument("--train-epochs", type=int, default=3)
+    ap.add_argument("--train-epochs", type=int, default=2)
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--budget", type=float, default=0.7, help="fraction of batch-1 latency")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for train/prune")
     ap.add_argument("--work", type=Path, default=Path("bench/runs/real_models"))
     ap.add_argument("--limit", type=int, help="smoke runs only: N train and N test images")
     ap.add_argument("--results", type=Path, default=OUT, help="where the .json and .md go")
+    ap.add_argument(
+        "--train-only", action="store_true", help="train the models to prune, then stop"
+    )
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -253,6 +253,13 @@ def main() -> int:
                     rows.add(row)
                     print(f"{model} b{batch} t{threads}: additivity {row['additivity_error']:+.1%} "
                           f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+    if args.train_only:
+        limit = ["--limit", str(args.limit)] if args.limit else []
+        for model in args.prune_models:
+            train(
+                f"torchvision.models:{model}", args.work / f"{model}-fashion-mnist.pt", args, limit
+            )
+        return 0
     if not args.report_only and not args.skip_prune:
         for model in args.prune_models:
             key = {"kind": "prune", "model": model, "budget": args.budget}
