@@ -242,6 +242,13 @@ def main() -> int:
     rows = Rows(args.results / "real_models.json")
     command = "python bench/real_models.py " + " ".join(sys.argv[1:])
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.train_only:
+        limit = ["--limit", str(args.limit)] if args.limit else []
+        for model in args.prune_models:
+            train(
+                f"torchvision.models:{model}", args.work / f"{model}-fashion-mnist.pt", args, limit
+            )
+        return 0
     if not args.report_only and not args.skip_profile:
         for model in args.profile_models:
             for batch in args.batches:
@@ -253,13 +260,6 @@ def main() -> int:
                     rows.add(row)
                     print(f"{model} b{batch} t{threads}: additivity {row['additivity_error']:+.1%} "
                           f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
-    if args.train_only:
-        limit = ["--limit", str(args.limit)] if args.limit else []
-        for model in args.prune_models:
-            train(
-                f"torchvision.models:{model}", args.work / f"{model}-fashion-mnist.pt", args, limit
-            )
-        return 0
     if not args.report_only and not args.skip_prune:
         for model in args.prune_models:
             key = {"kind": "prune", "model": model, "budget": args.budget}
