@@ -12,7 +12,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -28,9 +27,6 @@ class WidthChoice:
     keep: dict[str, tuple[int, ...]]
     ratios: dict[str, float]
     widths: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"widths": dict(self.widths), "ratios": dict(self.ratios)}
 
 
 def channel_ranking(space: ChannelSpace, gates: Gates | None = None) -> list[torch.Tensor]:
