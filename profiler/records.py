@@ -1,6 +1,9 @@
 """Typed results of the profiler, each round-tripping through JSON.
 
-All times are in seconds. Shapes are tuples of ints in NCHW order.
+All times are in seconds. Shapes are tuples of ints in NCHW order. Fields
+convert with :mod:`profiler.plain` (msgspec); a ``to_dict`` written out here
+adds the figures written for readers of the JSON (medians, totals), which
+reading ignores.
 """
 
 from __future__ import annotations
@@ -150,9 +153,6 @@ class Block:
         for name in ("nodes", "input_shape", "output_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    to_dict = to_plain
-    from_dict = classmethod(from_plain)
-
 
 @dataclass(frozen=True)
 class BlockTiming:
@@ -191,8 +191,6 @@ class BlockTiming:
             "replacement_latency": _opt_dict(self.replacement_latency),
         }
 
-    from_dict = classmethod(from_plain)
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -207,8 +205,6 @@ class Segment:
     def to_dict(self) -> dict[str, Any]:
         d = to_plain(self)
         return {**d, "latency_s": self.latency.median_s, "latency": self.latency.to_dict()}
-
-    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
@@ -232,9 +228,6 @@ class Interference:
     def spare_cores(self) -> float:
         """Cores left to other processes before they compete with the timed threads."""
         return max(self.cores - self.threads, 0)
-
-    to_dict = to_plain
-    from_dict = classmethod(from_plain)
 
 
 @dataclass(frozen=True)
