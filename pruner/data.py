@@ -20,6 +20,7 @@ channel with the train split's mean and std; ``y`` int64 of shape (B,).
 
 from __future__ import annotations
 
+import copy
 import functools
 import gzip
 import inspect
@@ -135,6 +136,7 @@ class Batches:
         self._shift = torch.tensor(mean, dtype=torch.float32).mul(255).view(1, c, 1, 1)
         self._scale = torch.tensor(std, dtype=torch.float32).mul(255).view(1, c, 1, 1)
         self._gen = torch.Generator().manual_seed(seed)
+        self._shard: tuple[int, int] | None = None  # (rank, world) of a sharded view
 
     @property
     def num_samples(self) -> int:
@@ -152,7 +154,31 @@ class Batches:
         """Number of batches per pass."""
         return math.ceil(self.num_samples / self.batch_size)
 
+    def sharded(self, rank: int, world: int) -> Batches:
+        """This rank's view of the batches when ``world`` processes share each one.
+
+        Every pass draws the permutation and the augmentation exactly as the
+        unsharded batches do (the generator is shared, so its state, the resume
+        file's, is the same whatever ``world``); of each batch, rank ``rank``
+        takes the samples ``rank``, ``rank + world``, ... The last batch is padded
+        with samples from the start of the permutation to a multiple of ``world``,
+        so every rank takes as many steps; the passes have the same ``len``.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        if self.batch_size < world:
+            raise ValueError(
+                f"batch size {self.batch_size} cannot be shared by {world} processes: "
+                f"give a batch size of at least {world}"
+            )
+        view = copy.copy(self)  # the same images, labels and generator
+        view._shard = (rank, world)
+        return view
+
     def __iter__(self) -> Iterator[Batch]:
+        if self._shard is not None:
+            yield from self._iter_shard(*self._shard)
+            return
         n = self.num_samples
         order = torch.randperm(n, generator=self._gen) if self.shuffle else None
         for start in range(0, n, self.batch_size):
@@ -164,6 +190,21 @@ class Batches:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment_pad or self.augment_flip:
                 x = self._augment(x)
+            yield self.normalise(x), y
+
+    def _iter_shard(self, rank: int, world: int) -> Iterator[Batch]:
+        n = self.num_samples
+        order = torch.randperm(n, generator=self._gen) if self.shuffle else torch.arange(n)
+        augment = self.augment_pad or self.augment_flip
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            pad = -len(idx) % world
+            mine = torch.arange(rank, len(idx) + pad, world)
+            picked = torch.cat([idx, order[:pad]])[mine]
+            x, y = self.images[picked], self.labels[picked]
+            if augment:  # drawn for the whole batch, as one process draws them
+                draws = self._draw(len(idx))
+                x = self._apply(x, *(torch.cat([d, d[:pad]])[mine] for d in draws))
             yield self.normalise(x), y
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,17 +219,30 @@ class Batches:
         is computed as a flat index, with flipped samples reading their columns
         right to left, so the crop and the flip cost one ``gather`` on uint8.
         """
-        b, c, h, w = x.shape
+        return self._apply(x, *self._draw(x.shape[0]))
+
+    def _draw(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row and column offsets and flips of ``b`` samples, drawn in that order."""
         p = self.augment_pad
-        hp, wp = h + 2 * p, w + 2 * p
         oy = torch.zeros(b, dtype=torch.int64)
         ox = torch.zeros(b, dtype=torch.int64)
         if p:
             oy = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
             ox = torch.randint(0, 2 * p + 1, (b,), generator=self._gen)
-        cols = torch.arange(w).expand(b, w)
+        flip = torch.zeros(b, dtype=torch.bool)
         if self.augment_flip:
             flip = torch.rand(b, generator=self._gen) < 0.5
+        return oy, ox, flip
+
+    def _apply(
+        self, x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor
+    ) -> torch.Tensor:
+        """Crop each sample at its offsets after zero padding, flipping where ``flip`` says."""
+        b, c, h, w = x.shape
+        p = self.augment_pad
+        hp, wp = h + 2 * p, w + 2 * p
+        cols = torch.arange(w).expand(b, w)
+        if self.augment_flip:
             cols = torch.where(flip[:, None], cols.flip(1), cols)
         rows = torch.arange(h)
         # (B, H, W) flat positions in the padded (Hp, Wp) plane, shared by every channel.
