@@ -26,6 +26,7 @@ from torch import nn
 
 from profiler import ModelSpec, build_model_for, builtin_models, save_checkpoint
 
+from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
 from .data import Batches, DataBundle, DatasetInfo, load_data
 from .schedule import Schedule
@@ -191,13 +192,14 @@ def evaluate(
     """Top-1 accuracy and mean cross-entropy of ``model`` in eval mode over all batches.
 
     Batches are (x (B, C, H, W) float32, y (B,) int64). The model's train/eval
-    mode is restored afterwards.
+    mode is restored afterwards. With a process group every rank must call it:
+    each evaluates every N-th batch and all get the sums over ranks.
     """
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     try:
-        for x, y in batches:
+        for x, y in distributed.split(batches):
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -205,6 +207,8 @@ def evaluate(
             n += len(y)
     finally:
         model.train(was_training)
+    correct, loss_sum, n = distributed.sum_over_ranks(correct, loss_sum, n)
+    correct, n = int(correct), int(n)
     if n == 0:
         return EvalResult(math.nan, math.nan, 0)
     return EvalResult(correct / n, loss_sum / n, n)
@@ -326,6 +330,7 @@ def _train_epoch(
             f"loss {float(loss_sum) / seen:.4f} acc {int(correct) / seen:.4f} lr {current_lr:.4g}"
         )
         bar.update(task, advance=1, stats=stats)
+    loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
     if not seen:
         return math.nan, math.nan, current_lr
     return float(loss_sum) / seen, int(correct) / seen, current_lr
@@ -385,12 +390,12 @@ def _save_run(
 
 def _restore_run(
     path: Path,
+    state: TrainState,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train: Any,
     settings: dict[str, Any],
 ) -> _Run:
-    state = load_state(path)
     check_settings(path, state.settings, settings)
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
@@ -452,6 +457,7 @@ def fit(
     optimizer = torch.optim.SGD(
         _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0
     )
+    train = distributed.shard(train)  # with a process group, this rank's share of each batch
     steps_per_epoch = _steps_per_epoch(train)
     all_settings = _fit_settings(
         epochs, lr, weight_decay, momentum, patience, schedule, label_smoothing,
@@ -469,7 +475,10 @@ def fit(
     path = None if state_path is None else Path(state_path)
     run = _start_run(path, resume, model, optimizer, train, all_settings)
     start = time.perf_counter()
-    with _progress(progress) as bar:
+    with (
+        distributed.parallel(model, device, _share(train)) as net,
+        _progress(progress and distributed.is_main()) as bar,
+    ):
         for epoch in range(len(run.history) + 1, epochs + 1):
             if patience is not None and run.since_best >= patience:
                 run.stopped_early = True
@@ -477,17 +486,38 @@ def fit(
             t0 = time.perf_counter()
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=steps_per_epoch, stats="")
             loss, acc, current_lr = _train_epoch(
-                model, train, optimizer, loss_fn, set_lr, run, device, bar, task
+                net, train, optimizer, loss_fn, set_lr, run, device, bar, task
             )
-            val_result = evaluate(model, val, device) if val is not None else None
-            if val_result is not None and val_result.n == 0:
-                val_result = None
-            stats = EpochStats(epoch, loss, acc, val_result, current_lr, time.perf_counter() - t0)
-            run.record(stats, model)
-            _report_epoch(bar, task, stats, epochs, log_lines=progress)
-            if path is not None:
+            stats = _close_epoch(model, val, device, run, (epoch, loss, acc), current_lr, t0)
+            _report_epoch(bar, task, stats, epochs, log_lines=progress and distributed.is_main())
+            if path is not None and distributed.is_main():
                 _save_run(path, run, model, optimizer, train, all_settings)
     return _finish(model, run, time.perf_counter() - start)
+
+
+def _close_epoch(
+    model: nn.Module,
+    val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+    device: str,
+    run: _Run,
+    figures: tuple[int, float, float],
+    lr: float,
+    t0: float,
+) -> EpochStats:
+    """Evaluate on ``val`` and record the epoch (``figures``: number, train loss, train accuracy)."""
+    distributed.average_buffers(model)  # every rank evaluates and keeps the same model
+    val_result = evaluate(model, val, device) if val is not None else None
+    if val_result is not None and val_result.n == 0:
+        val_result = None
+    stats = EpochStats(*figures, val_result, lr, time.perf_counter() - t0)
+    run.record(stats, model)
+    return stats
+
+
+def _share(train: Any) -> int | None:
+    """Samples of a batch each rank trains on (None when the batches do not say)."""
+    size = getattr(train, "batch_size", None)
+    return None if size is None else -(-int(size) // distributed.world_size())
 
 
 def _start_run(
@@ -498,10 +528,16 @@ def _start_run(
     train: Iterable[tuple[torch.Tensor, torch.Tensor]],
     settings: dict[str, Any],
 ) -> _Run:
-    """A fresh run, or the one ``path`` holds when resuming and the file is there."""
-    if path is not None and resume and path.is_file():
-        return _restore_run(path, model, optimizer, train, settings)
-    return _Run()
+    """A fresh run, or the one ``path`` holds when resuming and the file is there.
+
+    Rank 0 reads the file and hands every rank its contents.
+    """
+    if path is None or not resume:
+        return _Run()
+    state = distributed.from_main(lambda: load_state(path) if path.is_file() else None)
+    if state is None:
+        return _Run()
+    return _restore_run(path, state, model, optimizer, train, settings)
 
 
 def _report_epoch(bar: Any, task: Any, stats: EpochStats, epochs: int, log_lines: bool) -> None:
@@ -630,11 +666,7 @@ def train_model(
     """
     _check_model_name(config.model)
     state_path = state_path_for(config.out)
-    if state_path.is_file() and not config.resume:
-        raise ValueError(
-            f"{str(state_path)!r} holds an interrupted run: add --resume to continue it, "
-            "or delete it to start over"
-        )
+    distributed.from_main(lambda: _check_no_interrupted_run(state_path, config.resume))
     bundle = data if data is not None else load_training_data(config)
     info = bundle.info
     threads_before = torch.get_num_threads()
@@ -650,23 +682,21 @@ def train_model(
         test = evaluate(model, fed.test, config.device)
     finally:
         torch.set_num_threads(threads_before)
-    path = save_checkpoint(
-        config.out,
-        spec,
-        model,
-        dataset=info.name,
-        epochs=config.epochs,
-        test_accuracy=test.accuracy,
-        test_loss=test.loss,
-        test_n=test.n,
-        seed=config.seed,
-        limit=config.limit,
-        seconds=fit_result.seconds,
-        config=config.to_dict(),
-        normalisation=normalisation_of(bundle),
-        **{ADAPTATION_META: adaptation.to_dict()},
-    )
-    state_path.unlink(missing_ok=True)  # the checkpoint is written: nothing left to resume
+    meta = {
+        "dataset": info.name,
+        "epochs": config.epochs,
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "test_n": test.n,
+        "seed": config.seed,
+        "limit": config.limit,
+        "seconds": fit_result.seconds,
+        "config": config.to_dict(),
+        "normalisation": normalisation_of(bundle),
+        ADAPTATION_META: adaptation.to_dict(),
+    }
+    # Rank 0 writes; every rank returns once the checkpoint is there.
+    path = distributed.from_main(lambda: _write_checkpoint(config.out, spec, model, meta))
     return TrainResult(
         spec=spec,
         dataset=info,
@@ -677,6 +707,21 @@ def train_model(
         seed=config.seed,
         extra={"config": config.to_dict()},
     )
+
+
+def _check_no_interrupted_run(state_path: Path, resume: bool) -> None:
+    if state_path.is_file() and not resume:
+        raise ValueError(
+            f"{str(state_path)!r} holds an interrupted run: add --resume to continue it, "
+            "or delete it to start over"
+        )
+
+
+def _write_checkpoint(out: str, spec: ModelSpec, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """The trained checkpoint, then no resume file: there is nothing left to resume."""
+    path = save_checkpoint(out, spec, model, **meta)
+    state_path_for(out).unlink(missing_ok=True)
+    return path
 
 
 def fit_config(
