@@ -33,6 +33,7 @@ from profiler import (
 )
 from profiler.files import write_text
 
+from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
 from .adapt import recorded_adaptation
 from .config import (
@@ -129,18 +130,24 @@ def run_method(
 
 
 def profile_baseline(s: PruneState) -> BlockProfile:
-    """Per-block serial latency of the baseline (the table serves what it holds)."""
+    """Per-block serial latency of the baseline (the table serves what it holds).
+
+    With a process group rank 0 profiles while the others wait in the broadcast:
+    never timed beside ranks computing on the same device.
+    """
     run = s.options.run
     s.step("profiling", 0, 1)
-    return profile_model(
-        s.teacher,
-        s.spec,
-        batch_size=run.latency_batch_size,
-        device=run.device,
-        table=s.table,
-        options=TimingOptions(budget_s=run.timing_budget_s),
-        threads=run.latency_threads or run.threads,
-        progress=s.step,
+    return distributed.from_main(
+        lambda: profile_model(
+            s.teacher,
+            s.spec,
+            batch_size=run.latency_batch_size,
+            device=run.device,
+            table=s.table,
+            options=TimingOptions(budget_s=run.timing_budget_s),
+            threads=run.latency_threads or run.threads,
+            progress=s.step,
+        )
     )
 
 
@@ -220,14 +227,21 @@ def prune_checkpoint(
 ) -> PruneReport:
     """Prune ``config.io.checkpoint`` on ``config.io.data``; write plan, checkpoint, export and
     report into ``config.io.out``. The ``done`` event comes once the files are written and
-    names ``report.json``."""
+    names ``report.json``.
+
+    With a process group every rank prunes (see :mod:`pruner.distributed`) and
+    returns the report; rank 0 alone opens the latency table, reports progress and
+    events, and writes the files.
+    """
     t_start = time.perf_counter()
     io, run = config.io, config.options.run
+    if not distributed.is_main():
+        progress, on_event = None, None
     emit = on_event or (lambda e: None)
     held: list[dict[str, Any]] = []
     with torch_threads(run.threads):
         spec, teacher, data, inherited = load_inputs(config)
-        with open_table(io.table) as table:
+        with open_table(io.table if distributed.is_main() else "") as table:
             result = run_method(
                 teacher,
                 spec,
@@ -238,7 +252,9 @@ def prune_checkpoint(
                 progress,
             )
     out = Path(io.out)
-    files, warnings = write_artefacts(out, result, data.info.name, config, inherited)
+    files, warnings = distributed.from_main(
+        lambda: write_artefacts(out, result, data.info.name, config, inherited)
+    )
     report = dataclasses.replace(
         result.report,
         **files,
@@ -246,7 +262,8 @@ def prune_checkpoint(
         warnings=result.report.warnings + tuple(warnings),
         seconds=time.perf_counter() - t_start,
     )
-    write_text(out / "report.json", report.to_json())  # never through a planted link
+    if distributed.is_main():
+        write_text(out / "report.json", report.to_json())  # never through a planted link
     emit({**held[-1], "report": str(out / "report.json")})
     return report
 

@@ -18,6 +18,7 @@ import torch.fx as fx
 from profiler import trace
 from profiler.plain import to_plain
 
+from .. import distributed
 from ..config import DepthOptions
 from ..depth import (
     Candidate,
@@ -203,8 +204,8 @@ class _BlockPass:
     ) -> tuple[fx.GraphModule, RoundRecord]:
         """Select to ``target`` (s), remove, fine-tune: the round's record, not yet measured."""
         s = self.s
-        self.selection = self.select(
-            self.candidates(), self._rest(), target, self.removed, self.opts
+        self.selection = distributed.from_main(  # every rank removes what rank 0 selected
+            lambda: self.select(self.candidates(), self._rest(), target, self.removed, self.opts)
         )
         new = [n for n in self.selection.removed if n not in self.removed]
         predicted = self.selection.predicted_latency_s

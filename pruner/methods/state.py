@@ -10,6 +10,7 @@ from torch import nn
 
 from profiler import BlockProfile, LatencyTable, ModelSpec, measure_pair
 
+from .. import distributed
 from ..config import PruneOptions
 from ..data import DataBundle
 from ..finetune import finetune
@@ -72,18 +73,26 @@ class PruneState:
     split: BudgetSplit | None = None
 
     def measure(self) -> tuple[float, float]:
-        """Time the baseline and the student interleaved (seconds per batch); remember it."""
+        """Time the baseline and the student interleaved (seconds per batch); remember it.
+
+        With a process group rank 0 times and hands the figures to every rank; the
+        others wait in the broadcast meanwhile: timing beside ranks that compute on
+        the same CPU (or feed the same GPU) would measure the contention.
+        """
         run = self.options.run
         self.step("measuring", 0, 1)
-        assert self.student is not None
-        self.measured = measure_pair(
-            self.teacher,
-            self.student,
-            self.spec,
-            batch_size=run.latency_batch_size,
-            device=run.device,
-            timing_budget_s=run.timing_budget_s,
-            threads=run.latency_threads or run.threads,
+        student = self.student
+        assert student is not None
+        self.measured = distributed.from_main(
+            lambda: measure_pair(
+                self.teacher,
+                student,
+                self.spec,
+                batch_size=run.latency_batch_size,
+                device=run.device,
+                timing_budget_s=run.timing_budget_s,
+                threads=run.latency_threads or run.threads,
+            )
         )
         return self.measured
 

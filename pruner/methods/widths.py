@@ -13,6 +13,7 @@ from typing import ClassVar
 from profiler import TimingOptions, example_input, torch_threads
 from profiler.plain import to_plain
 
+from .. import distributed
 from ..errors import BudgetError
 from ..plan import PrunePlan
 from ..rebuild import apply_plan
@@ -35,19 +36,26 @@ from .state import PruneState
 
 
 def width_model(s: PruneState, space: ChannelSpace, base_s: float) -> WidthLatency:
-    """Every prunable conv of ``space`` timed at a grid of widths; ``base_s``: the model's latency."""
+    """Every prunable conv of ``space`` timed at a grid of widths; ``base_s``: the model's latency.
+
+    Timed by rank 0 alone while the other ranks wait (see :meth:`PruneState.measure`).
+    """
     run = s.options.run
-    with torch_threads(run.latency_threads or run.threads):
-        return measure_width_latency(
-            space,
-            base_s,
-            batch_size=run.latency_batch_size,
-            round_to=s.options.width.round_to,
-            device=run.device,
-            options=TimingOptions(budget_s=run.timing_budget_s),
-            table=s.table,
-            progress=s.step,
-        )
+
+    def timed() -> WidthLatency:
+        with torch_threads(run.latency_threads or run.threads):
+            return measure_width_latency(
+                space,
+                base_s,
+                batch_size=run.latency_batch_size,
+                round_to=s.options.width.round_to,
+                device=run.device,
+                options=TimingOptions(budget_s=run.timing_budget_s),
+                table=s.table,
+                progress=s.step,
+            )
+
+    return distributed.from_main(timed)
 
 
 @dataclass(frozen=True)
@@ -157,8 +165,10 @@ def _gate_and_fit(
             progress=s.step,
         )
     s.emit({"event": "gated", **to_plain(record)})
-    choice = fit_widths(
-        space, channel_ranking(space, gates), targets, width.round_to, gates.widths()
+    choice = distributed.from_main(  # every rank removes the channels rank 0 chose
+        lambda: fit_widths(
+            space, channel_ranking(space, gates), targets, width.round_to, gates.widths()
+        )
     )
     space.remove(choice.keep)
     return record, choice

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import distributed
 from ..finetune import kd_loss
 from .space import ChannelSpace, CostFn
 
@@ -142,34 +143,42 @@ def train_gates(
     spread over the layers by what each channel costs now. No group closes
     below ``round_to`` channels. Training between steps moves the magnitudes
     the task needs.
+
+    With a process group, each rank trains on its share of every batch and DDP
+    averages the gradients, the gates' (the BatchNorm scales) among them: every
+    rank holds the same magnitudes and closes the same channels; rank 0's closed
+    channels are handed to all at the end even so.
     """
     model.train()
     if teacher is not None:
         teacher.eval()
     weights = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(weights, lr=lr, momentum=0.9, weight_decay=5e-4)
+    batches = distributed.shard(batches)
     total = epochs * len(batches) if hasattr(batches, "__len__") else 0
     ramp_steps = max(1, round(ramp * total)) if total else 1
     steps = closed = 0
-    for _ in range(epochs):
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t = teacher(x)
-                loss = kd_loss(out, t, y)
-            else:
-                loss = nn.functional.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            frac = min(1.0, steps / ramp_steps)
-            closed += _close_to(gates, targets, frac, round_to)
-            gates.apply()
-            if progress is not None:
-                progress("gates", steps, total)
+    with distributed.parallel(model, device) as net:
+        for _ in range(epochs):
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                out = net(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t = teacher(x)
+                    loss = kd_loss(out, t, y)
+                else:
+                    loss = nn.functional.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                frac = min(1.0, steps / ramp_steps)
+                closed += _close_to(gates, targets, frac, round_to)
+                gates.apply()
+                if progress is not None:
+                    progress("gates", steps, total)
+    gates.closed = distributed.broadcast_object(gates.closed)
     closed += _close_to(gates, targets, 1.0, round_to)  # however few steps there were
     gates.apply()
     n = gates.widths()
