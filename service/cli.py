@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc-per-node reruns
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected user errors carry a message that names the bad value and the fix.
-        print(f"prunerd {args.command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "from_main_rank", False):  # rank 0 printed it already
+            print(f"prunerd {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

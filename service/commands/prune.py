@@ -12,6 +12,7 @@ from rich.table import Table
 from pruner.config import DATASETS, METHOD_INFO, METHODS, ConfigError, PruneConfig
 
 from .argtypes import fraction, positive_float, positive_int
+from .processes import add_process_arguments, relaunch
 from .progress import progress_bar
 from .render import _ms, _si, console
 from .weights import add_weights_arguments
@@ -112,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    add_process_arguments(p)
     p.set_defaults(func=handle)
 
 
@@ -149,7 +151,10 @@ def flag_names(e: ConfigError) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pruner import prune_checkpoint
+    from pruner import distributed, prune_checkpoint
+
+    if (code := relaunch(args)) is not None:
+        return code
 
     try:
         config = PruneConfig.from_flat(
@@ -182,8 +187,12 @@ def handle(args: argparse.Namespace) -> int:
         )
     except ConfigError as e:
         raise ValueError(flag_names(e)) from None
-    with progress_bar(f"pruning {args.model}", disable=args.json) as progress:
-        report = prune_checkpoint(config, progress=progress)
+    with distributed.session(config.options.run.device):
+        main = distributed.is_main()  # rank 0 reports for all; the exit code is every rank's
+        with progress_bar(f"pruning {args.model}", disable=args.json or not main) as progress:
+            report = prune_checkpoint(config, progress=progress)
+    if not main:
+        return 0 if report.budget_met else 1
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

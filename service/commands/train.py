@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from pruner import distributed
 from pruner.data import datasets
 from pruner.schedule import DECAYS, Schedule
 from pruner.train import train_model
 from pruner.train_config import TrainConfig
 
 from .argtypes import input_size, positive_float, positive_int
+from .processes import add_process_arguments, relaunch
 
 DEFAULTS = TrainConfig(model="", data="", out="")
 
@@ -29,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--input-size resizes the images, and the checkpoint records that adaptation so "
             "eval and prune feed the model the same way. A resume "
             "file beside the checkpoint (CKPT.state) is rewritten after every epoch, so a killed "
-            "run continues with --resume and loses at most one epoch."
+            "run continues with --resume and loses at most one epoch, with any number of "
+            "processes (--nproc-per-node, or under torchrun)."
         ),
     )
     p.add_argument(
@@ -70,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "start fresh when there is none",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_process_arguments(p)
     p.set_defaults(func=handler)
 
 
@@ -185,8 +189,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def handler(args: argparse.Namespace) -> int:
-    # progress on stderr: stdout stays clean for --json
-    result = train_model(config_from_args(args), progress=True)
+    if (code := relaunch(args)) is not None:
+        return code
+    with distributed.session(args.device):
+        # progress on stderr: stdout stays clean for --json
+        result = train_model(config_from_args(args), progress=True)
+        if not distributed.is_main():  # rank 0 reports for all
+            return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
