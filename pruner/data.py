@@ -139,6 +139,11 @@ class Batches:
         self._shard: tuple[int, int] | None = None  # (rank, world) of a sharded view
 
     @property
+    def sharding(self) -> tuple[int, int] | None:
+        """(rank, world) of a view from :meth:`sharded`; None for the batches themselves."""
+        return self._shard
+
+    @property
     def num_samples(self) -> int:
         return int(self.images.shape[0])
 

@@ -253,6 +253,18 @@ def shard(batches: Iterable[Batch]) -> Iterable[Batch]:
     return _RoundRobin(batches, rank(), world_size(), equal=True)
 
 
+def rank_batch_size(batches: Iterable[Batch]) -> int | None:
+    """Samples of each batch this rank trains on, when the batches say (after :func:`shard`)."""
+    if isinstance(batches, AdaptedBatches):
+        return rank_batch_size(batches.source)
+    size = getattr(batches, "batch_size", None)
+    if size is None:
+        return None
+    if isinstance(batches, Batches) and batches.sharding is not None:
+        return -(-int(size) // batches.sharding[1])
+    return int(size)  # whole batches go to each rank
+
+
 def split(batches: Iterable[Batch]) -> Iterable[Batch]:
     """For evaluation: batch i to rank i mod N, every batch once (``batches`` without a group)."""
     if not active():
@@ -338,13 +350,16 @@ def parallel(
     ddp = nn.parallel.DistributedDataParallel(
         model, device_ids=[torch.cuda.current_device()] if cuda else None, **_NO_BUFFER_SYNC
     )
+    failed = True
     try:
         yield ddp
+        failed = False
     finally:
         del ddp
         for name, original in swapped.items():
             _set_submodule(model, name, original)
-        average_buffers(model)
+        if not failed:  # after an error the other ranks may be elsewhere: no collective
+            average_buffers(model)
 
 
 # Buffers synchronised once at the start (rank 0's), not before every forward; the name of

@@ -476,7 +476,7 @@ def fit(
     run = _start_run(path, resume, model, optimizer, train, all_settings)
     start = time.perf_counter()
     with (
-        distributed.parallel(model, device, _share(train)) as net,
+        distributed.parallel(model, device, distributed.rank_batch_size(train)) as net,
         _progress(progress and distributed.is_main()) as bar,
     ):
         for epoch in range(len(run.history) + 1, epochs + 1):
@@ -512,12 +512,6 @@ def _close_epoch(
     stats = EpochStats(*figures, val_result, lr, time.perf_counter() - t0)
     run.record(stats, model)
     return stats
-
-
-def _share(train: Any) -> int | None:
-    """Samples of a batch each rank trains on (None when the batches do not say)."""
-    size = getattr(train, "batch_size", None)
-    return None if size is None else -(-int(size) // distributed.world_size())
 
 
 def _start_run(

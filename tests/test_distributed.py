@@ -76,6 +76,8 @@ def test_sharded_batches_are_the_one_process_batches_split():
                 n = len(range(r, len(y), world))
                 assert torch.equal(share[k][0][:n], x[r::world])
                 assert torch.equal(share[k][1][:n], y[r::world])
+    assert distributed.rank_batch_size(batches.sharded(0, 3)) == 11
+    assert distributed.rank_batch_size(batches) == 32
     with pytest.raises(ValueError, match="batch size 32 cannot be shared by 33"):
         batches.sharded(0, 33)
 

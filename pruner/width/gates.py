@@ -158,7 +158,7 @@ def train_gates(
     total = epochs * len(batches) if hasattr(batches, "__len__") else 0
     ramp_steps = max(1, round(ramp * total)) if total else 1
     steps = closed = 0
-    with distributed.parallel(model, device) as net:
+    with distributed.parallel(model, device, distributed.rank_batch_size(batches)) as net:
         for _ in range(epochs):
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
