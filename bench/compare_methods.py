@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-import pruner
 from profiler import device_info, example_input, measure_pair, model_cost
 from pruner import PrunePlan, apply_plan
 
@@ -75,17 +74,6 @@ def speedups(
         )  # fmt: skip
         out[b] = {"base_s": base_s, "pruned_s": pruned_s, "speedup": base_s / pruned_s}
     return out
-
-
-def finetune(*args: Any, **kwargs: Any) -> Any:
-    """``pruner.finetune``, the function, whatever was imported before.
-
-    ``from pruner import finetune`` yields the submodule ``pruner.finetune`` instead of the
-    function once anything has imported that submodule (importing a submodule sets the
-    package attribute of that name, and the package's lazy ``__getattr__`` is then never
-    asked): the package's own lazy loader is asked here.
-    """
-    return pruner.__getattr__("finetune")(*args, **kwargs)
 
 
 def _tp_importance(name: str):

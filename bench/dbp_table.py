@@ -57,7 +57,6 @@ import torch
 from compare_methods import (  # bench/ is on sys.path when run as a script
     at_equal_accuracy,
     cost_ratios,
-    finetune,
     machine,
     pyplot,
     speedups,
@@ -76,6 +75,7 @@ from pruner import (
     RunOptions,
     apply_plan,
     evaluate,
+    finetune,
     load_data,
     prune,
 )

@@ -56,9 +56,9 @@ _LAZY = {
     "train_model": "train",
     "Schedule": "schedule",
     "TrainConfig": "train_config",
-    "KDLoss": "finetune",
-    "finetune": "finetune",
-    "kd_loss": "finetune",
+    "KDLoss": "distill",
+    "finetune": "distill",
+    "kd_loss": "distill",
 }
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import profiler
 from pruner.data import load_data
-from pruner.finetune import KDLoss, finetune, frozen, kd_loss
+from pruner.distill import KDLoss, finetune, frozen, kd_loss
 from pruner.train import evaluate, fit
 
 

@@ -220,3 +220,19 @@ def test_pruning_functions_fit_a_screen(module):
         and node.end_lineno - node.lineno + 1 > 80
     ]
     assert long == []
+
+
+@pytest.mark.parametrize("package", ["profiler", "pruner", "kernels", "service"])
+def test_public_names_stay_themselves_once_every_submodule_is_imported(package):
+    """Importing ``pkg.x`` sets the attribute ``pkg.x`` to the module: a lazily exported
+    function ``x`` would then be hidden (``from pruner import finetune`` giving a module)."""
+    import pkgutil
+    import types
+
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+    hidden = [
+        n for n in getattr(pkg, "__all__", ()) if isinstance(getattr(pkg, n), types.ModuleType)
+    ]
+    assert not hidden

@@ -13,7 +13,7 @@ from profiler import BlockProfile, LatencyTable, ModelSpec, measure_pair
 from .. import distributed
 from ..config import PruneOptions
 from ..data import DataBundle
-from ..finetune import finetune
+from ..distill import finetune
 from ..plan import RemovedBlock
 from ..report import DepthSection, RoundRecord, WidthSection
 from ..train import evaluate

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..finetune import kd_loss
+from ..distill import kd_loss
 from .space import ChannelSpace, CostFn
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
