@@ -19,6 +19,9 @@ from .records import Interference
 
 _STAT = "/proc/stat"
 _LOADAVG = "/proc/loadavg"
+# The counters tick at 1/CLK_TCK (10 ms at the usual 100 Hz): a shorter window reads as
+# nothing or as a whole tick. A watch spans at least this long, waiting out the rest.
+MIN_WINDOW_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,12 @@ class InterferenceWatch:
         return self
 
     def stop(self) -> Interference | None:
+        if self._start is None:
+            return None
+        if (rest := MIN_WINDOW_S - (time.monotonic() - self._start.wall_s)) > 0:
+            time.sleep(rest)  # others' use still shows; ours is what it was
         end = _snapshot()
-        if self._start is None or end is None:
+        if end is None:
             return None
         a = self._start
         wall = max(end.wall_s - a.wall_s, 1e-9)

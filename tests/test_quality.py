@@ -103,6 +103,22 @@ def _spinners(n: int) -> list[subprocess.Popen[bytes]]:
 
 
 @needs_proc
+def test_a_short_watch_still_sees_others_spinning() -> None:
+    """A profile over in a few ms would read the tick counters as zero: the watch waits them out."""
+    cores = logical_cores()
+    spinners = _spinners(cores)
+    try:
+        time.sleep(0.3)
+        seen = InterferenceWatch(threads=1).start().stop()
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    assert seen is not None and seen.wall_s >= 0.1
+    assert seen.other_cores > 0.5
+
+
+@needs_proc
 def test_busy_machine_is_detected_with_cause_and_fix(tmp_path: Path) -> None:
     """Other processes spinning on every core while all cores are timed: flagged, not stored."""
     cores = logical_cores()
