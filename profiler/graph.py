@@ -95,7 +95,15 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def propagate_shapes(gm: fx.GraphModule, *example: torch.Tensor) -> None:
-    """Run ``gm`` once on ``example`` and store each node's ``tensor_meta`` (shape, dtype)."""
+    """Run ``gm`` once on ``example`` and store each node's ``tensor_meta`` (shape, dtype).
+
+    It runs in eval mode whatever mode the model is in: in training mode BatchNorm would
+    fold the example into its running statistics, and refuses a batch of one where the
+    features are 1x1.
+    """
+    modes = [(m, m.training) for m in gm.modules()]
+    for m, _ in modes:
+        m.training = False  # not .eval(): torch.export's modules refuse it
     try:
         with torch.no_grad():
             _ShapeRecorder(gm).run(*example)
@@ -106,6 +114,9 @@ def propagate_shapes(gm: fx.GraphModule, *example: torch.Tensor) -> None:
             f"the model does not run on an input of shape {shape}: {type(e).__name__}: {first_line}. "
             "Check --input-size, --in-channels and --batch-size against what the model expects."
         ) from e
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def tensor_meta(node: fx.Node) -> TensorMetadata | None:

@@ -218,3 +218,15 @@ def test_torch_export_programs_have_the_same_blocks(name: str, tmp_path) -> None
     ]
     with torch.no_grad():
         torch.testing.assert_close(run_pieces(aten, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_discovery_leaves_a_training_model_and_its_bn_statistics_alone() -> None:
+    """Shapes come from an eval-mode run: no BN update, and 1x1 features at batch 1 are fine."""
+    from profiler import ModelSpec, build_model
+
+    model = build_model(ModelSpec("mobilenetv2", 3, 10, (8, 8))).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bg = discover(model, torch.randn(1, 3, 8, 8))  # the last features are 1x1
+    assert bg.blocks and model.training and all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
