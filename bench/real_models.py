@@ -176,13 +176,14 @@ def write_md(rows: list[dict], command: str, results: Path) -> None:
             f"**{'met' if len(within) == len(prof) else 'missed'}** "
             f"({len(within)} of {len(prof)} rows within).",
             "",
-            "| model | batch | threads | units | end to end ms | additivity | checks | other cores |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | batch | threads | pass | units | end to end ms | additivity | checks "
+            "| other cores |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in prof:
             other = "" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
             lines.append(
-                f"| {r['model']} | {r['batch']} | {r['threads']} | {r['units']} | "
+                f"| {r['model']} | {r['batch']} | {r['threads']} | {r.get('pass', 1)} | {r['units']} | "
                 f"{r['end_to_end_s'] * 1e3:.2f} | {r['additivity_error']:+.1%} | "
                 f"{'passed' if r['checks_passed'] else 'failed'} | {other} |"
             )
@@ -236,6 +237,9 @@ def main() -> int:
     ap.add_argument(
         "--train-only", action="store_true", help="train the models to prune, then stop"
     )
+    ap.add_argument(
+        "--pass", dest="pass_", type=int, default=1, help="profile again as pass N (repeatability)"
+    )
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -254,10 +258,10 @@ def main() -> int:
             for batch in args.batches:
                 for threads in args.thread_counts:
                     key = {"kind": "profile", "model": model, "batch": batch, "threads": threads}
-                    if rows.has(key):
+                    if rows.has({**key, "pass": args.pass_}):
                         continue
                     row = profile_row(model, batch, threads, args.budget_s, args.work)
-                    rows.add(row)
+                    rows.add({**row, "pass": args.pass_})
                     print(f"{model} b{batch} t{threads}: additivity {row['additivity_error']:+.1%} "
                           f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     if not args.report_only and not args.skip_prune:
