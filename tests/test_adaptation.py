@@ -8,10 +8,7 @@ size, then eval and prune it, each command feeding the data the way the checkpoi
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,11 @@ from profiler import build_model_for, model_input_channels, read_checkpoint
 from pruner.adapt import AdaptationError, InputAdaptation, recorded_adaptation
 from pruner.data import load_data
 
+from .cli_helpers import PRUNERD, ok
+from .cli_helpers import run as cli
 from .models_for_tests import torchvision_style_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
-PRUNERD = shutil.which("prunerd") or str(Path(sys.executable).parent / "prunerd")
 RGB_MODEL = "tests.models_for_tests:torchvision_style_resnet"
 
 
@@ -80,12 +78,7 @@ def test_bundle_for_model_adapts_every_split_and_checks_the_record() -> None:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [PRUNERD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
-    )
-    assert result.returncode == 0, f"{args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result
+    return ok(cli(PRUNERD, *args, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}))
 
 
 def test_train_eval_prune_a_three_channel_model_on_one_channel_digits(tmp_path: Path) -> None:

@@ -8,34 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .cli_helpers import PRUNERD, ok, run
 from .service_helpers import wait_for
 
-PRUNERD = shutil.which("prunerd") or str(Path(sys.executable).parent / "prunerd")
 QUICK_TIMING = ["--budget-s", "0.3", "--no-table"]  # timing budget per measurement, no LUT
 
 
 def prunerd(
     *args: str, timeout: float = 300, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [PRUNERD, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
-    )
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (
-        f"{result.args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    )
-    return result
+    return run(PRUNERD, *args, timeout=timeout, cwd=cwd)
 
 
 def test_the_script_is_installed() -> None:

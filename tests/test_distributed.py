@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,26 +23,14 @@ from pruner import distributed
 from pruner.data import load_data
 from pruner.train_state import load_state, state_path_for
 
-BIN = Path(sys.executable).parent
-PRUNERD = shutil.which("prunerd") or str(BIN / "prunerd")
+from .cli_helpers import BIN, PRUNERD, ok, run
+
 TORCHRUN = str(BIN / "torchrun") if (BIN / "torchrun").is_file() else shutil.which("torchrun")
 # Full digits (1437 training images), so that accuracy has settled after a few epochs.
 TRAIN = ["resnet20", "--data", "digits", "--threads", "1", "--seed", "0"]
 EPOCHS = ["--epochs", "6"]
 TWO = ["--nproc-per-node", "2"]
 NOISE = 0.03  # test accuracy of resnet20 on digits after 6 epochs: ~0.985 +- 0.005 over seeds
-
-
-def run(*cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (
-        f"{result.args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    )
-    return result
 
 
 def torchrun(*args: str) -> list[str]:
