@@ -92,16 +92,6 @@ class InputAdaptation:
         )
 
 
-def adaptation_between(
-    source_channels: int,
-    source_size: tuple[int, int],
-    channels: int,
-    size: tuple[int, int],
-) -> InputAdaptation:
-    """How images of one shape feed a model of another (AdaptationError when they cannot)."""
-    return InputAdaptation(source_channels, tuple(source_size), channels, tuple(size))
-
-
 def recorded_adaptation(meta: Mapping[str, Any] | None) -> InputAdaptation | None:
     """The adaptation a checkpoint's meta recorded, if any."""
     d = (meta or {}).get(META_KEY)
