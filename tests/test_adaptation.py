@@ -94,11 +94,15 @@ def test_train_eval_prune_a_three_channel_model_on_one_channel_digits(tmp_path: 
     assert ev["n"] == 359 and 0.0 <= ev["accuracy"] <= 1.0  # digits' full test split
 
     pruned = tmp_path / "pruned"
-    run("prune", RGB_MODEL, "--checkpoint", str(ckpt), "--data", "digits", "--budget", "0.8",
-        "--epochs", "0", "--limit", "300", "--threads", "1", "--budget-s", "0.2", "--no-table",
-        "--out", str(pruned))  # fmt: skip
+    # A tiny model's latency moves with the machine: whether the budget is met is the
+    # benchmarks' business (bench/real_models.py); here the exit code must say the verdict.
+    pruned_run = cli(PRUNERD, "prune", RGB_MODEL, "--checkpoint", str(ckpt), "--data", "digits",
+                     "--budget", "0.8", "--epochs", "0", "--limit", "300", "--threads", "1",
+                     "--budget-s", "0.2", "--no-table", "--out", str(pruned),
+                     cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     report = json.loads((pruned / "report.json").read_text())
-    assert report["pruned"]["latency_s"] <= report["budget_s"] * 1.10
+    assert pruned_run.returncode == (0 if report["budget_met"] else 1), pruned_run.stderr[-3000:]
+    assert report["removed_blocks"]
     inherited = read_checkpoint(pruned / "pruned.pt")
     assert recorded_adaptation(inherited.meta) == InputAdaptation(1, (8, 8), 3, (16, 16))
     ev2 = json.loads(
