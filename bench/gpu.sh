@@ -10,7 +10,7 @@
 #                               fp32 NCHW and fp16 channels_last, eager and CUDA graph
 #   4. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
 #   5. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
-# The limits add up to 8 minutes; the run is expected to take less (not yet measured on a GPU).
+# The limits add up to 7.5 minutes; the run is expected to take less (not yet measured on a GPU).
 # Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json, and
 # bench/results/run_gpu.md (each step's exit status and wall time).
 # Exit status: 0 when every step passed; otherwise the first failing step's status
@@ -82,10 +82,10 @@ step() {  # step NAME LIMIT_S COMMAND...
     if [ "$rc" -ne 0 ] && [ "$RESULT" -eq 0 ]; then RESULT=$rc; fi
 }
 
-step "pytest -m gpu" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
-step "profiler additivity" 130 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
-step "fused vs unfused" 100 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
-step "autotune, two processes" 70 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
+step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
+step "profiler additivity" 140 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
+step "fused vs unfused" 90 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
+step "autotune, two processes" 60 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
 step "kernel vs cuDNN" 40 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
 
 {

@@ -14,7 +14,8 @@ to end minus each removed block plus its replacement) is set against the
 pruned model's measured latency, in the same mode.
 
 Writes bench/results/profiler_cuda_additivity.json (a list of rows: model,
-batch_size, mode, additivity_error, device, and the figures above) and
+batch_size, mode, additivity_error, device, and the figures above),
+profiler_cuda_predictions.json beside it (the pruned models) and
 bench/results/profiler_cuda_additivity_gpu.md. Exit status: 0 when every
 |additivity| is within --goal, 3 when a profile missed it, 1 on an error.
 """
@@ -32,7 +33,16 @@ from pathlib import Path
 
 import torch
 
-from profiler import BlockProfile, ModelSpec, TimingOptions, load_model, measure, profile_model
+from profiler import (
+    BlockProfile,
+    ModelSpec,
+    TimingOptions,
+    discover,
+    load_model,
+    measure,
+    profile_model,
+)
+from pruner.depth import remove_blocks
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,6 +73,7 @@ def one(
         "rest_s": p.rest_s,
         "launch_overhead_s": p.launch_overhead_s,
         "mark_cost_s": p.mark_cost_s,
+        "eager_s": p.eager.median_s if p.eager else None,
         "checks_ok": bool(p.quality and p.quality.ok),
         "problems": list(p.quality.problems) if p.quality else [],
         "profile_wall_s": time.perf_counter() - t0,
@@ -74,7 +85,13 @@ def one(
 def predictions(
     p: BlockProfile, net: torch.nn.Module, mode: str, sets: int, budget_s: float, device: str
 ) -> list[dict]:
-    """Random removal sets: latency predicted from ``p`` against the pruned model measured."""
+    """Random removal sets: latency predicted from ``p`` against the pruned model measured.
+
+    The pruned model is what prunerd builds (block surgery on the traced graph, the
+    form the profile's end to end was timed in); the same blocks swapped for
+    ``nn.Identity`` in the eager model are measured too, against a prediction from
+    the eager model's end to end, for reference.
+    """
     blocks = [
         b
         for b in p.blocks
@@ -85,14 +102,17 @@ def predictions(
     rows = []
     for _ in range(sets if len(blocks) >= 2 else 0):
         removed = rng.sample(blocks, rng.randint(2, max(2, len(blocks) - 1)))
-        pruned = copy.deepcopy(net).eval().to(device)
+        base = copy.deepcopy(net).eval().to(device)
+        with torch.inference_mode():
+            traced = remove_blocks(discover(base, x).gm, [b.block for b in removed])
+        eager = copy.deepcopy(net).eval().to(device)
         for b in removed:
             parent, _, leaf = b.block.name.rpartition(".")
-            setattr(pruned.get_submodule(parent) if parent else pruned, leaf, torch.nn.Identity())
-        predicted = p.end_to_end_s - sum(
-            b.latency_s - (b.replacement_latency_s or 0.0) for b in removed
-        )
-        (m,) = measure([lambda m=pruned: m(x)], device, _options(mode, budget_s))
+            setattr(eager.get_submodule(parent) if parent else eager, leaf, torch.nn.Identity())
+        saved = sum(b.latency_s - (b.replacement_latency_s or 0.0) for b in removed)
+        predicted, predicted_eager = p.end_to_end_s - saved, p.eager.median_s - saved
+        works = [lambda m=traced: m(x), lambda m=eager: m(x)]
+        measured, measured_eager = measure(works, device, _options(mode, budget_s))
         rows.append(
             {
                 "model": p.model,
@@ -101,8 +121,11 @@ def predictions(
                 "removed": len(removed),
                 "of": len(blocks),
                 "predicted_s": predicted,
-                "measured_s": m.median_s,
-                "error": predicted / m.median_s - 1.0,
+                "measured_s": measured.median_s,
+                "error": predicted / measured.median_s - 1.0,
+                "eager_predicted_s": predicted_eager,
+                "eager_measured_s": measured_eager.median_s,
+                "eager_error": predicted_eager / measured_eager.median_s - 1.0,
             }
         )
     return rows
@@ -129,14 +152,15 @@ def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- device: {dev.get('name', '?')} ({dev.get('details', {}).get('uuid', dev.get('kind'))}), "
         f"torch {torch.__version__}, CUDA {torch.version.cuda}",
-        f"- additivity = (blocks + rest - end to end) / end to end; goal within ±{goal:.0%}",
+        f"- additivity = (blocks + rest - end to end) / end to end; goal within ±{goal:.0%}; end to"
+        " end = the traced model's pass, timed in the same rounds as the pass with marks",
         "- launch overhead = pieces timed one launch at a time minus the same pieces in one"
         " pass, microseconds per forward pass; event = GPU time of one timing event, "
         "subtracted from every piece",
         "",
         "| model | batch | mode | fused | end to end (us) | blocks + rest (us) | additivity |"
-        " launch overhead (us) | event (us) | checks |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
+        " launch overhead (us) | event (us) | eager model (us) | checks |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ok = "ok" if r["checks_ok"] else "; ".join(r["problems"])[:120]
@@ -145,7 +169,7 @@ def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]
             f"| {r['model']} | {r['batch_size']} | {r['mode']} | {'yes' if r['fused'] else 'no'}"
             f" | {_us(r['end_to_end_s'])} | {_us(r['blocks_s'] + r['rest_s'])}"
             f" | {r['additivity_error']:+.1%}{miss} | {_us(r['launch_overhead_s'])}"
-            f" | {_us(r['mark_cost_s'])} | {ok} |"
+            f" | {_us(r['mark_cost_s'])} | {_us(r['eager_s'])} | {ok} |"
         )
     if predicted:
         lines += [
@@ -153,16 +177,21 @@ def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]
             "## Pruned models: latency predicted from the profile against measured",
             "",
             "predicted = end to end - sum over removed blocks of (block - replacement);"
-            " blocks removed at random among those an identity replaces",
+            " blocks removed at random among those an identity replaces. Pruned: the graph"
+            " prunerd's block surgery builds (the goal); eager, for reference: the same blocks"
+            " swapped for nn.Identity in the eager model, predicted from its end to end",
             "",
-            "| model | batch | mode | removed | predicted (us) | measured (us) | error |",
-            "|---|---:|---|---:|---:|---:|---:|",
+            "| model | batch | mode | removed | predicted (us) | measured (us) | error |"
+            " eager predicted (us) | eager measured (us) | eager error |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in predicted:
             miss = "" if abs(r["error"]) <= goal else " **(over goal)**"
             lines.append(
                 f"| {r['model']} | {r['batch_size']} | {r['mode']} | {r['removed']} of {r['of']}"
-                f" | {_us(r['predicted_s'])} | {_us(r['measured_s'])} | {r['error']:+.1%}{miss} |"
+                f" | {_us(r['predicted_s'])} | {_us(r['measured_s'])} | {r['error']:+.1%}{miss}"
+                f" | {_us(r['eager_predicted_s'])} | {_us(r['eager_measured_s'])}"
+                f" | {r['eager_error']:+.1%} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -207,6 +236,9 @@ def main() -> int:
         # Written after every row: a run cut short still leaves what it measured.
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(rows, indent=1))
+        if predicted:
+            pred_json = args.out_json.with_name("profiler_cuda_predictions.json")
+            pred_json.write_text(json.dumps(predicted, indent=1))
         args.out_md.write_text(render(rows, args.goal, sys.argv, predicted))
     if errors:
         return 1

@@ -148,14 +148,55 @@ def time_chain(
     return ChainTiming(tuple(m(s) for s in subtract_marks(pieces, cost)), m(marked), m(plain), cost)
 
 
-class _Chain:
-    """The pieces of one pass, in order, and which of the two passes runs first next round."""
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass cut into ``pieces`` pieces.
 
-    def __init__(self, works: Sequence[Work]) -> None:
-        if not works:
+    ``build(mark)`` returns the work that runs the pass calling ``mark(i)`` at
+    boundary ``i`` (0 before the first piece, ``pieces`` after the last);
+    ``plain`` runs the same pass without marks.
+    """
+
+    pieces: int
+    build: Callable[[Callable[[int], None]], Work]
+    plain: Work
+
+
+def pass_of(works: Sequence[Work]) -> Pass:
+    """The pass that calls ``works`` in turn (each a piece); used for work beside the
+    model (replacements) and where no graph of the model is at hand."""
+    works = list(works)
+    if not works:
+        raise ValueError("nothing to time")
+
+    def build(mark: Callable[[int], None]) -> Work:
+        def run() -> None:
+            mark(0)
+            for i, w in enumerate(works, 1):
+                w()
+                mark(i)
+
+        return run
+
+    def plain() -> None:
+        for w in works:
+            w()
+
+    return Pass(len(works), build, plain)
+
+
+def _as_pass(p: Pass | Sequence[Work]) -> Pass:
+    return p if isinstance(p, Pass) else pass_of(p)
+
+
+class _Chain:
+    """A pass and which of its two forms (with marks, without) runs first next round."""
+
+    def __init__(self, p: Pass | Sequence[Work]) -> None:
+        self.pass_ = _as_pass(p)
+        if self.pass_.pieces < 1:
             raise ValueError("nothing to time")
-        self.works = list(works)
-        self.pieces = len(works)
+        self.pieces = self.pass_.pieces
         self.flip = False  # which pass runs first this round
 
 
@@ -164,9 +205,16 @@ class CpuChain(_Chain):
 
     timer = "perf_counter"
 
-    def __init__(self, works: Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns):
-        super().__init__(works)
+    def __init__(
+        self, p: Pass | Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns
+    ) -> None:
+        super().__init__(p)
         self.clock = clock
+        self.reads = [0] * (self.pieces + 1)
+        self.marked_work = self.pass_.build(self.mark)
+
+    def mark(self, i: int) -> None:
+        self.reads[i] = self.clock()
 
     def round(self) -> tuple[list[float], float, float]:
         self.flip = not self.flip
@@ -174,19 +222,15 @@ class CpuChain(_Chain):
         return marked[0], marked[1], plain
 
     def _marked(self) -> tuple[list[float], float]:
-        clock = self.clock
-        o0 = clock()
-        marks = [clock()]
-        for w in self.works:
-            w()
-            marks.append(clock())
-        o1 = clock()
-        return [(b - a) / 1e9 for a, b in zip(marks, marks[1:])], (o1 - o0) / 1e9
+        o0 = self.clock()
+        self.marked_work()
+        o1 = self.clock()
+        r = self.reads
+        return [(b - a) / 1e9 for a, b in zip(r, r[1:])], (o1 - o0) / 1e9
 
     def _plain(self) -> float:
         p0 = self.clock()
-        for w in self.works:
-            w()
+        self.pass_.plain()
         return (self.clock() - p0) / 1e9
 
 
@@ -202,6 +246,16 @@ def _event(external: bool = False) -> torch.cuda.Event:
         ) from None
 
 
+def _events(n: int, external: bool = False) -> list[torch.cuda.Event]:
+    """``n`` timing events, created now: torch creates a CUDA event at its first record,
+    which inside a timed pass would cost the GPU timeline ten microseconds or more."""
+    events = [_event(external) for _ in range(n)]
+    if not external:
+        for e in events:
+            e.record()
+    return events
+
+
 def _seconds(a: torch.cuda.Event, b: torch.cuda.Event) -> float:
     return a.elapsed_time(b) / 1e3
 
@@ -211,33 +265,36 @@ class EagerCudaChain(_Chain):
 
     timer = "cuda_events"
 
-    def __init__(self, works: Sequence[Work], device: torch.device) -> None:
-        super().__init__(works)
+    def __init__(self, p: Pass | Sequence[Work], device: torch.device) -> None:
+        super().__init__(p)
         self.device = device
+        with torch.cuda.device(device):
+            self.outer = _events(4)
+            self.marks = _events(self.pieces + 1)
+            torch.cuda.synchronize(device)
+        self.marked_work = self.pass_.build(self.mark)
+
+    def mark(self, i: int) -> None:
+        self.marks[i].record()
 
     def round(self) -> tuple[list[float], float, float]:
         self.flip = not self.flip
+        outer = self.outer
+
+        def marked() -> None:
+            outer[0].record()
+            self.marked_work()
+            outer[1].record()
+
+        def plain() -> None:
+            outer[2].record()
+            self.pass_.plain()
+            outer[3].record()
+
         with torch.cuda.device(self.device):
-            outer = [_event() for _ in range(4)]
-            marks = [_event() for _ in range(self.pieces + 1)]
-
-            def marked() -> None:
-                outer[0].record()
-                marks[0].record()
-                for w, mark in zip(self.works, marks[1:]):
-                    w()
-                    mark.record()
-                outer[1].record()
-
-            def plain() -> None:
-                outer[2].record()
-                for w in self.works:
-                    w()
-                outer[3].record()
-
             _in_turn(marked, plain, self.flip)
             torch.cuda.synchronize(self.device)
-        intervals = [_seconds(a, b) for a, b in zip(marks, marks[1:])]
+        intervals = [_seconds(a, b) for a, b in zip(self.marks, self.marks[1:])]
         return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])
 
 
@@ -261,46 +318,39 @@ class GraphCudaChain(_Chain):
 
     timer = "cuda_events"
 
-    def __init__(self, works: Sequence[Work], device: torch.device) -> None:
-        super().__init__(works)
+    def __init__(self, p: Pass | Sequence[Work], device: torch.device) -> None:
+        super().__init__(p)
         self.device = device
         with torch.cuda.device(device):
-            self.marks = [_event(external=True) for _ in range(self.pieces + 1)]
+            self.marks = _events(self.pieces + 1, external=True)
+            self.outer = _events(4)
+            self.marked = _capture(self.pass_.build(self.mark), device)
+            self.plain = _capture(self.pass_.plain, device)
 
-            def marked() -> None:
-                self.marks[0].record()
-                for w, mark in zip(self.works, self.marks[1:]):
-                    w()
-                    mark.record()
-
-            def plain() -> None:
-                for w in self.works:
-                    w()
-
-            self.marked = _capture(marked, device)
-            self.plain = _capture(plain, device)
+    def mark(self, i: int) -> None:
+        self.marks[i].record()
 
     def round(self) -> tuple[list[float], float, float]:
         self.flip = not self.flip
+        outer = self.outer
+
+        def replay(graph: torch.cuda.CUDAGraph, start: int) -> None:
+            outer[start].record()
+            graph.replay()
+            outer[start + 1].record()
+
         with torch.cuda.device(self.device):
-            outer = [_event() for _ in range(4)]
-
-            def replay(graph: torch.cuda.CUDAGraph, start: int) -> None:
-                outer[start].record()
-                graph.replay()
-                outer[start + 1].record()
-
             _in_turn(lambda: replay(self.marked, 0), lambda: replay(self.plain, 2), self.flip)
             torch.cuda.synchronize(self.device)
         intervals = [_seconds(a, b) for a, b in zip(self.marks, self.marks[1:])]
         return intervals, _seconds(outer[0], outer[1]), _seconds(outer[2], outer[3])
 
 
-def runner(works: Sequence[Work], device: torch.device, cuda_graph: bool) -> Runner:
+def runner(p: Pass | Sequence[Work], device: torch.device, cuda_graph: bool) -> Runner:
     """The runner for ``device``: CUDA events (in a captured graph when ``cuda_graph``), else CPU."""
     if device.type != "cuda":
-        return CpuChain(works)
-    return GraphCudaChain(works, device) if cuda_graph else EagerCudaChain(works, device)
+        return CpuChain(p)
+    return GraphCudaChain(p, device) if cuda_graph else EagerCudaChain(p, device)
 
 
 def launch_overhead(alone: Sequence[Measurement], chained: Sequence[Measurement]) -> float:

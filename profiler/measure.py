@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from .blocks import BlockGraph, count_ops, discover
+from .cut import graph_pass
 from .device import device_info, resolve_device, throttle_warning
 from .graph import extract, signature, tensor_meta
 from .interference import InterferenceWatch
@@ -66,6 +67,7 @@ class _Item:
     inputs: list[fx.Node] | None = None
     outputs: list[fx.Node] | None = None  # pieces of the forward pass publish their results
     measurement: Measurement | None = None
+    nodes: list[fx.Node] | None = None  # a piece of the forward pass: the graph nodes it runs
 
 
 def _call(module: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], object]:
@@ -188,6 +190,10 @@ def _profile(
                 it.measurement = m
                 served += 1
     todo = [it for it in items if it.measurement is None and it.module is not None]
+    if mode != "alone" and any(it.nodes for it in todo):
+        # Chained, the pieces of the pass and the model's end to end are one measurement.
+        fresh = [it for it in items if it.nodes or it.label == "model" or it in todo]
+        todo = [it for it in fresh if it.module is not None]
     seen, timed = None, None
     if todo:
         info, seen, timed = _time_items(bg, x, todo, info, run)
@@ -218,22 +224,30 @@ def _time_items(
     """Time ``todo`` in place (filling each item's measurement), watching the CPU meanwhile.
 
     Pieces of the forward pass (blocks, rest), replacements and whole models are
-    timed as ``measure_pieces`` times each group.
+    timed as ``measure_pieces`` times each group. Chained, the traced model's end to
+    end is the plain pass of the same rounds as its pieces (:mod:`profiler.cut`).
     """
     chained = piece_mode(run.dev, run.options or TimingOptions()) != "alone"
-    works = _bind_inputs(bg, x, todo, direct=chained)
+    pieces = [it.nodes for it in todo if it.nodes]
+    in_pass = {"model"} if chained and pieces else set()
+    model_items = [it for it in todo if it.label in in_pass]
+    todo = [it for it in todo if it.label not in in_pass]
+    works = _bind_inputs(bg, x, todo)
     group = {"block": "serial", "rest": "serial", "replace": "side"}
     kinds = [group.get(it.label.split(":", 1)[0], "whole") for it in todo]
     serial, side, whole = ([w for w, k in zip(works, kinds) if k == g] for g in GROUPS)
+    serial_pass = graph_pass(bg.gm, pieces, [x]) if in_pass else None  # type: ignore[arg-type]
     warnings = [w for w in [throttle_warning(run.dev)] if w]
     watch = InterferenceWatch(torch.get_num_threads()).start() if run.dev.type == "cpu" else None
     timed = measure_pieces(
-        serial, side, whole, run.dev, run.options, info.fingerprint, run.progress
+        serial, side, whole, run.dev, run.options, info.fingerprint, run.progress, serial_pass
     )
     seen = watch.stop() if watch is not None else None
     results = {g: iter(getattr(timed, g)) for g in GROUPS}
     for it, k in zip(todo, kinds):
         it.measurement = next(results[k])
+    for it in model_items:
+        it.measurement = timed.plain
     warnings += [w for w in [throttle_warning(run.dev)] if w and w not in warnings]
     if warnings:
         info = dataclasses.replace(info, warnings=tuple(warnings))
@@ -309,9 +323,13 @@ def _plan_items(
     serial: list[tuple[int, _Item]] = []
     replacements: list[_Item] = []
     for b in bg.blocks:
-        piece, inputs, outputs = extract(bg.gm, [bg.node(n) for n in b.nodes])
+        nodes = [bg.node(n) for n in b.nodes]
+        piece, inputs, outputs = extract(bg.gm, nodes)
         serial.append(
-            (order[b.output_node], _Item(f"block:{b.name}", b.signature, piece, inputs, outputs))
+            (
+                order[b.output_node],
+                _Item(f"block:{b.name}", b.signature, piece, inputs, outputs, nodes=nodes),
+            )
         )
         if not b.removable:
             continue
@@ -328,9 +346,11 @@ def _plan_items(
         replacements.append(_Item(f"replace:{b.name}", sig, module.to(x.device), rep_inputs))
     layout: dict[str, tuple[tuple[str, ...], int, int]] = {}
     for name, names in _rest_names(bg).items():
-        piece, inputs, outputs = extract(bg.gm, [bg.node(n) for n in names])
+        nodes = [bg.node(n) for n in names]
+        piece, inputs, outputs = extract(bg.gm, nodes)
         sig = signature(piece, [tensor_meta(i) for i in inputs], extra="rest")
-        serial.append((order[names[-1]], _Item(f"rest:{name}", sig, piece, inputs, outputs)))
+        item = _Item(f"rest:{name}", sig, piece, inputs, outputs, nodes=nodes)
+        serial.append((order[names[-1]], item))
         flops, _, params = count_ops(bg.gm, [bg.node(n) for n in names])
         layout[name] = (names, flops, params)
     items = [it for _, it in sorted(serial, key=lambda p: p[0])] + replacements
@@ -343,9 +363,7 @@ def _plan_items(
     return items, layout
 
 
-def _bind_inputs(
-    bg: BlockGraph, x: torch.Tensor, todo: list[_Item], direct: bool = False
-) -> list[Callable[[], object]]:
+def _bind_inputs(bg: BlockGraph, x: torch.Tensor, todo: list[_Item]) -> list[Callable[[], object]]:
     """Bind each item's work to its input values.
 
     One forward pass captures every needed value. Then the pieces of the
@@ -353,10 +371,8 @@ def _bind_inputs(
     from a shared table and publish their outputs into it, so one round of
     timing is a real forward pass cut at block boundaries: each block reads the
     activation its predecessor has just written, cache-hot as in the whole model,
-    not a copy captured long before. ``direct`` calls each piece's ``forward``
-    itself, without ``nn.Module.__call__`` (hooks and their checks): in one
-    chained pass that host time would be counted in the pieces but is not paid
-    by the whole model, which calls its layers once each.
+    not a copy captured long before. (Chained, the pieces run inside the model's
+    own forward instead: :mod:`profiler.cut`.)
     """
     need = {n for it in todo for n in (it.inputs or [])}
     cap = _Capture(bg.gm, need)
@@ -369,8 +385,6 @@ def _bind_inputs(
 
     def work(it: _Item) -> Callable[[], object]:
         module, inputs, outputs = it.module, it.inputs, it.outputs
-        if direct and it.label.split(":", 1)[0] in ("block", "rest"):
-            module = module.forward  # type: ignore[union-attr]
         if inputs is None:
             return _call(module, [x])  # type: ignore[arg-type]
         if not outputs:

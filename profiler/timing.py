@@ -19,10 +19,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .records import Measurement
+
+if TYPE_CHECKING:
+    from .chain import Pass
 
 Work = Callable[[], object]
 Progress = Callable[[str, int, int], None]
@@ -202,7 +206,9 @@ class PieceTimings:
     but outside the pass (replacements); ``whole``: work timed alone (the whole
     model). ``launch_overhead_s``: what the serial pieces timed one launch at a
     time pay beyond the same pieces in one pass (None when timed alone);
-    ``mark_cost_s``: the cost of one timing mark, already subtracted.
+    ``mark_cost_s``: the cost of one timing mark, already subtracted; ``plain``:
+    the serial pieces' pass without marks, timed in the same rounds, when chained
+    (given a ``serial_pass`` of the model, this is the model's end to end).
     """
 
     serial: list[Measurement]
@@ -211,6 +217,7 @@ class PieceTimings:
     mode: str
     launch_overhead_s: float | None = None
     mark_cost_s: float | None = None
+    plain: Measurement | None = None
 
 
 def measure_pieces(
@@ -221,6 +228,7 @@ def measure_pieces(
     options: TimingOptions | None = None,
     fingerprint: str = "",
     progress: Progress | None = None,
+    serial_pass: Pass | None = None,
 ) -> PieceTimings:
     """Time the pieces of a forward pass (``serial``, in network order, each feeding the
     next), work beside it (``side``) and whole models (``whole``), per ``options.pieces``.
@@ -229,8 +237,10 @@ def measure_pieces(
     models and the serial pieces alone (for the launch overhead) in one
     :func:`measure`, then the serial pieces in one pass and the side work in
     another (:mod:`profiler.chain`); the profile keeps the chained figures.
+    ``serial_pass``, when given, is the pass the serial pieces are chained in (the
+    model's own forward with marks, :mod:`profiler.cut`); else they are called in turn.
     """
-    from .chain import launch_overhead, runner, time_chain
+    from .chain import launch_overhead, pass_of, runner, time_chain
 
     options = options or TimingOptions()
     device = torch.device(device)
@@ -242,13 +252,15 @@ def measure_pieces(
     alone = measure([*serial, *whole], device, options, fingerprint, progress)
     graph = mode == "chained_graph"
     chained: dict[str, list[Measurement]] = {"serial": [], "side": []}
-    cost = None
+    cost = plain = None
     with torch.inference_mode():
-        for name, works in (("serial", serial), ("side", side)):
-            if not works:
+        passes = {"serial": serial_pass or (pass_of(serial) if serial else None)}
+        passes["side"] = pass_of(side) if side else None
+        for name, one_pass in passes.items():
+            if one_pass is None:
                 continue
             got = time_chain(
-                runner(works, device, graph),
+                runner(one_pass, device, graph),
                 warmup=options.warmup,
                 min_rounds=options.min_rounds,
                 max_rounds=options.max_rounds,
@@ -258,8 +270,9 @@ def measure_pieces(
                 progress=progress,
             )
             chained[name] = list(got.pieces)
-            cost = got.mark_cost_s if name == "serial" else cost
+            if name == "serial":
+                cost, plain = got.mark_cost_s, got.plain
     overhead = launch_overhead(alone[: len(serial)], chained["serial"]) if serial else None
     return PieceTimings(
-        chained["serial"], chained["side"], alone[len(serial) :], mode, overhead, cost
+        chained["serial"], chained["side"], alone[len(serial) :], mode, overhead, cost, plain
     )

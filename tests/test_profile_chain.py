@@ -212,7 +212,9 @@ def test_cuda_chain_pieces_add_up_to_the_pass(graph: bool) -> None:
     assert all(m.timer == "cuda_events" and m.median_s >= 0 for m in got.pieces)
     # The marked pass, less every mark, is the plain pass up to its launch and tail.
     assert total == pytest.approx(got.plain.median_s, rel=0.1)
-    assert got.mark_cost_s < 20e-6
+    # What one event costs depends on the host (10 to 40 us of launch time in eager mode on a
+    # virtualised one): bounded by an average piece, not by a figure from one machine.
+    assert 0 <= got.mark_cost_s < got.plain.median_s / (len(got.pieces) + 1)
 
 
 @pytest.mark.gpu
@@ -277,3 +279,51 @@ def test_cli_profile_pieces_option(tmp_path, capsys) -> None:
     assert "launch overhead" in capsys.readouterr().out
     d = json.loads(out.read_text())
     assert d["timing"] == "chained" and d["launch_overhead_s"] is not None
+
+
+def _pass_pieces():
+    from profiler.blocks import discover
+    from profiler.measure import _plan_items
+    from profiler.models import eval_mode
+
+    spec = ModelSpec("mobilenetv2", input_size=(8, 8))
+    net = eval_mode(load_model(spec))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        bg = discover(net, x)
+    items, _ = _plan_items(bg, net, x, "float32", False)
+    return bg, x, [it.nodes for it in items if it.nodes]
+
+
+def test_the_pass_is_the_models_own_forward_with_marks_between_pieces() -> None:
+    from profiler.cut import graph_pass, regrouped
+
+    bg, x, pieces = _pass_pieces()
+
+    class Seen(list):
+        def mark(self, i: int) -> None:
+            self.append(i)
+
+    seen = Seen()
+    marked = regrouped(bg.gm, pieces, seen.mark)
+    with torch.inference_mode():
+        want = bg.gm(x)
+        assert torch.equal(regrouped(bg.gm, pieces)(x), want)
+        assert torch.equal(marked(x), want)
+    assert seen == list(range(len(pieces) + 1))
+    # Every node of the model runs once: in its piece, or (inputs, parameters) where first read.
+    calls = [n for n in marked.graph.nodes if n.op in ("call_module", "call_function")]
+    model_calls = [n for n in bg.gm.graph.nodes if n.op in ("call_module", "call_function")]
+    assert len(calls) == len(model_calls) + len(pieces) + 1
+    one_pass = graph_pass(bg.gm, pieces, [x])
+    got = time_chain(CpuChain(one_pass), warmup=1, min_rounds=3, max_rounds=3)
+    assert len(got.pieces) == len(pieces) and all(m.median_s > 0 for m in got.pieces)
+    assert sum(m.median_s for m in got.pieces) <= got.marked.median_s
+
+
+def test_pieces_out_of_running_order_are_refused() -> None:
+    from profiler.cut import regrouped
+
+    bg, _, pieces = _pass_pieces()
+    with pytest.raises(ValueError, match="not in running order"):
+        regrouped(bg.gm, [pieces[1], pieces[0], *pieces[2:]])
