@@ -7,6 +7,7 @@ from .cost import ModelCost, example_input, model_cost
 from .device import cpu_model, device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
 from .interference import InterferenceWatch
+from .lookups import direct_lookups
 from .measure import profile_model
 from .models import (
     Checkpoint,
@@ -56,6 +57,7 @@ __all__ = [
     "TraceError",
     "default_table_path",
     "device_info",
+    "direct_lookups",
     "discover",
     "gpu_telemetry",
     "measure",

@@ -29,6 +29,7 @@ from .cut import graph_pass
 from .device import device_info, resolve_device, throttle_warning
 from .graph import extract, signature, tensor_meta
 from .interference import InterferenceWatch
+from .lookups import direct_lookups
 from .models import ModelSpec, eval_mode
 from .quality import QualityLimits, assess
 from .records import BlockProfile, BlockTiming, DeviceInfo, Interference, Measurement, Segment
@@ -173,6 +174,7 @@ def _profile(
         run.progress("tracing", 0, 1)
     with torch.inference_mode():
         bg = discover(model, x)
+    direct_lookups(bg.gm)  # the traced graph as fast as the model it came from
     items, layout = _plan_items(bg, model, x, dtype, run.fused)
     options = run.options or TimingOptions()
     mode = piece_mode(dev, options)
@@ -325,6 +327,7 @@ def _plan_items(
     for b in bg.blocks:
         nodes = [bg.node(n) for n in b.nodes]
         piece, inputs, outputs = extract(bg.gm, nodes)
+        direct_lookups(piece)
         serial.append(
             (
                 order[b.output_node],
@@ -343,11 +346,13 @@ def _plan_items(
             if isinstance(module, fx.GraphModule)
             else _hash("adapter", b.input_shape, b.output_shape, dtype)
         )
-        replacements.append(_Item(f"replace:{b.name}", sig, module.to(x.device), rep_inputs))
+        module = direct_lookups(module.to(x.device))
+        replacements.append(_Item(f"replace:{b.name}", sig, module, rep_inputs))
     layout: dict[str, tuple[tuple[str, ...], int, int]] = {}
     for name, names in _rest_names(bg).items():
         nodes = [bg.node(n) for n in names]
         piece, inputs, outputs = extract(bg.gm, nodes)
+        direct_lookups(piece)
         sig = signature(piece, [tensor_meta(i) for i in inputs], extra="rest")
         item = _Item(f"rest:{name}", sig, piece, inputs, outputs, nodes=nodes)
         serial.append((order[names[-1]], item))

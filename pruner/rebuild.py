@@ -15,7 +15,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import ModelSpec, build_model, discover, example_input, read_checkpoint
+from profiler import (
+    ModelSpec,
+    build_model,
+    direct_lookups,
+    discover,
+    example_input,
+    read_checkpoint,
+)
 from profiler.files import write_with
 
 from .depth import SurgeryError, fit_adapters, remove_blocks
@@ -64,7 +71,7 @@ def apply_plan(
     gm = remove_blocks(bg.gm, chosen, adapters)
     if plan.channels:  # the width pass ran on the depth-pruned graph: same module paths
         thin(gm, plan.channels, example_input(plan.spec))
-    return gm
+    return direct_lookups(gm)
 
 
 def load_pruned(checkpoint: str | Path) -> fx.GraphModule:

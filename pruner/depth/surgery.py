@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import Block, ModelSpec, discover, example_input
+from profiler import Block, ModelSpec, direct_lookups, discover, example_input
 from profiler.channels import ChannelError
 
 from .dense import drop_contributions
@@ -100,7 +100,7 @@ def remove_blocks(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return gm
+    return direct_lookups(gm)  # and forget the deleted ones
 
 
 class _Pairs(fx.Interpreter):
