@@ -413,14 +413,18 @@ class LaunchResult:
     failures: tuple[RankFailure, ...] = ()
 
 
-def launch(nproc: int, cmd: Sequence[str], max_restarts: int = 0) -> LaunchResult:
+def launch(
+    nproc: int, cmd: Sequence[str], max_restarts: int = 0, log_dir: str | None = None
+) -> LaunchResult:
     """Run ``cmd`` as ``nproc`` processes of one node under torchrun's elastic agent.
 
     The same as ``torchrun --standalone --nproc-per-node NPROC --max-restarts 0
     --no-python CMD...``: the agent picks a free port, sets RANK, WORLD_SIZE,
     LOCAL_RANK and MASTER_ADDR/PORT for each process, and when one fails, stops
     the others. The exit code is 0, the failing rank's exit code, or 128 + the
-    number of the signal that killed it.
+    number of the signal that killed it. ``log_dir``: where the agent keeps its
+    per-run directories (torchrun's ``--log-dir``; default a new ``torchelastic_*``
+    directory in the temporary directory, which it leaves behind).
     """
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -430,6 +434,7 @@ def launch(nproc: int, cmd: Sequence[str], max_restarts: int = 0) -> LaunchResul
             "--standalone",
             f"--nproc-per-node={int(nproc)}",
             f"--max-restarts={int(max_restarts)}",
+            *([f"--log-dir={log_dir}"] if log_dir else []),
             "--no-python",
             *cmd,
         ]

@@ -301,6 +301,13 @@ def format_event(event: p.Event) -> str:
         what = f"{d.get('kind', '')} in pid {d.get('pid')}"
     elif event.event == "queued":
         what = f"{d.get('kind', '')} {(d.get('params') or {}).get('model', '')}"
+    elif event.event == "ranks":
+        alive, world = len(d.get("alive") or []), d.get("world_size", "?")
+        each = ", ".join(
+            f"rank {r.get('rank')} pid {r.get('pid')} {r.get('state')}"
+            for r in d.get("ranks") or []
+        )
+        what = f"{alive}/{world} alive on {d.get('device')}: {each}"
     else:
         err = d.get("error") or {}
         what = err.get("message", "") if isinstance(err, dict) else str(err)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ranks import MAX_RANKS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the stdlib module arrived in 3.11
@@ -108,6 +110,11 @@ class Settings:
     fd_reserve: int = 256  # file descriptors no client connection may take (jobs, SQLite, HTTP)
     max_deployments_per_client: int = 16
     deployment_idle_s: float = 600.0  # a deployment silent this long may be evicted
+    # Processes one prune job may run as (params.ranks, `prunerd submit prune --gpus/--procs`):
+    # on CUDA one GPU each, capped by max_gpus (None: the CUDA devices the daemon sees, 0
+    # without CUDA); on CPU, capped by max_procs (1: one process unless the operator allows more).
+    max_gpus: int | None = None
+    max_procs: int = 1
 
     @property
     def curve(self) -> bool:
@@ -151,6 +158,10 @@ class Settings:
         for name in LIMIT_FIELDS:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_gpus is not None and not 0 <= self.max_gpus <= MAX_RANKS:
+            raise ValueError(f"max_gpus must be in 0..{MAX_RANKS}, got {self.max_gpus}")
+        if not 1 <= self.max_procs <= MAX_RANKS:
+            raise ValueError(f"max_procs must be in 1..{MAX_RANKS}, got {self.max_procs}")
         if self.max_sample_bytes > self.max_frame_bytes:
             raise ValueError("max_sample_bytes must not exceed max_frame_bytes")
         for name, seconds in self.budgets.items():

@@ -34,6 +34,8 @@ from .limits import RequestBounds
 from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
 from .outputs import make_output_dir
 from .quotas import JobOwners, QueueQuota, client_of, list_page
+from .rank_link import remove_left_behind
+from .ranks import RankTracker, parse_report
 
 log = logging.getLogger("prunerd")
 
@@ -89,7 +91,8 @@ class Daemon:
             self.store.db,
             QueueQuota(settings.max_queued_per_client, settings.max_queued_total),
         )
-        self.bounds = RequestBounds.from_settings(settings)
+        self.bounds = RequestBounds.from_settings(settings, visible_gpus())
+        self.ranks = RankTracker()  # the ranks of running multi-process jobs
         self.keys = (
             KeyRing(settings.authorized_keys_dir, settings.monitor_keys_dir)
             if settings.curve
@@ -190,7 +193,9 @@ class Daemon:
         self.metrics = serve_metrics(
             st.metrics_host,
             st.metrics_port,
-            PrunerdCollector(self.store.path, self.deployments, default_gpu_telemetry()),
+            PrunerdCollector(
+                self.store.path, self.deployments, default_gpu_telemetry(), self.ranks
+            ),
             read_basic_auth(st.metrics_auth_file) if st.metrics_auth_file else None,
         )
         self.endpoints = {
@@ -336,6 +341,8 @@ class Daemon:
             "running": len(self.workers),
             "kinds": self.kinds_available,
             "endpoints": self.endpoints,
+            "max_gpus": self.bounds.max_gpus,
+            "max_procs": self.bounds.max_procs,
         }
 
     def _op_submit(self, req: p.Submit) -> dict[str, Any]:
@@ -362,10 +369,12 @@ class Daemon:
     def _op_status(self, req: p.JobRequest) -> dict[str, Any]:
         job = self._job(req.job_id)
         worker = self.workers.get(job.id)
+        ranks = self.ranks.get(job.id)
         return {
             "job": job.to_dict(),
             "progress": self.progress.get(job.id),
             "worker_pid": None if worker is None else worker.pid,
+            "ranks": None if ranks is None else ranks.to_event(),
         }
 
     def _op_list(self, req: p.ListJobs) -> dict[str, Any]:
@@ -501,6 +510,11 @@ class Daemon:
             self._publish(job.id, "block", flat)
         elif event == "milestone":
             self._publish(job.id, "milestone", msg["data"])
+        elif event == "ranks":
+            report = parse_report(msg["report"])
+            if worker.stop_reason not in ("done", "failed"):  # no news after the final word
+                self.ranks.update(job.id, report)
+                self._publish(job.id, "ranks", report.to_event())
         elif event == "done":
             if job.kind == "profile":
                 self._record_profile(job.params, msg["result"])
@@ -520,6 +534,9 @@ class Daemon:
             worker.process.join()
         del self.workers[worker.job.id]
         self.progress.pop(worker.job.id, None)
+        self.ranks.drop(worker.job.id)
+        if worker.pid is not None:  # a worker killed mid-job cannot remove its rank socket dir
+            remove_left_behind(worker.pid)
         self._queue_changed = True
         if worker.stop_reason in ("done", "failed"):
             return
@@ -546,6 +563,7 @@ class Daemon:
         result: dict[str, Any] | None = None,
     ) -> None:
         self.store.finish(job_id, status, error, result)
+        self.ranks.drop(job_id)  # a finished job has no live ranks to report
         self._publish(job_id, status, {"error": error} if error else {})
         log.info("job %s %s%s", job_id, status, f": {error.get('message')}" if error else "")
 
@@ -625,6 +643,16 @@ def private_state_dir(path: Path) -> Path:
         if db.is_file() and not db.is_symlink():
             db.chmod(0o600)
     return path
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (0 without CUDA): the default of ``max_gpus``."""
+    import torch
+
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU to hand out
+        return 0
 
 
 def read_daemon_info(state_dir: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -231,14 +232,21 @@ class JobStore:
 
 
 class JobContext:
-    """What a job function gets in the worker: callbacks that report to the daemon."""
+    """What a job function gets in the worker: callbacks that report to the daemon.
 
-    def __init__(self, conn: Connection, state_dir: Path) -> None:
+    ``conn`` is anything with ``send_bytes`` (the worker's pipe to the daemon, or a
+    rank's link to its worker); messages from several threads go out whole, one at a time.
+    """
+
+    def __init__(self, conn: Any, state_dir: Path) -> None:
         self._conn = conn
+        self._lock = threading.Lock()
         self.state_dir = state_dir
 
     def send(self, message: dict[str, Any]) -> None:
-        self._conn.send_bytes(json.dumps(message).encode())
+        data = json.dumps(message).encode()
+        with self._lock:
+            self._conn.send_bytes(data)
 
     def progress(self, what: str, done: int, total: int) -> None:
         self.send({"event": "progress", "what": str(what), "done": int(done), "total": int(total)})
@@ -249,6 +257,18 @@ class JobContext:
     def milestone(self, data: dict[str, Any]) -> None:
         """A step of a long job (e.g. a prune job's profiled, scored, selected, ...)."""
         self.send({"event": "milestone", "data": data})
+
+
+class JobFailed(Exception):
+    """A failure the job has described itself: ``error`` ({"type", "message", ...}) is sent as is.
+
+    A job run as several processes raises it with what its ranks reported (which rank
+    died, and how), which no exception type of the worker's own would say.
+    """
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -296,6 +316,20 @@ def _profile_unavailable() -> str | None:
 
 
 def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    if params.get("ranks", 1) > 1:  # jobs stored before ranks existed ran as one process
+        from .rank_job import run_ranks
+
+        return run_ranks(params, ctx)
+    return prune_here(params, ctx)
+
+
+def default_output(ctx: JobContext) -> str:
+    """Where a prune job that named no ``output`` writes: a new directory in the state dir."""
+    return str(ctx.state_dir / "prune" / f"{int(time.time())}-{os.getpid()}")
+
+
+def prune_here(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """A prune job in this process (the worker, or one rank of a job run as several)."""
     from pruner import ConfigError, PruneConfig, prune_checkpoint
 
     options = dict(params.get("options") or {})
@@ -315,7 +349,7 @@ def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     clash = sorted(fixed & set(options))
     if clash:
         raise ValueError(f"params.options may not set {clash}: use the request's own fields")
-    out = params.get("output") or str(ctx.state_dir / "prune" / f"{int(time.time())}-{os.getpid()}")
+    out = params.get("output") or default_output(ctx)
     try:
         config = PruneConfig.from_flat(
             {
@@ -377,7 +411,7 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
     """Entry point of a worker process: run one job, report, exit."""
     # Ctrl-C in a terminal signals the whole process group; the daemon decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     from profiler import retain_freed_memory  # same heap policy as `prunerd profile`
 
     retain_freed_memory()
@@ -385,6 +419,8 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
     try:
         result = JOB_KINDS[kind].run(json.loads(params_json), ctx)
         ctx.send({"event": "done", "result": result})
+    except JobFailed as e:
+        ctx.send({"event": "failed", "error": e.error})
     except BaseException as e:  # noqa: BLE001 - everything a job raises is that job's failure
         tb = traceback.format_exception(type(e), e, e.__traceback__)
         ctx.send(
@@ -401,8 +437,12 @@ def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -
         conn.close()
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the daemon dies, so a killed daemon leaves no orphan job running."""
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Linux: get SIGKILL when the parent dies, so a killed daemon leaves no orphan job running.
+
+    With ``parent_pid``, exit at once if the parent is already gone (it died before the
+    request took effect).
+    """
     try:
         import ctypes
 
@@ -410,6 +450,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # elsewhere the orphan ends at its next report, on the broken pipe
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -490,6 +532,7 @@ __all__ = [
     "JOB_KINDS",
     "Job",
     "JobContext",
+    "JobFailed",
     "JobKind",
     "JobStore",
     "ModelPolicy",

@@ -5,6 +5,10 @@ the daemon's own policy on top (``[limits]`` in the settings): batch, channels, 
 size, the activation memory they add up to, and the prune options that decide how long
 a job runs (epochs and rounds, threads, the timing budget). A request over a bound gets
 ``too_large`` naming the field, the bound and the setting that raises it.
+
+The processes a prune job runs as (``params.ranks``) are capped by what the machine
+has: GPUs on CUDA (``max_gpus``), CPU processes (``max_procs``). Asking for more is a
+``bad_request`` naming the field, the value, the cap and the flag that raises it.
 """
 
 from __future__ import annotations
@@ -59,9 +63,13 @@ class RequestBounds:
     max_epochs: int
     max_threads: int
     max_timing_budget_s: float
+    max_gpus: int = 0  # GPUs one job may use (the daemon resolves the setting's default)
+    max_procs: int = 1  # CPU processes one job may run as
 
     @classmethod
-    def from_settings(cls, st: Settings) -> RequestBounds:
+    def from_settings(cls, st: Settings, visible_gpus: int = 0) -> RequestBounds:
+        """The settings' bounds; ``visible_gpus`` (CUDA devices the daemon sees) is the
+        GPU cap when the settings leave ``max_gpus`` unset."""
         return cls(
             st.max_batch_size,
             st.max_channels,
@@ -70,15 +78,52 @@ class RequestBounds:
             st.max_epochs,
             st.max_threads,
             st.max_timing_budget_s,
+            visible_gpus if st.max_gpus is None else st.max_gpus,
+            st.max_procs,
         )
 
     def check(self, kind: str, params: dict[str, Any]) -> None:
-        """Raise ProtocolError("too_large") when a job's parameters exceed a bound."""
+        """Raise ProtocolError ("too_large", or "bad_request" for ranks over the machine's
+        caps) when a job's parameters exceed a bound."""
         if "model" not in params:
             return  # selftest: the protocol's own ranges are its bounds
         options = params.get("options") or {}
+        self._check_ranks(params)
         self._check_shape(params, options)
         self._check_options(options)
+
+    def _check_ranks(self, params: dict[str, Any]) -> None:
+        """A job on cuda uses ``ranks`` GPUs (one by default); on cpu, ``ranks`` processes."""
+        ranks, device = params.get("ranks", 1), str(params.get("device", "cpu"))
+        if device.startswith("cuda"):
+            if ranks <= self.max_gpus:
+                return
+            sees = " (it sees no CUDA device)" if self.max_gpus == 0 else ""
+            fix = (
+                "start the daemon with --max-gpus K (max_gpus in its settings) on a machine "
+                "with K GPUs"
+            )
+            if ranks == 1:
+                raise ProtocolError(
+                    "bad_request",
+                    f"params.device={device!r} needs a GPU, over this daemon's max_gpus "
+                    f"({self.max_gpus}){sees}; run on cpu, or {fix}",
+                    "params.device",
+                )
+            raise ProtocolError(
+                "bad_request",
+                f"params.ranks={ranks} on cuda asks for {ranks} GPUs, over this daemon's "
+                f"max_gpus ({self.max_gpus}){sees}; ask for at most {self.max_gpus}, or {fix}",
+                "params.ranks",
+            )
+        if ranks > self.max_procs:
+            raise ProtocolError(
+                "bad_request",
+                f"params.ranks={ranks} on cpu asks for {ranks} processes, over this daemon's "
+                f"max_procs ({self.max_procs}); ask for at most {self.max_procs}, or start the "
+                "daemon with --max-procs N (max_procs in its settings)",
+                "params.ranks",
+            )
 
     def _check_shape(self, params: dict[str, Any], options: dict[str, Any]) -> None:
         batch = params["batch_size"]

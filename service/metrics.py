@@ -1,8 +1,9 @@
 """Prometheus metrics, computed when Prometheus scrapes (custom collectors, no shadow counters).
 
 Latencies and jobs are read from the job store (SQLite, WAL: reading never blocks the
-daemon's writes), deployment latency from the in-memory :class:`DeploymentTracker`, GPU
-telemetry from NVML through ``profiler.gpu_telemetry``. Every duration is in seconds.
+daemon's writes), deployment latency from the in-memory :class:`DeploymentTracker`, the
+ranks of jobs run as several processes from the daemon's ``RankTracker`` (service.ranks),
+GPU telemetry from NVML through ``profiler.gpu_telemetry``. Every duration is in seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from .jobs import connect
 from .protocol import FINISHED_STATUSES, SampleBatch
+from .ranks import RankTracker
 
 # 50 us .. 1 s: from a small CNN on a GPU to a large one on a CPU.
 INFERENCE_BUCKETS_S = (
@@ -213,10 +215,12 @@ class PrunerdCollector(Collector):
         store_path: Path,
         deployments: DeploymentTracker,
         gpu_telemetry: Callable[[], list[dict[str, Any]]] | None = None,
+        ranks: RankTracker | None = None,
     ) -> None:
         self.store_path = store_path
         self.deployments = deployments
         self.gpu_telemetry = gpu_telemetry
+        self.ranks = ranks
 
     def collect(self) -> Iterator[Metric]:
         db = connect(self.store_path, readonly=True)
@@ -226,6 +230,7 @@ class PrunerdCollector(Collector):
         finally:
             db.close()
         yield from self._deployments()
+        yield from self._ranks()
         yield from self._gpus()
 
     def _latency(self, db: Any) -> Iterator[Metric]:
@@ -375,6 +380,25 @@ class PrunerdCollector(Collector):
         )
         evicted.add_metric([], self.deployments.evicted)
         yield evicted
+
+    def _ranks(self) -> Iterator[Metric]:
+        # One series per running multi-process job: at most max_workers at any time.
+        jobs = self.ranks.snapshot() if self.ranks is not None else {}
+        world = GaugeMetricFamily(
+            "prunerd_job_ranks",
+            "Processes (ranks) a running job was started as (prune jobs with params.ranks > 1).",
+            labels=["job_id", "device"],
+        )
+        alive = GaugeMetricFamily(
+            "prunerd_job_ranks_alive",
+            "Ranks of a running job alive now (reported in, connection to the worker open).",
+            labels=["job_id", "device"],
+        )
+        for job_id, report in sorted(jobs.items()):
+            world.add_metric([job_id, report.device], report.world_size)
+            alive.add_metric([job_id, report.device], len(report.alive))
+        yield world
+        yield alive
 
     def _gpus(self) -> Iterator[Metric]:
         # No GPU (or no NVML): the gauges are absent, not zero, so dashboards show "no data".

@@ -35,12 +35,24 @@ from msgspec import Meta
 
 from pruner.config import DATASETS, METHODS
 
+from .ranks import MAX_RANKS
 from .trust import untrusted_reason
 
 PROTOCOL_VERSION = 1
 
 OPS = ("ping", "submit", "status", "list", "cancel", "result")
-EVENTS = ("queued", "started", "progress", "block", "done", "failed", "cancelled", "interrupted")
+EVENTS = (
+    "queued",
+    "started",
+    "progress",
+    "block",
+    "milestone",
+    "ranks",
+    "done",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
 
@@ -138,7 +150,12 @@ class ProfileParams(ModelParams, kw_only=True):
 
 
 class PruneParams(ModelParams, kw_only=True):
-    """A prune job: exactly one of ``budget_s`` (seconds) or ``budget_ratio`` (of the measured latency)."""
+    """A prune job: exactly one of ``budget_s`` (seconds) or ``budget_ratio`` (of the measured latency).
+
+    ``ranks``: the processes the job runs as (torch.distributed, started by torchrun's
+    elastic agent in the job's worker): on ``device`` cuda one GPU each (GPU LOCAL_RANK,
+    NCCL), on cpu CPU processes (gloo). The daemon caps it (``max_gpus``, ``max_procs``).
+    """
 
     budget_s: Annotated[float, Meta(ge=1e-9, le=3600.0)] | None = None
     budget_ratio: Annotated[float, Meta(ge=1e-6, le=1.0)] | None = None
@@ -146,6 +163,7 @@ class PruneParams(ModelParams, kw_only=True):
     dataset: Name = "digits"
     output: Text | None = None
     options: Options = {}
+    ranks: Annotated[int, Meta(ge=1, le=MAX_RANKS)] = 1
 
     def checked(self, policy: ModelPolicy) -> PruneParams:
         w = "params."
@@ -155,6 +173,13 @@ class PruneParams(ModelParams, kw_only=True):
                 "bad_request",
                 f"give exactly one of {w}budget_s and {w}budget_ratio",
                 w + "budget_s",
+            )
+        if self.ranks > 1 and self.device.startswith("cuda:"):
+            raise ProtocolError(
+                "bad_request",
+                f"{w}device {self.device!r} names one GPU, but {w}ranks={self.ranks} runs one "
+                f"rank per GPU (rank r on cuda:r); give device 'cuda'",
+                w + "device",
             )
         confined["dataset"] = policy.check_dataset(self.dataset, w + "dataset")
         if self.output is not None:

@@ -35,11 +35,19 @@ def free_port() -> int:
 class DaemonProcess:
     """A `prunerd serve` subprocess. ``start()`` waits until it serves; ``stop()`` sends SIGTERM."""
 
-    def __init__(self, state_dir: Path, *extra_args: str, preexec_fn: Any = None) -> None:
-        """``preexec_fn`` runs in the child before it execs (e.g. to lower a resource limit)."""
+    def __init__(
+        self,
+        state_dir: Path,
+        *extra_args: str,
+        preexec_fn: Any = None,
+        command: tuple[str, ...] = (sys.executable, "-m", "service.commands.serve"),
+    ) -> None:
+        """``preexec_fn`` runs in the child before it execs (e.g. to lower a resource limit);
+        ``command`` starts the daemon (``(PRUNERD, "serve")``: the installed console script)."""
         self.state_dir = Path(state_dir)
         self.extra_args = extra_args
         self.preexec_fn = preexec_fn
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
@@ -47,9 +55,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable,
-            "-m",
-            "service.commands.serve",
+            *self.command,
             "--host",
             LOOPBACK,
             "--rpc-port",
@@ -151,6 +157,23 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {p for p in found if pid_alive(p)}
 
 
 PROFILE_PARAMS = {"model": "resnet20", "in_channels": 1, "input_size": [8, 8], "batch_size": 1}

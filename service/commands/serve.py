@@ -86,6 +86,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="file with one line user:password; /metrics then needs HTTP basic auth",
     )
+    ranks = p.add_argument_group(
+        "jobs run as several processes (`prunerd submit prune --gpus N` / `--procs N`)"
+    )
+    ranks.add_argument(
+        "--max-gpus",
+        type=int,
+        default=None,
+        metavar="K",
+        help="GPUs one job may use: a prune job with --gpus N runs N processes (ranks), one "
+        "GPU each (cuda:0..N-1 of those this daemon sees, NCCL); a job on cuda without --gpus "
+        "uses one. Default: the CUDA devices this daemon sees (0 without CUDA)",
+    )
+    ranks.add_argument(
+        "--max-procs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU processes one job may run as: a prune job with --procs N runs N ranks on "
+        "the CPU (gloo), for machines without a GPU, sharing its cores (one torch thread "
+        "each unless the job's threads option says more). Default 1 (every job one process)",
+    )
     limits = p.add_argument_group("quotas and bounds ([limits] in the config file)")
     defaults = Settings()
     for name, what in LIMIT_FIELDS.items():
@@ -125,6 +146,8 @@ def handler(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         metrics_host=args.metrics_host,
         metrics_auth_file=args.metrics_auth_file,
+        max_gpus=args.max_gpus,
+        max_procs=args.max_procs,
         **{name: getattr(args, name) for name in LIMIT_FIELDS},
     )
     return run(settings)

@@ -12,7 +12,7 @@ from pruner.config import METHODS
 
 from ..client import Client, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
-from .argtypes import input_size
+from .argtypes import input_size, positive_int
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -65,6 +65,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output", default=None, help="where the pruned checkpoint goes (under a path root)"
     )
     prune.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+    ranks = prune.add_mutually_exclusive_group()
+    ranks.add_argument(
+        "--gpus",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run the job as N processes (ranks, torch.distributed under torchrun's elastic "
+        "agent), one GPU each (NCCL); implies --device cuda. The daemon's --max-gpus caps N "
+        "(default: the GPUs it sees). Rank 0 alone measures latency",
+    )
+    ranks.add_argument(
+        "--procs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run the job as N CPU processes (ranks, gloo), for machines without a GPU; "
+        "implies --device cpu. The daemon's --max-procs caps N (default 1). Each rank runs "
+        "one torch thread (torchrun's default) unless --option threads=T; rank 0 times with "
+        "--option latency_threads=T when given",
+    )
 
     self_test = kinds.add_parser(
         "selftest", help="a job that only reports progress (checks the daemon's workers)"
@@ -91,14 +111,32 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "option", None):
         params["options"] = dict(args.option)
+    params.update(_ranks(args))
     return params
 
 
+def _ranks(args: argparse.Namespace) -> dict[str, Any]:
+    """``ranks`` and ``device`` from --gpus N (on cuda) or --procs N (on the CPU)."""
+    gpus, procs = getattr(args, "gpus", None), getattr(args, "procs", None)
+    if gpus is None and procs is None:
+        return {}
+    flag, n, device = ("--gpus", gpus, "cuda") if gpus is not None else ("--procs", procs, "cpu")
+    given = args.device
+    if given is not None and (given.split(":")[0] != device or (":" in given and n > 1)):
+        raise ValueError(
+            f"{flag} {n} runs on {device}, one rank per {'GPU' if device == 'cuda' else 'process'}; "
+            f"--device {given} contradicts it: leave --device out"
+        )
+    return {"ranks": n, "device": given or device}
+
+
 def handler(args: argparse.Namespace) -> int:
+    params = params_from_args(args)  # a contradiction among the flags: before any connection
+
     def go(c: Client) -> tuple[int, Any, str]:
         # Subscribe before submitting, so that no event of the new job is missed.
         sub = c.subscribe() if args.wait else None
-        job = c.submit(args.kind, **params_from_args(args))
+        job = c.submit(args.kind, **params)
         if not args.wait:
             return 0, job, job["id"]
         lines = []
