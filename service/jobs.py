@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from .job_context import JobContext, JobFailed, default_output
 from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
 
 # --------------------------------------------------------------------------- the store
@@ -231,46 +231,6 @@ class JobStore:
 # --------------------------------------------------------------------------- job kinds
 
 
-class JobContext:
-    """What a job function gets in the worker: callbacks that report to the daemon.
-
-    ``conn`` is anything with ``send_bytes`` (the worker's pipe to the daemon, or a
-    rank's link to its worker); messages from several threads go out whole, one at a time.
-    """
-
-    def __init__(self, conn: Any, state_dir: Path) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-        self.state_dir = state_dir
-
-    def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message).encode()
-        with self._lock:
-            self._conn.send_bytes(data)
-
-    def progress(self, what: str, done: int, total: int) -> None:
-        self.send({"event": "progress", "what": str(what), "done": int(done), "total": int(total)})
-
-    def block(self, timing: Any) -> None:
-        self.send({"event": "block", "timing": timing.to_dict()})
-
-    def milestone(self, data: dict[str, Any]) -> None:
-        """A step of a long job (e.g. a prune job's profiled, scored, selected, ...)."""
-        self.send({"event": "milestone", "data": data})
-
-
-class JobFailed(Exception):
-    """A failure the job has described itself: ``error`` ({"type", "message", ...}) is sent as is.
-
-    A job run as several processes raises it with what its ranks reported (which rank
-    died, and how), which no exception type of the worker's own would say.
-    """
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(error["message"])
-        self.error = error
-
-
 @dataclass(frozen=True)
 class JobKind:
     """A kind of job: ``run(params, ctx) -> result dict`` runs in the worker process;
@@ -321,11 +281,6 @@ def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
         return run_ranks(params, ctx)
     return prune_here(params, ctx)
-
-
-def default_output(ctx: JobContext) -> str:
-    """Where a prune job that named no ``output`` writes: a new directory in the state dir."""
-    return str(ctx.state_dir / "prune" / f"{int(time.time())}-{os.getpid()}")
 
 
 def prune_here(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .jobs import JobContext, JobFailed, default_output
+from .job_context import JobContext, JobFailed, default_output
 from .rank_link import READ_BYTES, LineBuffer, RankListener
 from .ranks import RankInfo, RankReport
 
@@ -259,7 +259,7 @@ def job_error(
 def run_ranks(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Run the prune job ``params`` as ``params["ranks"]`` processes; rank 0's result.
 
-    Raises :class:`~service.jobs.JobFailed` with :func:`job_error`'s description when a
+    Raises :class:`~service.job_context.JobFailed` with :func:`job_error`'s description when a
     rank fails or dies.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -25,7 +25,7 @@ READ_BYTES = 256 * 1024
 
 
 class RankLink:
-    """A rank's end: ``send_bytes`` takes one JSON document (what service.jobs.JobContext sends)."""
+    """A rank's end: ``send_bytes`` takes one JSON document (what service.job_context.JobContext sends)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

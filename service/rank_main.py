@@ -22,7 +22,8 @@ from pathlib import Path
 
 import msgspec
 
-from .jobs import JobContext, die_with_parent, prune_here
+from .job_context import JobContext
+from .jobs import die_with_parent, prune_here
 from .rank_job import RankJob
 from .rank_link import RankLink
 
