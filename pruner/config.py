@@ -125,12 +125,14 @@ class Budget:
 class RunOptions:
     """How every method runs: fine-tuning (``epochs``, ``lr``), where (``device``, CPU
     ``threads``; ``latency_threads`` for timing only), what latency means (seconds per batch of
-    ``latency_batch_size``, ``timing_budget_s`` per measurement, met within ``tolerance``),
-    the ``seed``, and accuracy on the first ``test_samples`` test samples (all when None)."""
+    ``latency_batch_size``, under a CUDA graph when ``cuda_graph``, ``timing_budget_s`` per
+    measurement, met within ``tolerance``), the ``seed``, and accuracy on the first
+    ``test_samples`` test samples (all when None)."""
 
     epochs: int = 2
     lr: float = 0.01
     device: str = "cpu"
+    cuda_graph: bool = False
     threads: int | None = None
     latency_threads: int | None = None
     latency_batch_size: int = 1

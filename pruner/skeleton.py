@@ -144,7 +144,7 @@ def profile_baseline(s: PruneState) -> BlockProfile:
             batch_size=run.latency_batch_size,
             device=run.device,
             table=s.table,
-            options=TimingOptions(budget_s=run.timing_budget_s),
+            options=TimingOptions(budget_s=run.timing_budget_s, cuda_graph=run.cuda_graph),
             threads=run.latency_threads or run.threads,
             progress=s.step,
         )

@@ -74,6 +74,16 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
                *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
+def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
+    result = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                     "--budget", "0.5", "--device", "cuda", "--cuda-graph",
+                     "--out", str(work / "no-gpu"))  # fmt: skip
+    assert result.returncode == 2
+    assert "--device 'cuda' asked for a GPU but torch sees none; use --device cpu" in result.stderr
+    assert not (work / "no-gpu").exists()
+
+
 @pytest.mark.slow
 def test_quickstart(work: Path) -> None:
     out = work / "quickstart"

@@ -92,6 +92,7 @@ class PruneState:
                 device=run.device,
                 timing_budget_s=run.timing_budget_s,
                 threads=run.latency_threads or run.threads,
+                cuda_graph=run.cuda_graph,
             )
         )
         return self.measured

@@ -50,7 +50,7 @@ def width_model(s: PruneState, space: ChannelSpace, base_s: float) -> WidthLaten
                 batch_size=run.latency_batch_size,
                 round_to=s.options.width.round_to,
                 device=run.device,
-                options=TimingOptions(budget_s=run.timing_budget_s),
+                options=TimingOptions(budget_s=run.timing_budget_s, cuda_graph=run.cuda_graph),
                 table=s.table,
                 progress=s.step,
             )

@@ -100,6 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--latency-batch-size", type=positive_int, default=1, help="batch size of the budget (1)"
     )
     p.add_argument("--threads", type=positive_int, default=None, metavar="T", help="CPU threads")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model is profiled, fine-tuned and measured: cpu (default), cuda, cuda:N",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="on CUDA, latency (profile, budget, final measurement) of the model replayed as "
+        "one CUDA graph: how small-batch models are deployed on a GPU, and where block "
+        "latencies add up",
+    )
     p.add_argument("--limit", type=positive_int, metavar="N", help="use N train and N test samples")
     p.add_argument(
         "--table", default=None, help="latency table (default ~/.cache/prunerd/latency.sqlite)"
@@ -177,6 +189,8 @@ def handle(args: argparse.Namespace) -> int:
                 "lr": args.lr,
                 "latency_batch_size": args.latency_batch_size,
                 "threads": args.threads,
+                "device": args.device,
+                "cuda_graph": args.cuda_graph,
                 "data_root": args.data_root,
                 "limit": args.limit,
                 "seed": args.seed,
