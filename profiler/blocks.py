@@ -32,6 +32,7 @@ from .graph import (
     tensor_meta,
     trace,
 )
+from .models import module_device
 from .ops import CONTAINERS, CONV_FUNCTIONS, LINEAR_FUNCTIONS, conv_module
 from .records import Block
 from .units import Unit, find_units
@@ -274,9 +275,12 @@ def _rest(nodes: list[fx.Node], blocks: list[Block]) -> tuple[tuple[str, ...], .
 
 
 def discover(model: nn.Module, *example: torch.Tensor) -> BlockGraph:
-    """Trace ``model``, run it once on ``example`` for shapes, and find its blocks."""
+    """Trace ``model``, run it once on ``example`` for shapes, and find its blocks.
+
+    ``example`` is moved to the device ``model`` is on (structure does not depend on it)."""
     gm = trace(model)
-    propagate_shapes(gm, *example)
+    device = module_device(model)
+    propagate_shapes(gm, *(t.to(device) for t in example))
     nodes = list(gm.graph.nodes)
     stages: list[tuple[int, ...]] = []
     blocks: list[Block] = []

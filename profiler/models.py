@@ -285,3 +285,10 @@ def eval_mode(model: nn.Module) -> nn.Module:
         return model.eval()
     except NotImplementedError:
         return model
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (or buffer) lives; the CPU for a model with neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")

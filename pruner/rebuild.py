@@ -96,7 +96,7 @@ def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_siz
     """Export ``model`` with ``torch.export`` at a fixed input (batch_size, C, H, W) and save it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).cpu().eval()  # a program that loads on any machine
     ep = torch.export.export(model, (torch.randn(spec.input_shape(batch_size)),))
     write_with(path, lambda f: torch.export.save(ep, f))  # never through a planted link
     return path

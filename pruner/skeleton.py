@@ -9,6 +9,7 @@ Latencies are seconds per batch of ``latency_batch_size`` on this device.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from profiler import (
@@ -26,6 +28,7 @@ from profiler import (
     device_info,
     load_model,
     model_cost,
+    module_device,
     profile_model,
     read_checkpoint,
     save_checkpoint,
@@ -110,6 +113,9 @@ def run_method(
     """:func:`prune` with its options in one :class:`PruneOptions`."""
     t_start = time.perf_counter()
     steps = method(options.method)
+    device = torch.empty(0, device=options.run.device).device  # "cuda" -> cuda:N
+    if module_device(model) != device:  # every model of the run lives where it runs
+        model = copy.deepcopy(model).to(device)
     s = PruneState(
         spec=spec,
         teacher=model.eval(),

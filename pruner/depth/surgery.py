@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import Block, ModelSpec, direct_lookups, discover, example_input
+from profiler import Block, ModelSpec, direct_lookups, discover, example_input, module_device
 from profiler.channels import ChannelError
 
 from .dense import drop_contributions
@@ -82,7 +82,8 @@ def remove_blocks(
             merge.replace_all_uses_with(short)
         elif b.replacement == "adapter":
             target = adapter_name(b.name)
-            gm.add_submodule(target, adapters.get(b.name) or new_adapter(b))
+            adapter = adapters.get(b.name) or new_adapter(b)
+            gm.add_submodule(target, adapter.to(module_device(gm)))
             with gm.graph.inserting_after(out):
                 node = gm.graph.call_module(target, (inp,))
             out.replace_all_uses_with(node)
@@ -150,6 +151,7 @@ def fit_adapters(
         return {}
     was_training = gm.training
     gm.eval()
+    device = module_device(gm)
     pairs = _Pairs(gm, blocks)
     seen = 0
     try:
@@ -157,7 +159,7 @@ def fit_adapters(
             if seen >= max_samples:
                 break
             x = x[: max_samples - seen]
-            pairs.run(x)
+            pairs.run(x.to(device))
             seen += len(x)
     finally:
         gm.train(was_training)
@@ -166,8 +168,8 @@ def fit_adapters(
         conv = new_adapter(b)
         if b.name in pairs.xtx:
             a = pairs.xtx[b.name]
-            a = a + ridge * a.diagonal().mean() * torch.eye(len(a), dtype=a.dtype)
-            w = torch.linalg.solve(a, pairs.xty[b.name])  # (C_in+1, C_out)
+            a = a + ridge * a.diagonal().mean() * torch.eye(len(a), dtype=a.dtype, device=a.device)
+            w = torch.linalg.solve(a, pairs.xty[b.name]).cpu()  # (C_in+1, C_out)
             conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape).float())
             conv.bias.copy_(w[-1].float())
         out[b.name] = conv

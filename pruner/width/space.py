@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from profiler import module_device
+
 # Group widths: a float64 tensor (differentiable costs) or a list of floats (fast exact costs).
 Widths = torch.Tensor | Sequence[float]
 CostFn = Callable[[Widths], Any]
@@ -201,6 +203,7 @@ class ChannelSpace:
     def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
         tp = _tp()
         self.model = model
+        example = example.to(module_device(model))
         self.input_shape = tuple(example[:1].shape)
         names = {m: n for n, m in model.named_modules()}
         traced = _trace_layers(model, example, names)
