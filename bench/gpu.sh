@@ -6,11 +6,13 @@
 #                               chained timing, auto backend), run on the GPU, not the interpreter
 #   2. gpu_profile.py           profiler additivity, launch overhead, event cost: resnet20/resnet56/
 #                               mobilenetv2 x batch 1/16/128 x eager/CUDA graph, fused resnet20
-#   3. gpu_fused.py             fused (backend auto) vs unfused resnet20/resnet56, batch 1 and 128,
+#   3. gpu_prune.py             the command line on CUDA: train resnet20 on digits, prune it under a
+#                               budget with --device cuda --cuda-graph; with 2+ GPUs, train on all (NCCL)
+#   4. gpu_fused.py             fused (backend auto) vs unfused resnet20/resnet56, batch 1 and 128,
 #                               fp32 NCHW and fp16 channels_last, eager and CUDA graph
-#   4. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
-#   5. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
-# The limits add up to 7.5 minutes; the run is expected to take less (not yet measured on a GPU).
+#   5. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
+#   6. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
+# The limits add up to 9 minutes; on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
 # Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json, and
 # bench/results/run_gpu.md (each step's exit status and wall time).
 # Exit status: 0 when every step passed; otherwise the first failing step's status
@@ -84,6 +86,9 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
 step "profiler additivity" 140 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
+PRUNE_ARGS=(--out "$OUT/prune_gpu.md")
+if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu); fi
+step "prune on the GPU" 90 "$PY" bench/gpu_prune.py "${PRUNE_ARGS[@]}"
 step "fused vs unfused" 90 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
 step "autotune, two processes" 60 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"
 step "kernel vs cuDNN" 40 "$PY" bench/gpu_kernels.py "${KERNEL_ARGS[@]}"
