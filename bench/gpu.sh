@@ -87,7 +87,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
 step "profiler additivity" 140 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
 PRUNE_ARGS=(--out "$OUT/prune_gpu.md")
-if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu); fi
+if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu --limit 300); fi
 step "prune on the GPU" 90 "$PY" bench/gpu_prune.py "${PRUNE_ARGS[@]}"
 step "fused vs unfused" 90 "$PY" bench/gpu_fused.py "${FUSED_ARGS[@]}"
 step "autotune, two processes" 60 "$PY" bench/gpu_autotune.py --out "$OUT/autotune_gpu.md"

@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "prune_gpu.md")
     ap.add_argument("--budget", default="0.6")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
+    ap.add_argument("--limit", type=int, help="N train and N test images (a dry run)")
     args = ap.parse_args()
+    limit = ["--limit", str(args.limit)] if args.limit else []
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_prune.py: no CUDA device; nothing run", file=sys.stderr)
         return 2
@@ -55,10 +57,10 @@ def main() -> int:
     rows: list[tuple[str, str, int, float, str]] = []
     steps = [
         ("train", ["train", "resnet20", "--data", "digits", "--epochs", "2", "--device", args.device,
-                   "--out", str(base), "--json"]),
+                   "--out", str(base), "--json", *limit]),
         ("prune", ["prune", "resnet20", "--checkpoint", str(base), "--data", "digits",
                    "--budget", args.budget, "--epochs", "1", "--device", args.device, "--cuda-graph",
-                   "--budget-s", "1", "--no-table", "--out", str(pruned), "--json"]),
+                   "--budget-s", "1", "--no-table", "--out", str(pruned), "--json", *limit]),
     ]  # fmt: skip
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
     if gpus >= 2:
