@@ -31,6 +31,7 @@ from profiler import (
     module_device,
     profile_model,
     read_checkpoint,
+    resolve_device,
     save_checkpoint,
     torch_threads,
 )
@@ -113,7 +114,9 @@ def run_method(
     """:func:`prune` with its options in one :class:`PruneOptions`."""
     t_start = time.perf_counter()
     steps = method(options.method)
-    device = torch.empty(0, device=options.run.device).device  # "cuda" -> cuda:N
+    device = resolve_device(options.run.device)  # a clear error where there is no GPU
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if module_device(model) != device:  # every model of the run lives where it runs
         model = copy.deepcopy(model).to(device)
     s = PruneState(
