@@ -8,7 +8,11 @@ synchronisation until the pass is done; a piece's latency is the time from
 the mark before it to the mark after it. So the pieces add up to the pass by
 construction, and what a piece pays is what it costs inside the whole model.
 
-A mark is not free (a CUDA event costs the GPU a microsecond or more), so
+A pass is a :class:`Pass`: the work that runs it calling ``mark(i)`` at each
+boundary, and the same pass without marks. The profiler's pass is the traced
+model's own forward (:mod:`profiler.cut`); :func:`pass_of` calls separate works
+in turn. A mark is not free (a CUDA event costs the GPU a microsecond or more
+under a graph, and 10 to 40 us of host time eager on a virtualised host), so
 every round also runs the pass without marks; the difference, divided by the
 number of marks, is the cost of one mark, subtracted from every piece.
 
