@@ -101,9 +101,15 @@ def one(work: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two(work: Path) -> dict:
-    out = work / "two.pt"
-    result = ok(run(PRUNERD, "train", *TRAIN, *EPOCHS, *TWO, "--out", str(out), "--json"))
+    out, tmp = work / "two.pt", work / "tmp-two"
+    tmp.mkdir()
+    argv = [PRUNERD, "train", *TRAIN, *EPOCHS, *TWO, "--out", str(out), "--json"]
+    result = ok(run(*argv, env={"TMPDIR": str(tmp)}))
     return json.loads(result.stdout)  # rank 0 alone prints
+
+
+def test_two_processes_leave_no_agent_logs_behind(work: Path, two: dict) -> None:
+    assert two["checkpoint"] and not list((work / "tmp-two").glob("torchelastic_*"))
 
 
 def test_two_processes_train_as_one(one: dict, two: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 from .argtypes import positive_int
 
@@ -53,7 +54,10 @@ def relaunch(args: argparse.Namespace) -> int | None:
         return None
     from pruner.distributed import command_of, launch
 
-    result = launch(n, command_of(MODULE, args.argv))
+    # The agent's per-run logs in a directory of our own, removed after (torchrun's default
+    # leaves a torchelastic_* directory in the temporary directory after every run).
+    with tempfile.TemporaryDirectory(prefix="prunerd-ranks-") as logs:
+        result = launch(n, command_of(MODULE, args.argv), log_dir=logs)
     codes = {f.exitcode for f in result.failures}
     if any(f.signal for f in result.failures) or len(codes) > 1:
         for f in result.failures:
