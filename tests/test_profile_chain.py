@@ -327,3 +327,18 @@ def test_pieces_out_of_running_order_are_refused() -> None:
     bg, _, pieces = _pass_pieces()
     with pytest.raises(ValueError, match="not in running order"):
         regrouped(bg.gm, [pieces[1], pieces[0], *pieces[2:]])
+
+
+def test_a_chained_profile_is_served_from_the_table_whole(tmp_path) -> None:
+    from profiler import LatencyTable
+
+    table = LatencyTable(tmp_path / "lut.sqlite")
+    opts = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20, pieces="chained")
+    model = load_model(SPEC)
+    first = profile_model(model, SPEC, batch_size=1, options=opts, threads=1, table=table)
+    again = profile_model(model, SPEC, batch_size=1, options=opts, threads=1, table=table)
+    assert first.from_table == 0 and first.launch_overhead_s is not None
+    # Nothing timed the second time: the pass's pieces and its end to end come back together.
+    assert again.from_table > 0 and again.launch_overhead_s is None
+    assert [b.latency_s for b in again.blocks] == [b.latency_s for b in first.blocks]
+    assert again.end_to_end_s == first.end_to_end_s
