@@ -204,53 +204,59 @@ def job_error(
     when rank 0 reported the same one (every rank loading the same bad input), with the
     rank named when it is another; else the first exit code the agent saw.
     """
+    error = _died(failures, deaths) or _reported(errors) or _exited(failures)
+    if error is None:
+        return {"type": "RankFailed", "message": "rank 0 ended without reporting a result"}
     listed = [
         {"rank": f.rank, "pid": f.pid, "exitcode": f.exitcode, "signal": f.signal} for f in failures
     ]
+    return {**error, "failures": listed}
+
+
+def _died(failures: tuple[RankFailure, ...], deaths: list[int] | tuple[int, ...]) -> dict | None:
+    """The first rank killed by a signal other than the agent's SIGTERM, as the cause."""
     order = {rank: i for i, rank in enumerate(deaths)}
     killed = sorted(
         (f for f in failures if f.signal),
         key=lambda f: (f.signal == "SIGTERM", order.get(f.rank, len(order))),
     )
-    if killed:
-        first = killed[0]
-        hint = " (out of memory, or killed)" if first.signal == "SIGKILL" else ""
-        after = [f.describe() for f in failures if f is not first]
-        message = first.describe() + hint + (f"; after it, {'; '.join(after)}" if after else "")
-        return {
-            "type": "RankDied",
-            "message": message,
-            "rank": first.rank,
-            "pid": first.pid,
-            "signal": first.signal,
-            "failures": listed,
-        }
-    if errors:
-        # MainRankError is rank 0's error raised again on another rank: rank 0 reports it too.
-        own = [(r, e) for r, e in errors if e.get("type") != "MainRankError"] or errors
-        rank, error = own[0]
-        same = ("type", "message")
-        rank, error = next(
-            ((r, e) for r, e in own if r == 0 and all(e.get(k) == error.get(k) for k in same)),
-            (rank, error),
-        )
-        message = str(error.get("message", ""))
-        return {
-            **error,
-            "message": message if rank == 0 else f"rank {rank}: {message}",
-            "rank": rank,
-            "failures": listed,
-        }
-    if failures:
-        first = failures[0]
-        return {
-            "type": "RankFailed",
-            "message": first.describe(),
-            "rank": first.rank,
-            "pid": first.pid,
-            "failures": listed,
-        }
-    return {"type": "RankFailed", "message": "rank 0 ended without reporting a result"}
+    if not killed:
+        return None
+    first = killed[0]
+    hint = " (out of memory, or killed)" if first.signal == "SIGKILL" else ""
+    after = [f.describe() for f in failures if f is not first]
+    message = first.describe() + hint + (f"; after it, {'; '.join(after)}" if after else "")
+    return {
+        "type": "RankDied",
+        "message": message,
+        "rank": first.rank,
+        "pid": first.pid,
+        "signal": first.signal,
+    }
+
+
+def _reported(errors: list[tuple[int, dict[str, Any]]]) -> dict | None:
+    """The first error a rank reported; rank 0's when it reported the same one."""
+    if not errors:
+        return None
+    # MainRankError is rank 0's error raised again on another rank: rank 0 reports it too.
+    own = [(r, e) for r, e in errors if e.get("type") != "MainRankError"] or errors
+    rank, error = own[0]
+    same = ("type", "message")
+    rank, error = next(
+        ((r, e) for r, e in own if r == 0 and all(e.get(k) == error.get(k) for k in same)),
+        (rank, error),
+    )
+    message = str(error.get("message", ""))
+    return {**error, "message": message if rank == 0 else f"rank {rank}: {message}", "rank": rank}
+
+
+def _exited(failures: tuple[RankFailure, ...]) -> dict | None:
+    """The first exit the agent saw."""
+    if not failures:
+        return None
+    first = failures[0]
+    return {"type": "RankFailed", "message": first.describe(), "rank": first.rank, "pid": first.pid}
 
 
 # --------------------------------------------------------------------------- the job
