@@ -176,7 +176,11 @@ def test_profile_says_how_its_pieces_were_timed(tmp_path) -> None:
 
     line = timing_line(p)
     assert line is not None and "one forward pass" in line and "launch overhead" in line
-    assert timing_line(plain) is None
+    assert timing_line(plain) is None and "--cuda-graph" not in line
+    import dataclasses
+
+    eager_gpu = dataclasses.replace(p, device=dataclasses.replace(p.device, kind="cuda"))
+    assert "for budgets, use --cuda-graph" in (timing_line(eager_gpu) or "")
     # An older profile without these fields reads as timed alone.
     for k in ("timing", "launch_overhead_s", "mark_cost_s"):
         d.pop(k)

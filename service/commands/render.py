@@ -108,6 +108,13 @@ def timing_line(p: BlockProfile) -> str | None:
             f"; launch overhead {_ms(p.launch_overhead_s)} ms per forward pass"
             " (the same pieces timed one launch at a time, minus in one pass)"
         )
+    if p.timing == "chained" and p.device.kind == "cuda":
+        # Measured on an H200: eager predictions of pruned models were off by up to 15% at
+        # batch 1, graph ones within 3.6% (bench/results/gpu_h200.md).
+        line += (
+            "; eager on a GPU the blocks share a pipeline of host launches, so the latency "
+            "of a pruned model predicted from them is rough: for budgets, use --cuda-graph"
+        )
     return line
 
 
