@@ -5,14 +5,15 @@
 #   1. pytest -m gpu            the GPU tests (kernel vs fp64 reference, every tile, NVML by UUID,
 #                               chained timing, auto backend), run on the GPU, not the interpreter
 #   2. gpu_profile.py           profiler additivity, launch overhead, event cost: resnet20/resnet56/
-#                               mobilenetv2 x batch 1/16/128 x eager/CUDA graph, fused resnet20
+#                               mobilenetv2 x batch 1/16/128 x eager/CUDA graph, fused resnet20;
+#                               resnet56's blocks removed one at a time at batch 1 (marginal cost)
 #   3. gpu_prune.py             the command line on CUDA: train resnet20 on digits, prune it under a
 #                               budget with --device cuda --cuda-graph; with 2+ GPUs, train on all (NCCL)
 #   4. gpu_fused.py             fused (backend auto) vs unfused resnet20/resnet56, batch 1 and 128,
 #                               fp32 NCHW and fp16 channels_last, eager and CUDA graph
 #   5. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
 #   6. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
-# The limits add up to 9 minutes; on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
+# The limits add up to 10 minutes; on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
 # Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json, and
 # bench/results/run_gpu.md (each step's exit status and wall time).
 # Exit status: 0 when every step passed; otherwise the first failing step's status
@@ -55,7 +56,7 @@ if [ "${QUICK:-0}" = 1 ]; then
     FUSED_ARGS=(--models resnet20 --batches 1)
     KERNEL_ARGS=(--models resnet20 --batches 1 --dtypes fp16 --layouts channels_last)
 else
-    PROFILE_ARGS=(--models resnet20 resnet56 mobilenetv2 --batches 1 16 128 --budget-s 0.5)
+    PROFILE_ARGS=(--models resnet20 resnet56 mobilenetv2 --batches 1 16 128 --budget-s 0.5 --marginal resnet56)
     FUSED_ARGS=(--models resnet20 resnet56 --batches 1 128)
     KERNEL_ARGS=(--models resnet56 --batches 1 128 --dtypes fp16 --layouts channels_last)
 fi
@@ -85,7 +86,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
-step "profiler additivity" 140 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
+step "profiler additivity" 200 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
 PRUNE_ARGS=(--out "$OUT/prune_gpu.md")
 if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu --limit 300); fi
 step "prune on the GPU" 90 "$PY" bench/gpu_prune.py "${PRUNE_ARGS[@]}"

@@ -37,6 +37,7 @@ from profiler import (
     BlockProfile,
     ModelSpec,
     TimingOptions,
+    direct_lookups,
     discover,
     load_model,
     measure,
@@ -131,6 +132,40 @@ def predictions(
     return rows
 
 
+def marginals(
+    p: BlockProfile, net: torch.nn.Module, mode: str, budget_s: float, device: str
+) -> list[dict]:
+    """Each identity-replaceable block's marginal cost: the traced graph against the same
+    graph with that one block removed, timed interleaved; beside the profile's latency
+    for the block (what a prediction subtracts). Where the two differ, the block's share
+    of the pass is not what removing it saves."""
+    x = torch.randn(p.input_shape, device=device)
+    with torch.inference_mode():
+        base = direct_lookups(discover(copy.deepcopy(net).eval().to(device), x).gm)
+    rows = []
+    for b in p.blocks:
+        if not (b.block.removable and b.block.replacement == "identity"):
+            continue
+        with torch.inference_mode():
+            gm = discover(copy.deepcopy(net).eval().to(device), x).gm
+            pruned = remove_blocks(gm, [b.block])
+        whole, without = measure(
+            [lambda: base(x), lambda m=pruned: m(x)], device, _options(mode, budget_s)
+        )
+        marginal = whole.median_s - without.median_s
+        rows.append(
+            {
+                "model": p.model,
+                "batch_size": p.batch_size,
+                "mode": mode,
+                "block": b.block.name,
+                "profiled_s": b.latency_s - (b.replacement_latency_s or 0.0),
+                "marginal_s": marginal,
+            }
+        )
+    return rows
+
+
 def _is_module(net: torch.nn.Module, name: str) -> bool:
     try:
         net.get_submodule(name)
@@ -143,7 +178,9 @@ def _us(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e6:.1f}"
 
 
-def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]) -> str:
+def render(
+    rows: list[dict], goal: float, argv: list[str], predicted: list[dict], margins: list[dict]
+) -> str:
     dev = rows[0]["device"] if rows else {}
     lines = [
         "# Profiler on CUDA: additivity with pieces timed in one pass, launch overhead",
@@ -193,7 +230,34 @@ def render(rows: list[dict], goal: float, argv: list[str], predicted: list[dict]
                 f" | {_us(r['eager_predicted_s'])} | {_us(r['eager_measured_s'])}"
                 f" | {r['eager_error']:+.1%} |"
             )
+    if margins:
+        lines += _render_margins(margins)
     return "\n".join(lines) + "\n"
+
+
+def _render_margins(margins: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## One block removed at a time: what removing it saves against its profiled latency",
+        "",
+        "marginal = the traced graph minus the graph without that block, timed interleaved;"
+        " per-block figures in profiler_cuda_marginals.json",
+        "",
+        "| model | batch | mode | blocks | profiled, sum (us) | marginal, sum (us) |"
+        " mean marginal - profiled (us) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for m in margins:
+        groups.setdefault((m["model"], m["batch_size"], m["mode"]), []).append(m)
+    for (model, batch, mode), ms in groups.items():
+        prof = sum(m["profiled_s"] for m in ms)
+        marg = sum(m["marginal_s"] for m in ms)
+        lines.append(
+            f"| {model} | {batch} | {mode} | {len(ms)} | {_us(prof)} | {_us(marg)}"
+            f" | {(marg - prof) / len(ms) * 1e6:+.1f} |"
+        )
+    return lines
 
 
 def main() -> int:
@@ -205,6 +269,14 @@ def main() -> int:
     ap.add_argument("--fused-batches", nargs="+", type=int, default=[1])
     ap.add_argument("--predict", nargs="*", default=["resnet56"], help="models to prune at random")
     ap.add_argument("--sets", type=int, default=2, help="random removal sets per profile")
+    ap.add_argument(
+        "--marginal",
+        nargs="*",
+        default=[],
+        help="models whose blocks are removed "
+        "one at a time, each timed against the whole (at --marginal-batches)",
+    )
+    ap.add_argument("--marginal-batches", nargs="+", type=int, default=[1])
     ap.add_argument("--budget-s", type=float, default=1.0)
     ap.add_argument("--goal", type=float, default=0.05)
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
@@ -216,12 +288,14 @@ def main() -> int:
         return 2
     cases = [(m, b, mode, False) for m in args.models for b in args.batches for mode in args.modes]
     cases += [(m, b, mode, True) for m in args.fused for b in args.fused_batches for mode in args.modes]  # fmt: skip
-    rows, predicted, errors = [], [], 0
+    rows, predicted, margins, errors = [], [], [], 0
     for model, batch, mode, fused in cases:
         try:
             r, p, net = one(model, batch, mode, fused, args.budget_s, args.device)
             if model in args.predict and not fused:
                 predicted += predictions(p, net, mode, args.sets, args.budget_s, args.device)
+            if model in args.marginal and not fused and batch in args.marginal_batches:
+                margins += marginals(p, net, mode, args.budget_s, args.device)
         except Exception as e:  # keep going: the other figures still count
             errors += 1
             print(f"FAIL {model} batch {batch} {mode} fused={fused}: {type(e).__name__}: {e}")
@@ -239,7 +313,10 @@ def main() -> int:
         if predicted:
             pred_json = args.out_json.with_name("profiler_cuda_predictions.json")
             pred_json.write_text(json.dumps(predicted, indent=1))
-        args.out_md.write_text(render(rows, args.goal, sys.argv, predicted))
+        if margins:
+            margin_json = args.out_json.with_name("profiler_cuda_marginals.json")
+            margin_json.write_text(json.dumps(margins, indent=1))
+        args.out_md.write_text(render(rows, args.goal, sys.argv, predicted, margins))
     if errors:
         return 1
     missed = [r["additivity_error"] for r in rows] + [r["error"] for r in predicted]
