@@ -13,7 +13,7 @@
 #                               fp32 NCHW and fp16 channels_last, eager and CUDA graph
 #   5. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
 #   6. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
-# The limits add up to 10 minutes; on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
+# The limits add up to 9 min 40 s (run it with a 10-minute limit); on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
 # Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json, and
 # bench/results/run_gpu.md (each step's exit status and wall time).
 # Exit status: 0 when every step passed; otherwise the first failing step's status
@@ -85,7 +85,7 @@ step() {  # step NAME LIMIT_S COMMAND...
     if [ "$rc" -ne 0 ] && [ "$RESULT" -eq 0 ]; then RESULT=$rc; fi
 }
 
-step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
+step "pytest -m gpu" 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
 step "profiler additivity" 200 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
 PRUNE_ARGS=(--out "$OUT/prune_gpu.md")
 if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu --limit 300); fi
