@@ -24,6 +24,7 @@ from pruner.data import load_data
 from pruner.train_state import load_state, state_path_for
 
 from .cli_helpers import BIN, PRUNERD, ok, run
+from .service_helpers import children, pid_alive
 
 TORCHRUN = str(BIN / "torchrun") if (BIN / "torchrun").is_file() else shutil.which("torchrun")
 # Full digits (1437 training images), so that accuracy has settled after a few epochs.
@@ -159,27 +160,6 @@ def test_two_processes_remove_the_same_blocks(work: Path, one: dict) -> None:
 # --------------------------------------------------------------------------- killed runs
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     with log.open("wb") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
@@ -198,7 +178,7 @@ def _kill_a_rank(out: Path, log: Path, epochs: int) -> tuple[subprocess.Popen, l
     cmd = [PRUNERD, "train", *TRAIN, "--epochs", str(epochs), *TWO, "--out", str(out)]
     launcher = _start(cmd, log)
     _wait_for(state_path_for(out), launcher, log)
-    workers = _children(launcher.pid)
+    workers = children(launcher.pid)
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGKILL)
     return launcher, workers
@@ -216,9 +196,9 @@ def test_a_killed_rank_fails_the_run_cleanly(work: Path) -> None:
     assert code == 128 + signal.SIGKILL, log.read_text()[-3000:]
     assert f"rank 1 (pid {max(workers)}) was killed by SIGKILL" in log.read_text()
     deadline = time.monotonic() + 30
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
+    while any(map(pid_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(map(_alive, workers)), [p for p in workers if _alive(p)]
+    assert not any(map(pid_alive, workers)), [p for p in workers if pid_alive(p)]
     assert not (work / "killed.pt").exists()
 
 
