@@ -37,7 +37,6 @@ from profiler import (
     BlockProfile,
     ModelSpec,
     TimingOptions,
-    direct_lookups,
     discover,
     load_model,
     measure,
@@ -103,9 +102,7 @@ def predictions(
     rows = []
     for _ in range(sets if len(blocks) >= 2 else 0):
         removed = rng.sample(blocks, rng.randint(2, max(2, len(blocks) - 1)))
-        base = copy.deepcopy(net).eval().to(device)
-        with torch.inference_mode():
-            traced = remove_blocks(discover(base, x).gm, [b.block for b in removed])
+        traced = _pruned(net, [b.block for b in removed], x)
         eager = copy.deepcopy(net).eval().to(device)
         for b in removed:
             parent, _, leaf = b.block.name.rpartition(".")
@@ -140,15 +137,12 @@ def marginals(
     for the block (what a prediction subtracts). Where the two differ, the block's share
     of the pass is not what removing it saves."""
     x = torch.randn(p.input_shape, device=device)
-    with torch.inference_mode():
-        base = direct_lookups(discover(copy.deepcopy(net).eval().to(device), x).gm)
+    base = _pruned(net, [], x)
     rows = []
     for b in p.blocks:
         if not (b.block.removable and b.block.replacement == "identity"):
             continue
-        with torch.inference_mode():
-            gm = discover(copy.deepcopy(net).eval().to(device), x).gm
-            pruned = remove_blocks(gm, [b.block])
+        pruned = _pruned(net, [b.block], x)
         whole, without = measure(
             [lambda: base(x), lambda m=pruned: m(x)], device, _options(mode, budget_s)
         )
@@ -164,6 +158,14 @@ def marginals(
             }
         )
     return rows
+
+
+def _pruned(net: torch.nn.Module, blocks: list, x: torch.Tensor) -> torch.fx.GraphModule:
+    """A copy of ``net`` traced on ``x``'s device, ``blocks`` removed by prunerd's surgery
+    (none: the traced graph itself, as fast as remove_blocks leaves a pruned one)."""
+    with torch.inference_mode():
+        gm = discover(copy.deepcopy(net).eval().to(x.device), x).gm
+        return remove_blocks(gm, blocks)
 
 
 def _is_module(net: torch.nn.Module, name: str) -> bool:
