@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import hashlib
 import json
 import math
@@ -125,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pilot-epochs", nargs="+", type=int, default=[1, 2, 3, 4, 6])
     p.add_argument("--pilot-tolerance", type=float, default=0.002)
     p.add_argument("--retry-failed", action="store_true", help="rerun rows that failed")
+    p.add_argument(
+        "--quiet-lock", type=Path,
+        help="hold this file's flock from the end of fine-tuning through the timing, so other"
+        " work on the machine can wait for it (`flock PATH COMMAND`)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.limit is not None and args.out.resolve() == DEFAULT_OUT.resolve():
         p.error(f"--limit is for smoke runs: give another --out than {DEFAULT_OUT}")
@@ -274,7 +280,7 @@ def matched_macs(rows: list[dict], budget: float, seed: int, source: str) -> tup
     return budget, f"no {source} row: the budget as MACs ratio"
 
 
-def run_pruner(bench: Bench, method: str, budget: float, seed: int, rows, table, epochs):
+def run_pruner(bench: Bench, method: str, budget: float, seed: int, rows, table, epochs, quiet):
     """A method of the pruner library: (model, extras for the row)."""
     args = bench.args
     extra: dict[str, Any] = {}
@@ -285,9 +291,15 @@ def run_pruner(bench: Bench, method: str, budget: float, seed: int, rows, table,
     else:
         b = Budget(fraction=budget)
     clock = Phases()
+
+    def on_event(event: dict) -> None:
+        clock.mark(event["event"])
+        if event["event"] == "finetuned":  # what follows is measured
+            quiet.acquire()
+
     result = prune(
         bench.teacher, bench.spec, bench.bundle(seed), b, method=method, epochs=epochs,
-        table=table, run=bench.run_options(seed), on_event=lambda e: clock.mark(e["event"]),
+        table=table, run=bench.run_options(seed), on_event=on_event,
         depth=DepthOptions(
             calibration_samples=args.calibration_samples, heldout_samples=args.heldout_samples
         ),
@@ -306,7 +318,7 @@ def run_pruner(bench: Bench, method: str, budget: float, seed: int, rows, table,
     return result.model, extra
 
 
-def run_tp(bench: Bench, method: str, budget: float, seed: int, rows, epochs):
+def run_tp(bench: Bench, method: str, budget: float, seed: int, rows, epochs, quiet):
     """A Torch-Pruning importance, matched to hfp's MACs (``--match latency``) or dbp's."""
     source = "hfp" if bench.args.match == "latency" else "dbp"
     target, where = matched_macs(rows, budget, seed, source)
@@ -323,6 +335,7 @@ def run_tp(bench: Bench, method: str, budget: float, seed: int, rows, epochs):
     fit = finetune(model, bench.teacher, data.train, data.val, epochs, lr=bench.args.lr,
                    progress=False)  # fmt: skip
     clock.mark("finetuned")
+    quiet.acquire()
     accuracy = evaluate(model, bench.test).accuracy
     clock.mark("tested")
     extra = {
@@ -334,6 +347,27 @@ def run_tp(bench: Bench, method: str, budget: float, seed: int, rows, epochs):
         ],
     }  # fmt: skip
     return model, extra
+
+
+class QuietLock:
+    """An exclusive flock held while a run measures, so cooperating jobs (`flock PATH CMD`)
+    do not load the machine while a speed-up is timed. Taken at most once per run."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.file = None
+
+    def acquire(self) -> None:
+        if self.path is None or self.file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a")  # noqa: SIM115 (held across calls; release() closes)
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the flock
+            self.file = None
 
 
 class Phases:
@@ -354,14 +388,19 @@ def run_one(bench: Bench, method: str, budget: float, seed: int, rows, table, ep
     torch.manual_seed(seed)
     load = [round(v, 2) for v in os.getloadavg()]
     t = time.time()
-    if method.startswith("tp-"):
-        model, extra = run_tp(bench, method, budget, seed, rows, epochs)
-    else:
-        model, extra = run_pruner(bench, method, budget, seed, rows, table, epochs)
-    macs, params = cost_ratios(model, bench.teacher, bench.spec)
-    t_sp = time.time()
-    sp = speedups(bench.timed_base, model, bench.spec, args.batches, args.timing_budget,
-                  threads=args.threads)  # fmt: skip
+    quiet = QuietLock(args.quiet_lock)
+    try:
+        if method.startswith("tp-"):
+            model, extra = run_tp(bench, method, budget, seed, rows, epochs, quiet)
+        else:
+            model, extra = run_pruner(bench, method, budget, seed, rows, table, epochs, quiet)
+        macs, params = cost_ratios(model, bench.teacher, bench.spec)
+        quiet.acquire()
+        t_sp = time.time()
+        sp = speedups(bench.timed_base, model, bench.spec, args.batches, args.timing_budget,
+                      threads=args.threads)  # fmt: skip
+    finally:
+        quiet.release()
     extra["phases"].append(["speed-ups timed", round(time.time() - t_sp, 2)])
     base = next(r for r in rows if r["method"] == "baseline")
     return {
