@@ -74,6 +74,8 @@ def one(
         "launch_overhead_s": p.launch_overhead_s,
         "mark_cost_s": p.mark_cost_s,
         "eager_s": p.eager.median_s if p.eager else None,
+        "prediction_check_error": p.check.error if p.check else None,
+        "prediction_check_removed": len(p.check.removed) if p.check else 0,
         "checks_ok": bool(p.quality and p.quality.ok),
         "problems": list(p.quality.problems) if p.quality else [],
         "profile_wall_s": time.perf_counter() - t0,
@@ -196,10 +198,12 @@ def render(
         "- launch overhead = pieces timed one launch at a time minus the same pieces in one"
         " pass, microseconds per forward pass; event = GPU time of one timing event, "
         "subtracted from every piece",
+        "- prediction check = the profile's own: its prediction for the traced model without "
+        "every second removable block, over that model measured, minus 1",
         "",
         "| model | batch | mode | fused | end to end (us) | blocks + rest (us) | additivity |"
-        " launch overhead (us) | event (us) | eager model (us) | checks |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
+        " launch overhead (us) | event (us) | eager model (us) | prediction check | checks |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ok = "ok" if r["checks_ok"] else "; ".join(r["problems"])[:120]
@@ -208,7 +212,7 @@ def render(
             f"| {r['model']} | {r['batch_size']} | {r['mode']} | {'yes' if r['fused'] else 'no'}"
             f" | {_us(r['end_to_end_s'])} | {_us(r['blocks_s'] + r['rest_s'])}"
             f" | {r['additivity_error']:+.1%}{miss} | {_us(r['launch_overhead_s'])}"
-            f" | {_us(r['mark_cost_s'])} | {_us(r['eager_s'])} | {ok} |"
+            f" | {_us(r['mark_cost_s'])} | {_us(r['eager_s'])} | {_check(r)} | {ok} |"
         )
     if predicted:
         lines += [
@@ -235,6 +239,11 @@ def render(
     if margins:
         lines += _render_margins(margins)
     return "\n".join(lines) + "\n"
+
+
+def _check(row: dict) -> str:
+    err = row.get("prediction_check_error")
+    return "-" if err is None else f"{err:+.1%} ({row['prediction_check_removed']} removed)"
 
 
 def _render_margins(margins: list[dict]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from .allocator import allocator_policy, retain_freed_memory
 from .blocks import BlockGraph, count_ops, discover
+from .bypass import adapter_name, bypass, finish, new_adapter, without_blocks
 from .compare import measure_pair, torch_threads
 from .cost import ModelCost, example_input, model_cost
 from .device import cpu_model, device_info, gpu_telemetry, resolve_device
@@ -23,7 +24,7 @@ from .models import (
     resolve_spec,
     save_checkpoint,
 )
-from .quality import QualityLimits
+from .quality import PREDICTION_TOLERANCE, QualityLimits
 from .records import (
     Block,
     BlockProfile,
@@ -31,6 +32,7 @@ from .records import (
     DeviceInfo,
     Interference,
     Measurement,
+    PredictionCheck,
     ProfileQuality,
     Segment,
 )
@@ -38,6 +40,11 @@ from .table import LatencyTable, TableQuality, default_table_path
 from .timing import TimingOptions, measure
 
 __all__ = [
+    "adapter_name",
+    "bypass",
+    "finish",
+    "new_adapter",
+    "without_blocks",
     "allocator_policy",
     "retain_freed_memory",
     "BlockGraph",
@@ -51,7 +58,9 @@ __all__ = [
     "LatencyTable",
     "Interference",
     "InterferenceWatch",
+    "PredictionCheck",
     "ProfileQuality",
+    "PREDICTION_TOLERANCE",
     "QualityLimits",
     "TableQuality",
     "TimingOptions",

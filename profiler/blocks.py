@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .bypass import new_adapter
 from .graph import (
     attr_value,
     extract,
@@ -85,9 +86,8 @@ class BlockGraph:
             )
             return gm, inputs
         if block.replacement == "adapter":
-            cin, cout = block.input_shape[1], block.output_shape[1]
             meta = tensor_meta(inp)
-            adapter = nn.Conv2d(cin, cout, 1, bias=True)
+            adapter = new_adapter(block)
             if meta is not None:
                 adapter = adapter.to(dtype=meta.dtype)
             return adapter, [inp]

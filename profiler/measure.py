@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from .blocks import BlockGraph, count_ops, discover
+from .bypass import REWIRED, without_blocks
 from .cut import graph_pass
 from .device import device_info, resolve_device, throttle_warning
 from .graph import extract, signature, tensor_meta
@@ -32,12 +33,21 @@ from .interference import InterferenceWatch
 from .lookups import direct_lookups
 from .models import ModelSpec, eval_mode
 from .quality import QualityLimits, assess
-from .records import BlockProfile, BlockTiming, DeviceInfo, Interference, Measurement, Segment
+from .records import (
+    BlockProfile,
+    BlockTiming,
+    DeviceInfo,
+    Interference,
+    Measurement,
+    PredictionCheck,
+    Segment,
+)
 from .table import LatencyTable
 from .timing import PieceTimings, Progress, TimingOptions, measure_pieces, piece_mode
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GROUPS = ("serial", "side", "whole")  # pieces of the forward pass, replacements, whole models
+CHECK, REFERENCE = "check", "check:reference"  # the prediction check's two whole models
 
 
 class _Capture(fx.Interpreter):
@@ -69,6 +79,7 @@ class _Item:
     outputs: list[fx.Node] | None = None  # pieces of the forward pass publish their results
     measurement: Measurement | None = None
     nodes: list[fx.Node] | None = None  # a piece of the forward pass: the graph nodes it runs
+    removed: tuple[str, ...] = ()  # the prediction check's pruned model: the blocks it lacks
 
 
 def _call(module: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], object]:
@@ -198,8 +209,9 @@ def _profile(
         todo = [it for it in fresh if it.module is not None]
         served -= sum(1 for it in todo if it.measurement is not None)  # timed again after all
     seen, timed = None, None
+    check = _check_items(bg, todo, mode != "alone") if todo and options.check else []
     if todo:
-        info, seen, timed = _time_items(bg, x, todo, info, run)
+        info, seen, timed = _time_items(bg, x, todo + check, info, run)
     for it in items:
         if it.measurement is None:
             it.measurement = Measurement.exact(0.0, info.fingerprint)
@@ -210,8 +222,37 @@ def _profile(
         launch_overhead_s=timed.launch_overhead_s if timed else None,
         mark_cost_s=timed.mark_cost_s if timed else None,
     )
+    if check:
+        profile = dataclasses.replace(profile, check=_prediction_check(profile, items, check))
     quality = assess(profile, [it.measurement for it in todo], seen, run.limits)  # type: ignore[misc]
     return dataclasses.replace(profile, quality=quality), todo
+
+
+def _check_items(bg: BlockGraph, todo: list[_Item], chained: bool) -> list[_Item]:
+    """What the prediction check times: the traced model without every second block that
+    can be bypassed, and (unless the traced model itself is timed in the same rounds, as
+    it is alone) the traced model again as its reference. Never stored in the table:
+    the check compares figures of one run."""
+    chosen = [b for b in bg.blocks if b.removable and b.replacement in REWIRED][::2]
+    if not chosen:
+        return []
+    pruned = _Item(CHECK, "", without_blocks(bg.gm, chosen), removed=tuple(b.name for b in chosen))
+    if not chained and any(it.label == "model" for it in todo):
+        return [pruned]
+    return [pruned, _Item(REFERENCE, "", bg.gm)]
+
+
+def _prediction_check(
+    profile: BlockProfile, items: list[_Item], check: list[_Item]
+) -> PredictionCheck:
+    by_label = {it.label: it for it in [*items, *check]}
+    pruned, reference = by_label[CHECK], by_label.get(REFERENCE) or by_label["model"]
+    return PredictionCheck(
+        removed=pruned.removed,
+        predicted_fraction=profile.predicted_fraction(pruned.removed),
+        measured=pruned.measurement,  # type: ignore[arg-type]
+        reference=reference.measurement,  # type: ignore[arg-type]
+    )
 
 
 def _table_signature(signature: str, mode: str, cuda_graph: bool) -> str:

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 from .records import BlockProfile, Interference, Measurement, ProfileQuality
 
+# The prediction check's error beyond which predictions for pruned models count as rough.
+# Reported (CLI, prune warnings, metrics), not a reason to refuse storing: each piece is
+# what was measured; how pieces combine in a pruned model is what the check tells.
+PREDICTION_TOLERANCE = 0.05
+
 
 @dataclass(frozen=True)
 class QualityLimits:
@@ -118,4 +123,5 @@ def assess(
             f"the timing (limit ±{limits.drift:.0%}): load or clocks changed while timing. "
             "Fix: re-run on a quieter machine"
         )
-    return ProfileQuality(not problems, tuple(problems), err, spr, dft, interference)
+    pred = profile.check.error if profile.check is not None else math.nan
+    return ProfileQuality(not problems, tuple(problems), err, spr, dft, interference, pred)

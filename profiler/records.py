@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,14 +247,50 @@ class ProfileQuality:
     spread: float = math.nan
     drift: float = math.nan
     interference: Interference | None = None
+    prediction_error: float = math.nan  # the prediction check's error (nan: no check)
 
     def to_dict(self) -> dict[str, Any]:
-        spread, drift = _finite_or_none(self.spread), _finite_or_none(self.drift)
-        return {**to_plain(self), "spread": spread, "drift": drift}
+        return {**to_plain(self), **{k: _finite_or_none(getattr(self, k)) for k in _MAYBE_NAN}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProfileQuality:
         return from_plain(cls, _null_to_nan(d))
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """The profile's prediction for a pruned model, against that model measured.
+
+    ``removed``: the blocks taken out (every second block that identity, its
+    shortcut or an adapter replaces); ``predicted_fraction``: the latency the
+    profile predicts without them, as a fraction of end to end
+    (:meth:`BlockProfile.predicted_fraction`, what a pruner predicts);
+    ``measured``: the traced model with those blocks bypassed as block surgery
+    does it, timed in the same rounds as ``reference``, the whole traced model.
+    """
+
+    removed: tuple[str, ...]
+    predicted_fraction: float
+    measured: Measurement
+    reference: Measurement
+
+    @property
+    def measured_fraction(self) -> float:
+        return self.measured.median_s / self.reference.median_s
+
+    @property
+    def error(self) -> float:
+        """predicted / measured fraction - 1: positive when the prediction is too slow."""
+        return self.predicted_fraction / self.measured_fraction - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **to_plain(self),
+            "measured": self.measured.to_dict(),
+            "reference": self.reference.to_dict(),
+            "measured_fraction": self.measured_fraction,
+            "error": self.error,
+        }
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -261,8 +298,11 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+_MAYBE_NAN = ("spread", "drift", "prediction_error")
+
+
 def _null_to_nan(quality: dict[str, Any]) -> dict[str, Any]:
-    return {**quality, **{k: math.nan for k in ("spread", "drift") if quality.get(k) is None}}
+    return {**quality, **{k: math.nan for k in _MAYBE_NAN if quality.get(k) is None}}
 
 
 def _opt_dict(record: Any) -> dict[str, Any] | None:
@@ -299,6 +339,7 @@ class BlockProfile:
     timing: str = "alone"
     launch_overhead_s: float | None = None
     mark_cost_s: float | None = None
+    check: PredictionCheck | None = None  # None: not timed in this run
 
     @property
     def rest_s(self) -> float:
@@ -316,6 +357,20 @@ class BlockProfile:
     def additivity_error(self) -> float:
         """(sum(blocks) + rest - end_to_end) / end_to_end."""
         return (self.blocks_s + self.rest_s - self.end_to_end_s) / self.end_to_end_s
+
+    def predicted_fraction(self, removed: Iterable[str]) -> float:
+        """Latency predicted for this model without the ``removed`` blocks, as a fraction of
+        end to end: (rest + kept blocks + replacements) / (rest + every block), i.e. the
+        pieces scaled to the measured end to end, as a pruner predicts."""
+        gone = set(removed)
+        unknown = gone - {b.block.name for b in self.blocks}
+        if unknown:
+            raise KeyError(f"no blocks named {sorted(unknown)} in this profile")
+        kept = sum(
+            (b.replacement_latency_s or 0.0) if b.block.name in gone else b.latency_s
+            for b in self.blocks
+        )
+        return (self.rest_s + kept) / (self.rest_s + self.blocks_s)
 
     def block(self, name: str) -> BlockTiming:
         for b in self.blocks:
@@ -339,6 +394,7 @@ class BlockProfile:
             "eager": _opt_dict(self.eager),
             "additivity_error": self.additivity_error,
             "quality": _opt_dict(self.quality),
+            "check": _opt_dict(self.check),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

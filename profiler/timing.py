@@ -43,7 +43,9 @@ class TimingOptions:
     in its own launches, interleaved in rounds), ``chained`` (one pass with
     marks between pieces; see :mod:`profiler.chain`), or ``auto``: chained on
     CUDA (in one captured graph with ``cuda_graph``), alone on CPU and for
-    cold-cache figures (``l2_flush``).
+    cold-cache figures (``l2_flush``). ``check`` also times the traced model
+    without every second removable block, in the same rounds as the whole model,
+    against the profile's own prediction for it (``BlockProfile.check``).
     """
 
     warmup: int = 3
@@ -55,6 +57,7 @@ class TimingOptions:
     l2_flush: bool = False
     cuda_graph: bool = False
     pieces: str = "auto"
+    check: bool = True
 
     def __post_init__(self) -> None:
         if self.pieces not in ("auto", "alone", "chained"):

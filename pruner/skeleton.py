@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from profiler import (
+    PREDICTION_TOLERANCE,
     BlockProfile,
     LatencyTable,
     ModelSpec,
@@ -162,13 +163,20 @@ def profile_baseline(s: PruneState) -> BlockProfile:
 
 def profile_warnings(profile: BlockProfile) -> list[str]:
     """The baseline profile's failed checks: the latencies the selection weighs are suspect."""
-    q = profile.quality
-    if q is None or q.ok:
-        return []
-    return [
-        f"the baseline profile failed its checks, so its latencies are suspect: {p}"
-        for p in q.problems
-    ]
+    q, check = profile.quality, profile.check
+    out = (
+        []
+        if q is None or q.ok
+        else [f"the baseline profile failed its checks, so its latencies are suspect: {p}"
+              for p in q.problems]
+    )  # fmt: skip
+    if check is not None and abs(check.error) > PREDICTION_TOLERANCE:
+        out.append(
+            f"the baseline profile predicted the model without {len(check.removed)} blocks "
+            f"{check.error:+.1%} off its measured latency, so the selection's predictions are "
+            "rough: the rounds measure what they build and remove more when it misses the budget"
+        )
+    return out
 
 
 def finish(s: PruneState, t_start: float) -> PruneResult:

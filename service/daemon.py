@@ -586,6 +586,7 @@ class Daemon:
             profile.get("additivity_error"),
             quality.get("ok"),
             seen.get("other_cores"),
+            quality.get("prediction_error"),
         )
 
     # ------------------------------------------------------------------ shutdown

@@ -66,13 +66,14 @@ CREATE TABLE IF NOT EXISTS block_latency (
     PRIMARY KEY (model, block, device, batch));
 CREATE TABLE IF NOT EXISTS model_latency (
     model TEXT, device TEXT, batch INTEGER, seconds REAL NOT NULL, additivity_error REAL,
-    updated_at REAL NOT NULL, checks_passed INTEGER, other_cores REAL,
+    updated_at REAL NOT NULL, checks_passed INTEGER, other_cores REAL, prediction_error REAL,
     PRIMARY KEY (model, device, batch));
 """
 # Columns added after the first release: (table, column, type) added to older stores on open.
 _ADDED_COLUMNS = (
     ("model_latency", "checks_passed", "INTEGER"),
     ("model_latency", "other_cores", "REAL"),
+    ("model_latency", "prediction_error", "REAL"),
 )
 
 _COLUMNS = "id, kind, params, status, created_at, started_at, finished_at, error"
@@ -215,17 +216,20 @@ class JobStore:
         additivity_error: float | None,
         checks_passed: bool | None = None,
         other_cores: float | None = None,
+        prediction_error: float | None = None,
     ) -> None:
         """The latest profile of a model: end to end (s), additivity, and its own checks
-        (``None``: not checked); ``other_cores``: other processes' CPU use while it was timed."""
+        (``None``: not checked); ``other_cores``: other processes' CPU use while it was timed;
+        ``prediction_error``: its prediction check (``None``: no check)."""
         passed = None if checks_passed is None else int(checks_passed)
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO model_latency (model, device, batch, seconds, "
-                "additivity_error, updated_at, checks_passed, other_cores) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (model, device, batch, seconds, additivity_error, time.time(), passed, other_cores),
-            )
+                "additivity_error, updated_at, checks_passed, other_cores, prediction_error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, device, batch, seconds, additivity_error, time.time(), passed,
+                 other_cores, prediction_error),
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- job kinds

@@ -265,9 +265,15 @@ class PrunerdCollector(Collector):
             "Cores other processes used, on average, while the latest profile was timed (CPU).",
             labels=["model", "device", "batch"],
         )
-        for model, device, batch, seconds, err, ok, other in db.execute(
-            "SELECT model, device, batch, seconds, additivity_error, checks_passed, other_cores "
-            "FROM model_latency"
+        predicted = GaugeMetricFamily(
+            "prunerd_prediction_error_ratio",
+            "The latest profile's prediction check: latency predicted for the model without "
+            "every second removable block over that model measured, minus 1.",
+            labels=["model", "device", "batch"],
+        )
+        for model, device, batch, seconds, err, ok, other, pred in db.execute(
+            "SELECT model, device, batch, seconds, additivity_error, checks_passed, other_cores, "
+            "prediction_error FROM model_latency"
         ):
             labels = [model, device, str(batch)]
             e2e.add_metric(labels, seconds)
@@ -277,10 +283,9 @@ class PrunerdCollector(Collector):
                 passed.add_metric(labels, float(ok))
             if other is not None:
                 others.add_metric(labels, other)
-        yield e2e
-        yield add
-        yield passed
-        yield others
+            if pred is not None:
+                predicted.add_metric(labels, pred)
+        yield from (e2e, add, passed, others, predicted)
 
     def _jobs(self, db: Any) -> Iterator[Metric]:
         finished = ",".join(f"'{s}'" for s in FINISHED_STATUSES)

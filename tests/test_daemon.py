@@ -87,6 +87,8 @@ def test_list_status_and_metrics(client: Client, daemon: DaemonProcess, profiled
     labels = '{batch="1",device="cpu",model="resnet20"}'
     assert f"prunerd_profile_checks_passed{labels} {float(ok)}" in text
     assert f"prunerd_profile_other_cpu_cores{labels}" in text
+    check = profiled["result"]["result"]["check"]
+    assert check["removed"] and f"prunerd_prediction_error_ratio{labels} {check['error']}" in text
     assert "prunerd_job_duration_seconds_count" in text
     assert "prunerd_gpu_" not in text  # no GPU here: absent, not zero
 

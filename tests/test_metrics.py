@@ -66,15 +66,18 @@ def test_latency_and_jobs_from_the_store(tmp_path: Path) -> None:
 def test_profile_checks_reach_the_metrics(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
     collector = PrunerdCollector(store.path, DeploymentTracker())
-    store.record_model("resnet20", "cpu", 1, 0.01, -0.6, checks_passed=False, other_cores=1.4)
-    store.record_model("resnet56", "cpu", 1, 0.03, 0.01)  # unchecked: no checks gauge
+    store.record_model(
+        "resnet20", "cpu", 1, 0.01, -0.6, checks_passed=False, other_cores=1.4,
+        prediction_error=0.031,
+    )  # fmt: skip
+    store.record_model("resnet56", "cpu", 1, 0.03, 0.01)  # unchecked: no checks gauges
     m = scrape(collector)
     labels = (("batch", "1"), ("device", "cpu"), ("model", "resnet20"))
     assert m[("prunerd_profile_checks_passed", labels)] == 0.0
     assert m[("prunerd_profile_other_cpu_cores", labels)] == 1.4
-    assert not any(
-        name == "prunerd_profile_checks_passed" and ("model", "resnet56") in key for name, key in m
-    )
+    assert m[("prunerd_prediction_error_ratio", labels)] == 0.031
+    for gauge in ("prunerd_profile_checks_passed", "prunerd_prediction_error_ratio"):
+        assert not any(name == gauge and ("model", "resnet56") in key for name, key in m)
 
 
 def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:

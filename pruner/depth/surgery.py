@@ -3,11 +3,9 @@
 Surgery works on the torch.fx graph, so it needs no knowledge of the model's
 classes:
 
-- identity: the block's output is replaced by its input;
-- shortcut: the residual unit's merge (add) is replaced by its shortcut
-  operand, which keeps the shortcut projection and the trailing activation;
-- adapter: the block becomes a 1x1 convolution (new submodule), initialised by
-  least squares on calibration features, block input -> block output per pixel;
+- identity, shortcut, adapter: rewired by :func:`profiler.bypass`; an adapter
+  (a 1x1 convolution) is initialised here by least squares on calibration
+  features, block input -> block output per pixel;
 - zero: a dense layer's output leaves every concatenation that reads it, and
   what reads those concatenations loses its channels (:mod:`.dense`).
 
@@ -17,14 +15,22 @@ state_dict of a pruned model holds only what it runs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from profiler import Block, ModelSpec, direct_lookups, discover, example_input, module_device
+from profiler import (
+    Block,
+    ModelSpec,
+    bypass,
+    discover,
+    example_input,
+    finish,
+    module_device,
+    new_adapter,
+)
 from profiler.channels import ChannelError
 
 from .dense import drop_contributions
@@ -36,72 +42,32 @@ class SurgeryError(ValueError):
     """A plan that does not fit the model it is applied to."""
 
 
-def adapter_name(block_name: str) -> str:
-    """The submodule path of a block's adapter: deterministic, so load_pruned finds it again."""
-    return "prunerd_adapter_" + re.sub(r"[^A-Za-z0-9_]", "_", block_name)
-
-
-def new_adapter(block: Block) -> nn.Conv2d:
-    """A 1x1 convolution from the block's input channels to its output channels."""
-    return nn.Conv2d(block.input_shape[1], block.output_shape[1], 1, bias=True)
-
-
 def remove_blocks(
     gm: fx.GraphModule, blocks: Sequence[Block], adapters: dict[str, nn.Module] | None = None
 ) -> fx.GraphModule:
     """Remove ``blocks`` (records from ``discover`` on this very graph) from ``gm`` in place.
 
     ``adapters`` maps block names to the module replacing an "adapter" block;
-    a fresh :func:`new_adapter` when absent. Returns ``gm``, recompiled.
+    a fresh :func:`~profiler.new_adapter` when absent. Returns ``gm``, recompiled.
     """
-    nodes = {n.name: n for n in gm.graph.nodes}
-    adapters = adapters or {}
-    # A removed block's output node lingers until dead-code elimination; a later block that
-    # starts there must read what replaced it, or the removed block would run again.
-    stands_for: dict[fx.Node, fx.Node] = {}
-
-    def current(node: fx.Node) -> fx.Node:
-        while node in stands_for:
-            node = stands_for[node]
-        return node
-
-    zeros: list[fx.Node] = []
     for b in blocks:
         if not b.removable or b.replacement == "none":
             raise SurgeryError(f"block {b.name!r} is not removable: {b.reason or 'no replacement'}")
-        missing = [n for n in (b.input_node, b.output_node) if n not in nodes]
-        if missing:
-            raise SurgeryError(f"block {b.name!r}: nodes {missing} are not in the graph")
-        inp, out = current(nodes[b.input_node]), nodes[b.output_node]
-        if b.replacement == "identity":
-            out.replace_all_uses_with(inp)
-            stands_for[out] = inp
-        elif b.replacement == "shortcut":
-            merge, short = nodes[b.merge_node], nodes[b.shortcut_node]
-            # The activation after the add now reads the shortcut alone.
-            merge.replace_all_uses_with(short)
-        elif b.replacement == "adapter":
-            target = adapter_name(b.name)
-            adapter = adapters.get(b.name) or new_adapter(b)
-            gm.add_submodule(target, adapter.to(module_device(gm)))
-            with gm.graph.inserting_after(out):
-                node = gm.graph.call_module(target, (inp,))
-            out.replace_all_uses_with(node)
-            node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
-            stands_for[out] = node
-        elif b.replacement == "zero":
-            zeros.append(out)
-        else:
-            raise SurgeryError(f"block {b.name!r}: unknown replacement {b.replacement!r}")
+    nodes = {n.name: n for n in gm.graph.nodes}
+    zeros = [b for b in blocks if b.replacement == "zero"]
+    missing = [n for b in zeros for n in (b.input_node, b.output_node) if n not in nodes]
+    if missing:
+        raise SurgeryError(
+            f"blocks {[b.name for b in zeros]}: nodes {missing} are not in the graph"
+        )
     try:
-        drop_contributions(gm, zeros)
+        bypass(gm, [b for b in blocks if b.replacement != "zero"], adapters)
+        drop_contributions(gm, [nodes[b.output_node] for b in zeros])
     except ChannelError as e:
         raise SurgeryError(f"dense layers cannot be dropped: {e}") from e
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return direct_lookups(gm)  # and forget the deleted ones
+    except ValueError as e:
+        raise SurgeryError(str(e)) from e
+    return finish(gm)
 
 
 class _Pairs(fx.Interpreter):

@@ -71,6 +71,12 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
         help="CUDA: replay captured graphs (no launch overhead)",
     )
     p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the prediction check (the model without every second removable block, "
+        "timed beside the whole model against the profile's prediction for it)",
+    )
+    p.add_argument(
         "--pieces",
         choices=["auto", "alone", "chained"],
         default="auto",
@@ -91,6 +97,7 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
         l2_flush=args.l2_flush,
         cuda_graph=args.cuda_graph,
         pieces=args.pieces,
+        check=not args.no_check,
     )
     try:
         with progress_bar(f"profiling {spec.name}", disable=quiet) as progress:

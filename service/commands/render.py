@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from profiler import BlockProfile
+from profiler import PREDICTION_TOLERANCE, BlockProfile
 
 
 def _ms(seconds: float | None) -> str:
@@ -118,9 +118,30 @@ def timing_line(p: BlockProfile) -> str | None:
     return line
 
 
+def check_line(p: BlockProfile) -> str | None:
+    """The prediction check: the profile's prediction for a pruned model against it measured."""
+    c = p.check
+    if c is None:
+        return None
+    line = (
+        f"prediction check: without {len(c.removed)} of {len(p.blocks)} blocks the model was "
+        f"predicted at {c.predicted_fraction:.1%} of end to end and measured "
+        f"{c.measured_fraction:.1%} ({_ms(c.measured.median_s)} of {_ms(c.reference.median_s)} "
+        f"ms): error {c.error:+.1%}"
+    )
+    if abs(c.error) > PREDICTION_TOLERANCE:
+        line += (
+            f" [yellow](beyond ±{PREDICTION_TOLERANCE:.0%}: pruned models' latency predicted from this "
+            "profile is about that far off; prunerd prune measures what it builds and removes "
+            "more when it misses the budget)[/yellow]"
+        )
+    return line
+
+
 def print_profile(p: BlockProfile, out: Console | None = None) -> None:
     out = out or console()
     out.print(profile_table(p))
-    if (line := timing_line(p)) is not None:
-        out.print(line)
+    for line in (timing_line(p), check_line(p)):
+        if line is not None:
+            out.print(line)
     print_quality(p, out)

@@ -1,0 +1,111 @@
+"""Blocks taken out of a traced graph: what reads a block's output reads its stand-in.
+
+The rewiring a block's replacement kind calls for (the profile names it for
+each block, :meth:`BlockGraph.replacement` times it):
+
+- identity: the block's output is replaced by its input;
+- shortcut: the residual unit's merge (add) is replaced by its shortcut
+  operand, which keeps the shortcut projection and the trailing activation;
+- adapter: the block becomes a 1x1 convolution, a new submodule.
+
+Block surgery (``pruner.depth``) builds pruned models with it, and the profile's
+prediction check (:mod:`profiler.measure`) times a model built the same way, so
+the model a prediction is checked against is the model a pruner would deploy.
+Dense layers (replacement ``zero``) change the channels of what reads them and
+are the pruner's (``pruner.depth.dense``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch.fx as fx
+from torch import nn
+
+from .lookups import direct_lookups
+from .models import module_device
+from .records import Block
+
+REWIRED = ("identity", "shortcut", "adapter")
+
+
+def adapter_name(block_name: str) -> str:
+    """The submodule path of a block's adapter: deterministic, so a plan finds it again."""
+    return "prunerd_adapter_" + re.sub(r"[^A-Za-z0-9_]", "_", block_name)
+
+
+def new_adapter(block: Block) -> nn.Conv2d:
+    """A 1x1 convolution from the block's input channels to its output channels."""
+    return nn.Conv2d(block.input_shape[1], block.output_shape[1], 1, bias=True)
+
+
+def bypass(
+    gm: fx.GraphModule, blocks: Sequence[Block], adapters: Mapping[str, nn.Module] | None = None
+) -> None:
+    """Rewire ``gm``'s graph in place around ``blocks`` (records from ``discover`` on this
+    very graph, each replaced by identity, shortcut or adapter).
+
+    ``adapters`` maps block names to the module replacing an adapter block; a
+    fresh :func:`new_adapter` when absent. The removed nodes stay until
+    :func:`finish` (dead-code elimination). Raises ValueError naming the block
+    whose nodes are missing or whose replacement is not one of :data:`REWIRED`.
+    """
+    nodes = {n.name: n for n in gm.graph.nodes}
+    adapters = adapters or {}
+    # A removed block's output node lingers until dead-code elimination; a later block that
+    # starts there must read what replaced it, or the removed block would run again.
+    stands_for: dict[fx.Node, fx.Node] = {}
+
+    def current(node: fx.Node) -> fx.Node:
+        while node in stands_for:
+            node = stands_for[node]
+        return node
+
+    for b in blocks:
+        if b.replacement not in REWIRED:
+            raise ValueError(
+                f"block {b.name!r}: replacement {b.replacement!r} is not one of {REWIRED}"
+            )
+        missing = [n for n in (b.input_node, b.output_node) if n not in nodes]
+        if missing:
+            raise ValueError(f"block {b.name!r}: nodes {missing} are not in the graph")
+        inp, out = current(nodes[b.input_node]), nodes[b.output_node]
+        if b.replacement == "identity":
+            out.replace_all_uses_with(inp)
+            stands_for[out] = inp
+        elif b.replacement == "shortcut":
+            # The activation after the add now reads the shortcut alone.
+            nodes[b.merge_node].replace_all_uses_with(nodes[b.shortcut_node])
+        else:
+            target = adapter_name(b.name)
+            adapter = adapters.get(b.name) or new_adapter(b)
+            gm.add_submodule(target, adapter.to(module_device(gm)))
+            with gm.graph.inserting_after(out):
+                node = gm.graph.call_module(target, (inp,))
+            out.replace_all_uses_with(node)
+            node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
+            stands_for[out] = node
+
+
+def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop what nothing reads any more (nodes, then submodules) and recompile ``gm``."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return direct_lookups(gm)  # and forget the deleted ones
+
+
+def without_blocks(gm: fx.GraphModule, blocks: Sequence[Block]) -> fx.GraphModule:
+    """A new GraphModule: ``gm`` with ``blocks`` bypassed (fresh adapters), sharing ``gm``'s
+    submodules and parameters; ``gm`` itself is not changed."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(gm.graph, env))
+    copy = fx.GraphModule(gm, graph)
+    renamed = [n.name for n in env if env[n].name != n.name]
+    if renamed:  # graph_copy into an empty graph keeps names; the block records rely on it
+        raise ValueError(f"copying the graph renamed nodes {renamed[:3]}")
+    bypass(copy, blocks)
+    return finish(copy)
