@@ -14,8 +14,9 @@
 #   5. gpu_autotune.py          tuning time in a first process and a second one (cache on disk)
 #   6. gpu_kernels.py           Triton kernel vs cuDNN per conv shape: graph (GPU) and eager columns
 # The limits add up to 9 min 40 s (run it with a 10-minute limit); on an H200 the first five steps took 4 minutes (bench/results/gpu_h200.md).
-# Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json, and
-# bench/results/run_gpu.md (each step's exit status and wall time).
+# Results: bench/results/*_gpu.md, bench/results/profiler_cuda_additivity.json (each row with
+# the profile's own prediction check), bench/results/profiles_cuda/ (every profile, raw samples,
+# gzipped JSON) and bench/results/run_gpu.md (each step's exit status and wall time).
 # Exit status: 0 when every step passed; otherwise the first failing step's status
 # (1 error, 2 no GPU, 3 a goal missed, 124 the step's time limit).
 # PYTHON selects the interpreter (default: python3). QUICK=1 runs a smaller grid. DRY=1 checks

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import gzip
 import json
 import random
 import sys
@@ -119,6 +120,7 @@ def predictions(
                 "batch_size": p.batch_size,
                 "mode": mode,
                 "removed": len(removed),
+                "removed_blocks": [b.block.name for b in removed],
                 "of": len(blocks),
                 "predicted_s": predicted,
                 "measured_s": measured.median_s,
@@ -168,6 +170,12 @@ def _pruned(net: torch.nn.Module, blocks: list, x: torch.Tensor) -> torch.fx.Gra
     with torch.inference_mode():
         gm = discover(copy.deepcopy(net).eval().to(x.device), x).gm
         return remove_blocks(gm, blocks)
+
+
+def _save_profile(p: BlockProfile, folder: Path, mode: str, fused: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{p.model}_b{p.batch_size}_{mode}{'_fused' if fused else ''}.json.gz"
+    (folder / name).write_bytes(gzip.compress(p.to_json(indent=None).encode()))
 
 
 def _is_module(net: torch.nn.Module, name: str) -> bool:
@@ -293,7 +301,15 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
     ap.add_argument("--out-json", type=Path, default=RESULTS / "profiler_cuda_additivity.json")
     ap.add_argument("--out-md", type=Path, default=RESULTS / "profiler_cuda_additivity_gpu.md")
+    ap.add_argument(
+        "--profiles", type=Path,
+        help="also write every profile, raw samples included, as MODEL_bB_MODE[_fused].json.gz "
+        "here (default: profiles_cuda/ beside --out-json), so other prediction rules can be "
+        "checked against the measured pruned models later without a GPU",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.profiles is None:
+        args.profiles = args.out_json.with_name("profiles_cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_profile.py: no CUDA device; nothing measured", file=sys.stderr)
         return 2
@@ -312,6 +328,7 @@ def main() -> int:
             print(f"FAIL {model} batch {batch} {mode} fused={fused}: {type(e).__name__}: {e}")
             continue
         rows.append(r)
+        _save_profile(p, args.profiles, mode, fused)
         print(
             f"{model} b{batch} {mode}{' fused' if fused else ''}: additivity "
             f"{r['additivity_error']:+.1%}, launch overhead {_us(r['launch_overhead_s'])} us, "
