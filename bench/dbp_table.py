@@ -114,7 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-samples", type=int, default=2000)
     p.add_argument("--heldout-samples", type=int, default=1000)
     p.add_argument("--taylor-batches", type=int, default=8, help="batches of 128 for gradients")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for everything (0: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for timing (0: all)")
+    p.add_argument(
+        "--train-threads", type=int,
+        help="torch threads for pruning and fine-tuning (default: --threads); the speed-ups "
+        "are always timed with --threads",
+    )  # fmt: skip
     p.add_argument("--timing-budget", type=float, default=4.0, help="seconds per measurement")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     p.add_argument("--equal-within", type=float, default=0.003, help="'equal accuracy' margin")
@@ -136,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--limit is for smoke runs: give another --out than {DEFAULT_OUT}")
     if args.threads == 0:
         args.threads = None
+    if args.train_threads is None:
+        args.train_threads = args.threads
     return args
 
 
@@ -219,7 +226,10 @@ class Bench:
 
     def run_options(self, seed: int) -> RunOptions:
         a = self.args
-        return RunOptions(lr=a.lr, threads=a.threads, timing_budget_s=a.timing_budget, seed=seed)
+        return RunOptions(
+            lr=a.lr, threads=a.train_threads, latency_threads=a.threads,
+            timing_budget_s=a.timing_budget, seed=seed,
+        )  # fmt: skip
 
 
 def meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,6 +238,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "date": utc_now(),
         "machine": machine("cpu"),
         "load_before": [round(v, 2) for v in os.getloadavg()],
+        "train_threads": args.train_threads,  # not a setting: it changes speed, not results
     }
 
 
@@ -458,7 +469,8 @@ def run_table(args: argparse.Namespace) -> int:
     log(
         f"{'SMOKE RUN: ' if bench.smoke else ''}{len(plan)} runs planned, "
         f"{len(plan) - len(todo)} already in {json_path}, {len(todo)} to go; "
-        f"fine-tuning {epochs} epoch(s) ({chosen_by}); threads {args.threads}"
+        f"fine-tuning {epochs} epoch(s) ({chosen_by}); threads {args.threads} for timing, "
+        f"{args.train_threads} for the rest"
     )
     t0 = time.time()
     with LatencyTable(table_path(args)) as table:
@@ -718,6 +730,12 @@ def why_missed(speedup: float, lost: float) -> str:
     return "; ".join(parts)
 
 
+def _train_threads(runs: list[dict], settings: dict) -> str:
+    """Threads the runs pruned and fine-tuned with (rows from before --train-threads: --threads)."""
+    seen = sorted({r.get("train_threads") or settings.get("threads") for r in runs}, key=str)
+    return " or ".join(map(str, seen)) + (" (per run in the json)" if len(seen) > 1 else "")
+
+
 def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
     runs = [r for r in rows if r["method"] != "baseline"]
     smoke = any(r.get("smoke") for r in rows)
@@ -742,7 +760,8 @@ def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
         f"- runs whose baseline profile failed its checks (a busy machine): "
         f"{sum(any('profile failed' in w for w in r.get('warnings') or []) for r in runs)} "
         f"of {len(runs)}",
-        f"- torch threads: {settings.get('threads')}; timing budget "
+        f"- torch threads: {settings.get('threads')} for timing, "
+        f"{_train_threads(runs, settings)} for pruning and fine-tuning; timing budget "
         f"{settings.get('timing_budget_s')} s per measurement",
     ]
     if base:
@@ -889,8 +908,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {out_path(args, '.md')}")
         return 0
     retain_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
     return run_pilot(args) if args.pilot else run_table(args)
 
 
