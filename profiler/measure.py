@@ -170,44 +170,16 @@ def _profile(
     on_block: Callable[[BlockTiming], None] | None,
 ) -> tuple[BlockProfile, list[_Item]]:
     """The checked profile, and the items timed in this run (what the table may store)."""
-    dev, dtype = run.dev, run.dtype
-    info = device_info(dev)
-    model = eval_mode(copy.deepcopy(model).to(device=dev, dtype=DTYPES[dtype]))
-    if run.fused:
-        from kernels import fuse  # the deploy-time form of the model
-
-        model = fuse(model)
-    if example is None:
-        gen = torch.Generator().manual_seed(0)
-        example = torch.randn(spec.input_shape(run.batch_size), generator=gen)
-    x = example.to(device=dev, dtype=DTYPES[dtype])
-    if run.progress:
-        run.progress("tracing", 0, 1)
-    with torch.inference_mode():
-        bg = discover(model, x)
-    direct_lookups(bg.gm)  # the traced graph as fast as the model it came from
-    items, layout = _plan_items(bg, model, x, dtype, run.fused)
+    info = device_info(run.dev)
+    model, bg, x = _traced(model, spec, run, example)
+    items, layout = _plan_items(bg, model, x, run.dtype, run.fused)
     options = run.options or TimingOptions()
-    mode = piece_mode(dev, options)
+    mode = piece_mode(run.dev, options)
     for it in items:  # pieces timed another way are other table entries
         it.signature = _table_signature(
-            it.signature, mode, dev.type == "cuda" and options.cuda_graph
+            it.signature, mode, run.dev.type == "cuda" and options.cuda_graph
         )
-    served = 0
-    if table is not None and not remeasure:
-        for it in items:
-            if (
-                it.module is not None
-                and (m := table.get(info.fingerprint, it.signature)) is not None
-            ):
-                it.measurement = m
-                served += 1
-    todo = [it for it in items if it.measurement is None and it.module is not None]
-    if mode != "alone" and any(it.nodes for it in todo):
-        # Chained, the pieces of the pass and the model's end to end are one measurement.
-        fresh = [it for it in items if it.nodes or it.label == "model" or it in todo]
-        todo = [it for it in fresh if it.module is not None]
-        served -= sum(1 for it in todo if it.measurement is not None)  # timed again after all
+    todo, served = _to_time(items, None if remeasure else table, info.fingerprint, mode)
     seen, timed = None, None
     check = _check_items(bg, todo, mode != "alone") if todo and options.check else []
     if todo:
@@ -221,11 +193,51 @@ def _profile(
         timing=mode,
         launch_overhead_s=timed.launch_overhead_s if timed else None,
         mark_cost_s=timed.mark_cost_s if timed else None,
+        check=_prediction_check(profile, items, check) if check else None,
     )
-    if check:
-        profile = dataclasses.replace(profile, check=_prediction_check(profile, items, check))
     quality = assess(profile, [it.measurement for it in todo], seen, run.limits)  # type: ignore[misc]
     return dataclasses.replace(profile, quality=quality), todo
+
+
+def _traced(
+    model: nn.Module, spec: ModelSpec, run: _Run, example: torch.Tensor | None
+) -> tuple[nn.Module, BlockGraph, torch.Tensor]:
+    """A copy of ``model`` as it will be timed (device, dtype, eval, fused), its traced
+    blocks, and the input batch on the device (random normal, seeded, unless given)."""
+    model = eval_mode(copy.deepcopy(model).to(device=run.dev, dtype=DTYPES[run.dtype]))
+    if run.fused:
+        from kernels import fuse  # the deploy-time form of the model
+
+        model = fuse(model)
+    if example is None:
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(spec.input_shape(run.batch_size), generator=gen)
+    x = example.to(device=run.dev, dtype=DTYPES[run.dtype])
+    if run.progress:
+        run.progress("tracing", 0, 1)
+    with torch.inference_mode():
+        bg = discover(model, x)
+    direct_lookups(bg.gm)  # the traced graph as fast as the model it came from
+    return model, bg, x
+
+
+def _to_time(
+    items: list[_Item], table: LatencyTable | None, fingerprint: str, mode: str
+) -> tuple[list[_Item], int]:
+    """Serve what ``table`` holds; (the items still to time, how many were served)."""
+    served = 0
+    if table is not None:
+        for it in items:
+            if it.module is not None and (m := table.get(fingerprint, it.signature)) is not None:
+                it.measurement = m
+                served += 1
+    todo = [it for it in items if it.measurement is None and it.module is not None]
+    if mode != "alone" and any(it.nodes for it in todo):
+        # Chained, the pieces of the pass and the model's end to end are one measurement.
+        fresh = [it for it in items if it.nodes or it.label == "model" or it in todo]
+        todo = [it for it in fresh if it.module is not None]
+        served -= sum(1 for it in todo if it.measurement is not None)  # timed again after all
+    return todo, served
 
 
 def _check_items(bg: BlockGraph, todo: list[_Item], chained: bool) -> list[_Item]:
