@@ -49,13 +49,15 @@ class RoundRecord:
 @dataclass(frozen=True)
 class DepthSection:
     """The block pass: probe scores (DBP only), the candidates with their gains and latencies
-    (end-to-end seconds), the scale from piece latencies to end to end, and the fraction of
-    the baseline latency it was asked for."""
+    (end-to-end seconds), the scale from piece latencies to end to end, the fraction of
+    the baseline latency it was asked for, and the baseline profile's prediction check
+    (``BlockProfile.check.error``; None when the profile came from the latency table)."""
 
     scores: tuple[BlockScore, ...]
     candidates: tuple[Candidate, ...]
     additivity_scale: float
     budget: float | None = None
+    prediction_check_error: float | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_
     assert report.pruned.flops < report.baseline.flops
     assert [e["event"] for e in events][:3] == ["profiled", "scored", "selected"]
     assert events[-1]["event"] == "done"
+    # The baseline was profiled afresh, so its prediction check is in the event and the report.
+    check = events[0]["prediction_check_error"]
+    assert isinstance(check, float) and d["depth"]["prediction_check_error"] == check
     pruned = load_pruned(out / "pruned.pt")
     assert pruned(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
     assert (out / "plan.json").is_file() and (out / "pruned.pt2").is_file()

@@ -163,6 +163,7 @@ class _BlockPass:
                 "budget_s": budget_s,
                 "floor_s": floor,
                 "additivity_error": profile.additivity_error,
+                "prediction_check_error": profile.check.error if profile.check else None,
                 "from_table": profile.from_table,
             }
         )
@@ -278,4 +279,5 @@ class _BlockPass:
         s.predicted_s = self.selection.predicted_latency_s
         s.rounds.extend(self.rounds)
         scale = candidates_from_profile(s.profile, {})[2]
-        s.depth = DepthSection(self.scores.probes, self.candidates(), scale, self.fraction)
+        check = s.profile.check.error if s.profile.check is not None else None
+        s.depth = DepthSection(self.scores.probes, self.candidates(), scale, self.fraction, check)
