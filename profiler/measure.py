@@ -181,7 +181,11 @@ def _profile(
         )
     todo, served = _to_time(items, None if remeasure else table, info.fingerprint, mode)
     seen, timed = None, None
-    check = _check_items(bg, todo, mode != "alone") if todo and options.check else []
+    check: list[_Item] = []
+    if todo and options.check:
+        check, skipped = _check_items(bg, x, todo, mode != "alone")
+        if skipped:
+            info = dataclasses.replace(info, warnings=(*info.warnings, skipped))
     if todo:
         info, seen, timed = _time_items(bg, x, todo + check, info, run)
     for it in items:
@@ -240,18 +244,31 @@ def _to_time(
     return todo, served
 
 
-def _check_items(bg: BlockGraph, todo: list[_Item], chained: bool) -> list[_Item]:
+def _check_items(
+    bg: BlockGraph, x: torch.Tensor, todo: list[_Item], chained: bool
+) -> tuple[list[_Item], str]:
     """What the prediction check times: the traced model without every second block that
     can be bypassed, and (unless the traced model itself is timed in the same rounds, as
     it is alone) the traced model again as its reference. Never stored in the table:
-    the check compares figures of one run."""
+    the check compares figures of one run. Also why there is no check, when the pruned
+    copy cannot be built or run (the profile goes on without it)."""
     chosen = [b for b in bg.blocks if b.removable and b.replacement in REWIRED][::2]
     if not chosen:
-        return []
-    pruned = _Item(CHECK, "", without_blocks(bg.gm, chosen), removed=tuple(b.name for b in chosen))
-    if not chained and any(it.label == "model" for it in todo):
-        return [pruned]
-    return [pruned, _Item(REFERENCE, "", bg.gm)]
+        return [], ""
+    try:
+        pruned = without_blocks(bg.gm, chosen)
+        with torch.inference_mode():
+            pruned(x)
+    except Exception as e:  # a diagnostic must not cost the user the profile itself
+        names = ", ".join(b.name for b in chosen[:3])
+        return [], (
+            f"prediction check skipped: the model without blocks {names}... failed "
+            f"({type(e).__name__}: {e}); block surgery on those blocks would fail alike"
+        )
+    items = [_Item(CHECK, "", pruned, removed=tuple(b.name for b in chosen))]
+    if chained or not any(it.label == "model" for it in todo):
+        items.append(_Item(REFERENCE, "", bg.gm))
+    return items, ""
 
 
 def _prediction_check(

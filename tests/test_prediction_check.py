@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -103,8 +104,11 @@ def test_no_check_when_asked_or_nothing_timed(tmp_path: Path) -> None:
 
 
 def test_a_prune_warns_when_the_prediction_is_off(profile: BlockProfile) -> None:
-    assert not any("predicted the model without" in w for w in profile_warnings(profile))
     c = profile.check
+    # The measured figures as they came, the prediction set to match them or 20% over.
+    exact = dataclasses.replace(c, predicted_fraction=c.measured_fraction)  # type: ignore[arg-type]
+    good = dataclasses.replace(profile, check=exact)
+    assert not any("predicted the model without" in w for w in profile_warnings(good))
     off = dataclasses.replace(c, predicted_fraction=c.measured_fraction * 1.2)  # type: ignore[arg-type]
     bad = dataclasses.replace(profile, check=off)
     (warning,) = [w for w in profile_warnings(bad) if "predicted the model without" in w]
@@ -131,3 +135,24 @@ def test_chained_the_check_has_its_own_reference() -> None:
     assert p.timing == "chained" and p.check is not None
     assert p.check.reference != p.end_to_end and p.check.reference.runs >= 3
     assert 0 < p.check.measured_fraction < 1
+
+
+def test_a_check_that_cannot_run_leaves_the_profile_and_says_why(monkeypatch) -> None:
+    from rich.console import Console
+
+    from service.commands.render import print_profile
+
+    # The module (profiler's own name `measure` is the timing function).
+    measure = importlib.import_module("profiler.measure")
+
+    def broken(gm, blocks):
+        raise RuntimeError("no way round layer1.1")
+
+    monkeypatch.setattr(measure, "without_blocks", broken)
+    p = profile_model(load_model(SPEC), SPEC, options=QUICK, threads=1)
+    assert p.check is None and p.blocks and p.end_to_end_s > 0
+    (warning,) = [w for w in p.device.warnings if w.startswith("prediction check skipped")]
+    assert "RuntimeError: no way round layer1.1" in warning
+    out = Console(record=True, width=200)
+    print_profile(p, out)
+    assert "warning: prediction check skipped" in out.export_text()

@@ -144,4 +144,6 @@ def print_profile(p: BlockProfile, out: Console | None = None) -> None:
     for line in (timing_line(p), check_line(p)):
         if line is not None:
             out.print(line)
+    for warning in p.device.warnings:  # throttling GPU clocks, a check that could not run
+        out.print(f"[yellow]warning[/yellow]: {warning}")
     print_quality(p, out)
