@@ -11,7 +11,10 @@ models are profiled again as deployed with fused Conv-BN-ReLU kernels.
 ``--predict`` models are then pruned at random (identity-replaceable blocks
 swapped for ``nn.Identity``) and the latency predicted from the profile (end
 to end minus each removed block plus its replacement) is set against the
-pruned model's measured latency, in the same mode.
+pruned model's measured latency, in the same mode; and the fraction of end to
+end the pruner predicts against the pruned over the whole traced model, timed
+in the same rounds. ``bench/prediction_rules.py`` reads these rows and the
+profiles kept in ``--profiles`` to compare other prediction rules.
 
 Writes bench/results/profiler_cuda_additivity.json (a list of rows: model,
 batch_size, mode, additivity_error, device, and the figures above),
@@ -102,6 +105,7 @@ def predictions(
     ]
     rng = random.Random(f"{p.model}|{p.batch_size}|{mode}")
     x = torch.randn(p.input_shape, device=device)
+    base = _pruned(net, [], x)  # the whole traced model, timed in the same rounds
     rows = []
     for _ in range(sets if len(blocks) >= 2 else 0):
         removed = rng.sample(blocks, rng.randint(2, max(2, len(blocks) - 1)))
@@ -112,8 +116,9 @@ def predictions(
             setattr(eager.get_submodule(parent) if parent else eager, leaf, torch.nn.Identity())
         saved = sum(b.latency_s - (b.replacement_latency_s or 0.0) for b in removed)
         predicted, predicted_eager = p.end_to_end_s - saved, p.eager.median_s - saved
-        works = [lambda m=traced: m(x), lambda m=eager: m(x)]
-        measured, measured_eager = measure(works, device, _options(mode, budget_s))
+        works = [lambda m=traced: m(x), lambda m=eager: m(x), lambda: base(x)]
+        measured, measured_eager, whole = measure(works, device, _options(mode, budget_s))
+        fraction = p.predicted_fraction(b.block.name for b in removed)
         rows.append(
             {
                 "model": p.model,
@@ -128,6 +133,12 @@ def predictions(
                 "eager_predicted_s": predicted_eager,
                 "eager_measured_s": measured_eager.median_s,
                 "eager_error": predicted_eager / measured_eager.median_s - 1.0,
+                # As the pruner predicts (fraction of end to end), against the pruned model
+                # over the whole one timed beside it: no drift between phases in it.
+                "reference_s": whole.median_s,
+                "predicted_fraction": fraction,
+                "measured_fraction": measured.median_s / whole.median_s,
+                "fraction_error": fraction / (measured.median_s / whole.median_s) - 1.0,
             }
         )
     return rows
