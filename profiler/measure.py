@@ -323,7 +323,7 @@ def _time_items(
         it.measurement = timed.plain
     warnings += [w for w in [throttle_warning(run.dev)] if w and w not in warnings]
     if warnings:
-        info = dataclasses.replace(info, warnings=tuple(warnings))
+        info = dataclasses.replace(info, warnings=(*info.warnings, *warnings))
     return info, seen, timed
 
 
