@@ -80,12 +80,21 @@ def bypass(
         else:
             target = adapter_name(b.name)
             adapter = adapters.get(b.name) or new_adapter(b)
-            gm.add_submodule(target, adapter.to(module_device(gm)))
+            gm.add_submodule(target, _alike(adapter, gm))
             with gm.graph.inserting_after(out):
                 node = gm.graph.call_module(target, (inp,))
             out.replace_all_uses_with(node)
             node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
             stands_for[out] = node
+
+
+def _alike(module: nn.Module, gm: fx.GraphModule) -> nn.Module:
+    """``module`` on ``gm``'s device, in its floating dtype (a half-precision model gets a
+    half-precision adapter)."""
+    like = next((t for t in gm.parameters() if t.is_floating_point()), None)
+    if like is None:
+        return module.to(module_device(gm))
+    return module.to(device=like.device, dtype=like.dtype)
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:

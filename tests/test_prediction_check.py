@@ -156,3 +156,17 @@ def test_a_check_that_cannot_run_leaves_the_profile_and_says_why(monkeypatch) ->
     out = Console(record=True, width=200)
     print_profile(p, out)
     assert "warning: prediction check skipped" in out.export_text()
+
+
+def test_adapters_take_the_models_dtype() -> None:
+    # vgg16's plain blocks that change channels are replaced by 1x1 adapters.
+    spec = ModelSpec("vgg16", input_size=(8, 8))
+    model = load_model(spec).to(torch.bfloat16)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.bfloat16)
+    bg = discover(model, x)
+    adapters = [b for b in bg.blocks if b.removable and b.replacement == "adapter"]
+    assert adapters
+    checked = without_blocks(bg.gm, adapters[:2])
+    with torch.inference_mode():
+        assert checked(x).dtype == torch.bfloat16
+    assert {p.dtype for p in checked.parameters()} == {torch.bfloat16}
