@@ -48,10 +48,6 @@ def load_profiles(folder: Path) -> dict[tuple[str, int, str], BlockProfile]:
     return out
 
 
-def pieces(p: BlockProfile, removed: set[str]) -> float:
-    return p.predicted_fraction(removed)
-
-
 def calibrated(p: BlockProfile, removed: set[str]) -> float | None:
     """Savings scaled by the profile's check (None: the profile has no check)."""
     c = p.check
@@ -65,16 +61,8 @@ def bound(eager: BlockProfile, graph: BlockProfile | None, removed: set[str]) ->
     """max(host sum, GPU sum) over kept pieces, over the same for the whole model."""
     if graph is None:
         return None
-
-    def kept(p: BlockProfile) -> tuple[float, float]:
-        whole = p.rest_s + p.blocks_s
-        left = p.rest_s + sum(
-            (b.replacement_latency_s or 0.0) if b.block.name in removed else b.latency_s
-            for b in p.blocks
-        )
-        return left, whole
-
-    (h, hw), (g, gw) = kept(eager), kept(graph)
+    hw, gw = (p.rest_s + p.blocks_s for p in (eager, graph))  # every piece, seconds
+    h, g = eager.predicted_fraction(removed) * hw, graph.predicted_fraction(removed) * gw
     return max(h, g) / max(hw, gw)
 
 
@@ -94,7 +82,7 @@ def evaluate(rows: list[dict], profiles: dict) -> list[dict]:
         measured = r["measured_s"] / r["reference_s"]
         graph = profiles.get((r["model"], r["batch_size"], "cuda_graph"))
         got = {
-            "pieces": pieces(p, removed),
+            "pieces": p.predicted_fraction(removed),
             "calibrated": calibrated(p, removed),
             "bound": bound(p, graph, removed) if r["mode"] == "eager" else None,
         }
