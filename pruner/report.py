@@ -82,7 +82,9 @@ class PruneReport:
     budget). For fraction budgets the check at the end compares against
     ``budget_check_s`` = fraction x the baseline latency measured interleaved
     with the pruned model (so a change in machine load shifts both alike); for
-    budgets in seconds the two are equal. The paths are "" until
+    budgets in seconds the two are equal. ``profiled_latency_s`` is the baseline's end
+    to end in the profile the selection used (None without one), the scale of
+    ``predicted_latency_s``. The paths are "" until
     :func:`pruner.prune_checkpoint` writes the files.
     """
 
@@ -103,6 +105,7 @@ class PruneReport:
     config: dict[str, Any]
     seconds: float
     warnings: tuple[str, ...] = ()
+    profiled_latency_s: float | None = None
     depth: DepthSection | None = None
     width: WidthSection | None = None
     split: BudgetSplit | None = None

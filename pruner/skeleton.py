@@ -25,6 +25,7 @@ from profiler import (
     BlockProfile,
     LatencyTable,
     ModelSpec,
+    QualityLimits,
     TimingOptions,
     device_info,
     load_model,
@@ -179,6 +180,36 @@ def profile_warnings(profile: BlockProfile) -> list[str]:
     return out
 
 
+def speed_change_warning(
+    profile: BlockProfile, baseline_s: float, predicted_s: float, pruned_s: float
+) -> str | None:
+    """A warning when the baseline timed at the end (``baseline_s``, seconds) is off its
+    profiled latency by more than the profiler's drift limit: the machine's speed changed
+    between the two.
+
+    The speed-up and the budget check compare models timed interleaved and hold; the
+    prediction (``predicted_s``, 0 when none) is on the profile's scale, so the warning
+    gives it and the measured ``pruned_s`` as fractions of their own baselines.
+    """
+    profiled_s = (profile.eager or profile.end_to_end).median_s  # the model as the finish times it
+    moved = baseline_s / profiled_s - 1.0
+    if abs(moved) <= QualityLimits().drift:
+        return None
+    text = (
+        f"the baseline measured {baseline_s * 1e3:.3f} ms at the end against "
+        f"{profiled_s * 1e3:.3f} ms in its profile ({moved:+.0%}): the machine's speed changed "
+        "between the two (load, clocks or another tenant). The speed-up and the budget check "
+        "time both models interleaved and hold"
+    )
+    if predicted_s > 0:
+        text += (
+            "; the prediction is on the profile's scale, so compare fractions: "
+            f"{predicted_s / profile.end_to_end_s:.1%} of the baseline predicted, "
+            f"{pruned_s / baseline_s:.1%} measured"
+        )
+    return text
+
+
 def finish(s: PruneState, t_start: float) -> PruneResult:
     """Measure the student against the budget, count what both models cost, build the report."""
     run, fraction = s.options.run, s.options.budget.fraction
@@ -191,6 +222,10 @@ def finish(s: PruneState, t_start: float) -> PruneResult:
     met = check_s == 0.0 or measured_s <= check_s * (1 + run.tolerance)
     if not met:
         s.warnings.append(s.over_budget(measured_s, check_s))
+    if s.profile and (
+        moved := speed_change_warning(s.profile, base_now_s, s.predicted_s, measured_s)
+    ):
+        s.warnings.append(moved)
     if s.rounds[-1].measured_latency_s is None:
         s.rounds[-1] = dataclasses.replace(s.rounds[-1], measured_latency_s=measured_s)
     base, cost = model_cost(s.teacher, s.spec), model_cost(s.student, s.spec)
@@ -226,6 +261,7 @@ def finish(s: PruneState, t_start: float) -> PruneResult:
         config=options_flat(s.options),
         seconds=time.perf_counter() - t_start,
         warnings=tuple(s.warnings),
+        profiled_latency_s=s.profile.end_to_end_s if s.profile else None,
         depth=s.depth,
         width=width,
         split=s.split,

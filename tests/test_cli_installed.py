@@ -87,12 +87,15 @@ def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
 @pytest.mark.slow
 def test_quickstart(work: Path) -> None:
     out = work / "quickstart"
-    ok(
+    printed = ok(
         prunerd("quickstart", "--model", "resnet20", "--data", "digits", "--train",
                 "--epochs", "1", "--limit", "200", "--prune-epochs", "1", *QUICK_TIMING,
                 "--cache-dir", str(work / "cache"), "--out", str(out))
-    )  # fmt: skip
-    assert json.loads((out / "report.json").read_text())["removed_blocks"]
+    ).stdout  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["removed_blocks"] and report["profiled_latency_s"] > 0
+    # The prediction is given against the profiled baseline it was made on.
+    assert "of the profiled" in printed and "measured" in printed
 
 
 # --------------------------------------------------------------------------- against a daemon

@@ -23,7 +23,7 @@ from profiler import (
     without_blocks,
 )
 from pruner.depth import remove_blocks
-from pruner.skeleton import profile_warnings
+from pruner.skeleton import profile_warnings, speed_change_warning
 from tests.cli_helpers import PRUNERD, ok, run
 
 QUICK = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20)
@@ -113,6 +113,19 @@ def test_a_prune_warns_when_the_prediction_is_off(profile: BlockProfile) -> None
     bad = dataclasses.replace(profile, check=off)
     (warning,) = [w for w in profile_warnings(bad) if "predicted the model without" in w]
     assert "+20.0%" in warning and f"without {len(c.removed)} blocks" in warning  # type: ignore[union-attr]
+
+
+def test_a_prune_warns_when_the_machine_changed_speed_since_the_profile(
+    profile: BlockProfile,
+) -> None:
+    eager = profile.eager.median_s  # type: ignore[union-attr]
+    assert speed_change_warning(profile, eager * 1.1, 0.5 * profile.end_to_end_s, 0.5) is None
+    predicted = 0.5 * profile.end_to_end_s
+    slow = speed_change_warning(profile, eager * 1.8, predicted, eager * 1.8 * 0.45)
+    assert slow is not None and "(+80%)" in slow and "speed changed" in slow
+    assert "50.0% of the baseline predicted, 45.0% measured" in slow
+    fast = speed_change_warning(profile, eager * 0.5, 0.0, eager * 0.2)
+    assert fast is not None and "(-50%)" in fast and "predicted" not in fast  # no prediction
 
 
 def test_the_command_prints_the_check(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def report_table(r: PruneReport) -> Table:
         f"(checked against {_ms(r.budget_check_s)} ms)",
         caption=(
             f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}; predicted "
-            f"{_ms(r.predicted_latency_s)} ms; speed-up {r.speedup:.2f}x; "
+            f"{_ms(r.predicted_latency_s)} ms{_of_profiled(r)}; speed-up {r.speedup:.2f}x; "
             f"budget {'met' if r.budget_met else 'MISSED'}"
             + (
                 f"; MACs x{r.width.macs_ratio:.3f}, params x{r.width.params_ratio:.3f}"
@@ -151,6 +151,23 @@ def report_table(r: PruneReport) -> Table:
         t.add_row(name, _ms(s.latency_s), f"{s.accuracy:.4f}", _si(s.flops), _si(s.params))
     t.add_row("pruned, before fine-tuning", "", f"{r.accuracy_before_finetune:.4f}", "", "")
     return t
+
+
+def _of_profiled(r: PruneReport) -> str:
+    """The prediction as a share of the profiled baseline it was made on ("" without one)."""
+    if not (r.profiled_latency_s and r.predicted_latency_s):
+        return ""
+    return (
+        f" ({r.predicted_latency_s / r.profiled_latency_s:.0%} of the profiled "
+        f"{_ms(r.profiled_latency_s)} ms; measured {1 / r.speedup:.0%} of the baseline)"
+    )
+
+
+def print_report(r: PruneReport) -> None:
+    """The before/after table, then the report's warnings."""
+    console().print(report_table(r))
+    for w in r.warnings:
+        print(f"warning: {w}")  # unwrapped: one line each, whole
 
 
 # Config fields whose flag is not --field-name.
@@ -210,8 +227,6 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    console().print(report_table(report))
-    for w in report.warnings:
-        print(f"warning: {w}")
+    print_report(report)
     print(f"wrote {Path(args.out) / 'report.json'}")
     return 0 if report.budget_met else 1

@@ -33,7 +33,7 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     from pruner import PruneConfig, prune_checkpoint
 
-    from .prune import report_table
+    from .prune import print_report
 
     out.rule(f"3/3  prune to {args.budget:.0%} of the measured latency, fine-tune, measure")
     prune_dir = args.out or (ckpt.parent / f"{ckpt.stem}-pruned-{args.budget:g}")
@@ -55,7 +55,7 @@ def handle(args: argparse.Namespace) -> int:
         }
     )
     report = prune_checkpoint(config)
-    out.print(report_table(report))
+    print_report(report)
     out.print(f"pruned model, plan and report in {prune_dir}")
     return 0
 
