@@ -121,7 +121,8 @@ def assess(
         problems.append(
             f"the whole model's latency moved {dft:+.0%} between the first and last third of "
             f"the timing (limit ±{limits.drift:.0%}): load or clocks changed while timing. "
-            "Fix: re-run on a quieter machine"
+            "Fix: re-run on a quieter machine, or with fewer --threads than it has cores "
+            "(on a shared host, timing on every core moves most with the other tenants)"
         )
     pred = profile.check.error if profile.check is not None else math.nan
     return ProfileQuality(not problems, tuple(problems), err, spr, dft, interference, pred)

@@ -72,7 +72,7 @@ def test_watch_counts_this_process_cpu() -> None:
 
 def test_failed_profile_is_reported_and_not_stored(tmp_path: Path) -> None:
     """A profile that fails its checks says why and with which fix, and leaves the table alone."""
-    strict = QualityLimits(additivity=1e-12, spread=1e-12)
+    strict = QualityLimits(additivity=1e-12, spread=1e-12, drift=1e-12)
     with LatencyTable(tmp_path / "lut.sqlite") as table:
         p = profile_model(
             load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1, table=table,
@@ -82,6 +82,8 @@ def test_failed_profile_is_reported_and_not_stored(tmp_path: Path) -> None:
         assert q is not None and not q.ok
         assert any("blocks + rest differ from end to end" in x and "Fix:" in x for x in q.problems)
         assert any("timings scatter" in x for x in q.problems)
+        (moved,) = [x for x in q.problems if "between the first and last third" in x]
+        assert "quieter machine" in moved and "fewer --threads" in moved
         assert q.additivity_error == pytest.approx(p.additivity_error)
         assert len(table) == 0
         # Forced: stored, and marked as failed with its conditions.
