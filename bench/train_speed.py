@@ -7,7 +7,7 @@ A/B/A/B so load from other processes on a shared machine hits both alike.
 - plain: the minimal loop. Normalised float32 images in memory, a shuffled
   index per batch, ``F.cross_entropy``, ``torch.optim.SGD`` (Nesterov, weight
   decay), no augmentation, no schedule, nothing printed.
-- prunerd: :func:`pruner.train.fit_config`, what ``prunerd train`` calls to
+- prunerd: :func:`pruner.baselines.fit_config`, what ``prunerd train`` calls to
   train (and nothing else: the test evaluation and checkpoint write that
   follow are not timed), with ``prunerd train``'s defaults: uint8 images
   batched and normalised on the fly, random crop and flip on whole batches,
@@ -193,7 +193,7 @@ def markdown(res: dict) -> str:
         "load hits both alike; the per-pair ratios and their median are the figures.",
         "- plain: float32 images in memory, shuffled index batches, cross-entropy, SGD "
         "(Nesterov, weight decay); no augmentation, no schedule, no output.",
-        "- prunerd: `pruner.train.fit_config` with `prunerd train`'s defaults (uint8 batches "
+        "- prunerd: `pruner.baselines.fit_config` with `prunerd train`'s defaults (uint8 batches "
         "normalised on the fly, random crop + flip on whole batches, warm-up + cosine, label "
         "smoothing 0.1, progress bar, resume file written after the pass).",
         "",

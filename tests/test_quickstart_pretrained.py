@@ -8,7 +8,7 @@ import pytest
 
 import profiler.pretrained as pretrained
 from profiler.pretrained import PretrainedEntry, add_to_manifest
-from pruner.train import train_baseline
+from pruner.baselines import train_baseline
 from service.cli import main
 
 

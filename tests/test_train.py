@@ -12,20 +12,18 @@ import torch
 from torch import nn
 
 import profiler
+import pruner.baselines as baselines_mod
 import pruner.train as train_mod
 import service.cli
-from pruner.data import load_data
-from pruner.train import (
+from pruner.baselines import (
     CACHE_ENV,
-    EvalResult,
-    FitResult,
     TrainResult,
     baseline_filename,
     cached_baseline,
-    evaluate,
-    fit,
     train_baseline,
 )
+from pruner.data import load_data
+from pruner.train import EvalResult, FitResult, evaluate, fit
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,7 +149,7 @@ def test_cached_baseline_trains_once(tmp_path: Path, monkeypatch) -> None:
     def must_not_train(*args, **kwargs):
         raise AssertionError("a cached baseline was trained again")
 
-    monkeypatch.setattr(train_mod, "train_baseline", must_not_train)
+    monkeypatch.setattr(baselines_mod, "train_baseline", must_not_train)
     assert cached_baseline("resnet20", "synthetic", 1, limit=96) == path
     assert cached_baseline("resnet20", "synthetic", 1, cache_dir=tmp_path, limit=96) == path
 
@@ -215,7 +213,7 @@ def test_fit_steps_per_epoch_without_len() -> None:
 
 
 def test_train_model_resumes_an_interrupted_run(tmp_path: Path, monkeypatch, cli, capsys) -> None:
-    from pruner.train import train_model
+    from pruner.baselines import train_model
     from pruner.train_config import TrainConfig
     from pruner.train_state import load_state, state_path_for
 

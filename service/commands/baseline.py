@@ -9,7 +9,7 @@ from rich.console import Console
 
 from profiler import read_checkpoint
 from profiler.pretrained import find_pretrained, pretrained_checkpoint
-from pruner.train import cached_baseline, resolve_cache_dir
+from pruner.baselines import cached_baseline, resolve_cache_dir
 
 
 def choose_baseline(args: argparse.Namespace, out: Console) -> Path:

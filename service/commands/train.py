@@ -6,9 +6,9 @@ import argparse
 import json
 
 from pruner import distributed
+from pruner.baselines import train_model
 from pruner.data import datasets
 from pruner.schedule import DECAYS, Schedule
-from pruner.train import train_model
 from pruner.train_config import TrainConfig
 
 from .argtypes import input_size, positive_float, positive_int
