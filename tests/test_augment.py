@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruner.data import FASHION_MNIST_DEFAULT_ROOT, Batches, load_data
+from pruner.data import Batches, load_data
+from pruner.sources import FASHION_MNIST_DEFAULT_ROOT
 
 UNIT = ((0.0,), (1 / 255,))  # normalisation that leaves uint8 values as they are
 

@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pruner.data import (
-    FASHION_MNIST_DEFAULT_ROOT,
-    FASHION_MNIST_ENV,
-    Batches,
-    DataBundle,
-    DatasetInfo,
-    datasets,
-    load_data,
-    read_idx,
-)
+from pruner.data import Batches, DataBundle, DatasetInfo, datasets, load_data
+from pruner.sources import FASHION_MNIST_DEFAULT_ROOT, FASHION_MNIST_ENV, read_idx
 
 
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
