@@ -760,6 +760,11 @@ def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
         f"- runs whose baseline profile failed its checks (a busy machine): "
         f"{sum(any('profile failed' in w for w in r.get('warnings') or []) for r in runs)} "
         f"of {len(runs)}",
+        f"- runs whose baseline ran at another speed at the end than in its profile (a load "
+        f"that held steady through the profile): "
+        f"{sum(any('speed changed' in w for w in r.get('warnings') or []) for r in runs)} "
+        f"of {len(runs)}; their speed-ups are timed interleaved and hold, their block choice "
+        f"used the profile's proportions",
         f"- torch threads: {settings.get('threads')} for timing, "
         f"{_train_threads(runs, settings)} for pruning and fine-tuning; timing budget "
         f"{settings.get('timing_budget_s')} s per measurement",
