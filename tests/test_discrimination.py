@@ -46,6 +46,33 @@ def test_gains_chain_from_the_input_probe():
     assert scores_from_json(scores_to_json(scores)) == scores
 
 
+def test_gain_standard_errors_are_paired_over_the_held_out_samples():
+    """Two probes scored on the same samples: the gain's se is that of the per-sample
+    differences, so a copy of the previous features gains 0 +- 0, and the se shrinks
+    as the held-out split grows (about 1 / sqrt(N))."""
+    gen = torch.Generator().manual_seed(2)
+    n = 4300
+    y = torch.randint(0, 3, (n,), generator=gen)
+    weak = torch.nn.functional.one_hot(y, 3).float() + torch.randn(n, 3, generator=gen)
+    strong = weak + torch.nn.functional.one_hot(y, 3).float() * 2
+    feats = {INPUT: torch.randn(n, 2, generator=gen), "a": weak, "b": strong, "c": strong}
+    fit = {k: v[:300] for k, v in feats.items()}
+
+    def scored(count: int):
+        held = {k: v[300 : 300 + count] for k, v in feats.items()}
+        return score_features(fit, y[:300], held, y[300 : 300 + count], ["a", "b", "c"], 3)
+
+    small, large = scored(400), scored(4000)
+    for a, b, c in (small, large):
+        assert b.loss_gain > 4 * b.loss_gain_se > 0  # stronger features: a clear gain
+        assert c.loss_gain == 0.0 and c.loss_gain_se == 0.0 and c.accuracy_gain_se == 0.0
+        assert a.accuracy_gain_se > 0
+    ratio = small[1].loss_gain_se / large[1].loss_gain_se
+    assert 2.0 < ratio < 4.5  # sqrt(10) = 3.2
+    old = scores_to_json(small).replace('"loss_gain_se"', '"unknown"')
+    assert scores_from_json(old)[1].loss_gain_se is None  # a record from before: no se
+
+
 def test_score_blocks_on_a_traced_model_streams_bounded_samples():
     torch.manual_seed(0)
     data = load_data("synthetic", batch_size=32, limit=200)

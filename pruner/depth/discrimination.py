@@ -27,6 +27,7 @@ from profiler import Block, discover, trace
 from profiler.plain import from_plain, to_plain
 
 from .. import distributed
+from ..config import DepthOptions
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[str, int, int], None]
@@ -42,6 +43,10 @@ class BlockScore:
     ``accuracy`` is a fraction in [0, 1]; ``loss`` is the mean cross-entropy in
     nats. ``gain`` is the improvement over the previous probe in the chosen
     metric (loss decrease in nats, or accuracy increase); it can be negative.
+    ``loss_gain_se`` and ``accuracy_gain_se`` are the standard errors of the gains
+    over the held-out samples (both probes are scored on the same samples, so
+    paired): a gain within about two of them of another is not told apart from
+    it by this held-out split. None in records written before they were kept.
     """
 
     name: str
@@ -52,6 +57,8 @@ class BlockScore:
     loss_gain: float
     features: int
     previous: str
+    loss_gain_se: float | None = None
+    accuracy_gain_se: float | None = None
 
 
 def scores_to_json(scores: Iterable[BlockScore]) -> str:
@@ -210,10 +217,24 @@ def fit_probe(
     return Probe(mean.float(), std.float(), weight, bias)
 
 
+def probe_outcomes(
+    probe: Probe, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample of x (N, C), y (N,): (1.0 where ``probe`` is right else 0.0, cross-entropy
+    in nats), each (N,) float32."""
+    logits = probe.logits(x.float())
+    return (logits.argmax(1) == y).float(), F.cross_entropy(logits, y, reduction="none")
+
+
 def probe_metrics(probe: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy in [0, 1], mean cross-entropy in nats) of ``probe`` on x (N, C), y (N,)."""
-    logits = probe.logits(x.float())
-    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+    right, loss = probe_outcomes(probe, x, y)
+    return float(right.mean()), float(loss.mean())
+
+
+def _paired_se(diff: torch.Tensor) -> float:
+    """The standard error of the mean of per-sample differences (N,); 0 with one sample."""
+    return float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0
 
 
 def score_features(
@@ -231,27 +252,29 @@ def score_features(
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     names = [INPUT, *order]
 
-    def fit_and_score(name: str) -> tuple[float, float]:
-        return probe_metrics(fit_probe(fit_x[name], fit_y, num_classes), eval_x[name], eval_y)
+    def fit_and_score(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return probe_outcomes(fit_probe(fit_x[name], fit_y, num_classes), eval_x[name], eval_y)
 
     done = (lambda k, total: progress("probes", k, total)) if progress else None
     # With a process group each rank fits every N-th probe, and all get every result.
     results = distributed.map_in_turns(names, fit_and_score, done)
     scores = []
     for prev, name in zip(names, names[1:]):
-        acc, loss = results[name]
-        acc_gain = acc - results[prev][0]
-        loss_gain = results[prev][1] - loss
+        (right, loss), (prev_right, prev_loss) = results[name], results[prev]
+        acc_gain = float(right.mean() - prev_right.mean())
+        loss_gain = float(prev_loss.mean() - loss.mean())
         scores.append(
             BlockScore(
                 name=name,
-                accuracy=acc,
-                loss=loss,
+                accuracy=float(right.mean()),
+                loss=float(loss.mean()),
                 gain=loss_gain if metric == "loss" else acc_gain,
                 accuracy_gain=acc_gain,
                 loss_gain=loss_gain,
                 features=int(fit_x[name].shape[1]),
                 previous=prev,
+                loss_gain_se=_paired_se(prev_loss - loss),
+                accuracy_gain_se=_paired_se(right - prev_right),
             )
         )
     return tuple(scores)
@@ -264,8 +287,8 @@ def score_blocks(
     num_classes: int,
     *,
     blocks: Iterable[Block] | None = None,
-    max_fit: int | None = 2000,
-    max_eval: int | None = 1000,
+    max_fit: int | None = DepthOptions.calibration_samples,
+    max_eval: int | None = DepthOptions.heldout_samples,
     metric: str = "loss",
     device: str = "cpu",
     progress: ProgressFn | None = None,

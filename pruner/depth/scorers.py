@@ -16,6 +16,7 @@ from torch import nn
 
 from profiler import Block, trace
 
+from ..config import DepthOptions
 from .discrimination import BlockScore, score_blocks
 
 ProgressFn = Callable[[str, int, int], None]
@@ -49,8 +50,8 @@ class ProbeScorer:
     fit_batches: Batches
     eval_batches: Batches
     num_classes: int
-    max_fit: int | None = 2000
-    max_eval: int | None = 1000
+    max_fit: int | None = DepthOptions.calibration_samples
+    max_eval: int | None = DepthOptions.heldout_samples
     device: str = "cpu"
     progress: ProgressFn | None = field(default=None, compare=False)
     refresh: ClassVar[bool] = True

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pruner.config import DATASETS, METHOD_INFO, METHODS, ConfigError, PruneConfig
+from pruner.config import (
+    DATASETS,
+    METHOD_INFO,
+    METHODS,
+    ConfigError,
+    DepthOptions,
+    PruneConfig,
+)
 
 from .argtypes import fraction, positive_float, positive_int
 from .processes import add_process_arguments, relaunch
@@ -88,6 +95,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--iterative", action="store_true", help="remove in rounds, rescoring after each"
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=positive_int,
+        default=DepthOptions.calibration_samples,
+        metavar="N",
+        help="dbp: training images the block probes are fit on "
+        f"({DepthOptions.calibration_samples})",
+    )
+    p.add_argument(
+        "--heldout-samples",
+        type=positive_int,
+        default=DepthOptions.heldout_samples,
+        metavar="N",
+        help="dbp: validation images the probes are scored on; a gain's noise is about "
+        f"1 / sqrt(N) of its per-image spread ({DepthOptions.heldout_samples})",
     )
     p.add_argument(
         "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round"
@@ -201,6 +224,8 @@ def handle(args: argparse.Namespace) -> int:
                 "sparsity_epochs": args.sparsity_epochs,
                 "depth_share": args.depth_share,
                 "iterative": args.iterative,
+                "calibration_samples": args.calibration_samples,
+                "heldout_samples": args.heldout_samples,
                 "epochs": args.epochs,
                 "batch_size": args.batch_size,
                 "lr": args.lr,
