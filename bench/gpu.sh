@@ -6,7 +6,9 @@
 #                               chained timing, auto backend), run on the GPU, not the interpreter
 #   2. gpu_profile.py           profiler additivity, launch overhead, event cost: resnet20/resnet56/
 #                               mobilenetv2 x batch 1/16/128 x eager/CUDA graph, fused resnet20;
-#                               resnet56's blocks removed one at a time at batch 1 (marginal cost)
+#                               resnet56's blocks removed one at a time at batch 1 (marginal cost);
+#                               resnet56 pruned at random, and the host's issue time per piece
+#                               eager (profiler_cuda_host.json, for bench/prediction_rules.py)
 #   3. gpu_prune.py             the command line on CUDA: train resnet20 on digits, prune it under a
 #                               budget with --device cuda --cuda-graph; with 2+ GPUs, train on all (NCCL)
 #   4. gpu_fused.py             fused (backend auto) vs unfused resnet20/resnet56, batch 1 and 128,

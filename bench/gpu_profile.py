@@ -46,6 +46,8 @@ from profiler import (
     measure,
     profile_model,
 )
+from profiler.chain import CpuChain, time_chain
+from profiler.cut import graph_pass
 from pruner.depth import remove_blocks
 
 RESULTS = Path(__file__).parent / "results"
@@ -173,6 +175,43 @@ def marginals(
             }
         )
     return rows
+
+
+def host_issue(p: BlockProfile, net: torch.nn.Module, budget_s: float, device: str) -> dict:
+    """The host's side of the eager pass: seconds Python takes to issue each piece's kernels.
+
+    The traced model runs cut into the profile's pieces (blocks and rest segments, in
+    the order they run), a ``perf_counter_ns`` mark between pieces and a synchronise
+    after each pass, outside the timing. Beside the eager profile (the GPU's timeline
+    between events) and the CUDA-graph profile (the GPU's work alone), this is what a
+    host/GPU pipeline rule needs (``bench/prediction_rules.py``).
+    """
+    x = torch.randn(p.input_shape, device=device)
+    with torch.inference_mode():
+        bg = discover(copy.deepcopy(net).eval().to(device), x)
+    order = {n.name: i for i, n in enumerate(bg.gm.graph.nodes)}
+    named = [(b.block.name, b.block.nodes) for b in p.blocks]
+    named += [(s.name, s.nodes) for s in p.rest]
+    named.sort(key=lambda item: max((order[n] for n in item[1]), default=-1))
+    pieces = [[bg.node(n) for n in nodes] for _, nodes in named]
+    dev = torch.device(device)
+
+    def settle() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    with torch.inference_mode():
+        chain = CpuChain(graph_pass(bg.gm, pieces, [x]), settle=settle)
+        got = time_chain(chain, budget_s=budget_s, fingerprint=p.device.fingerprint)
+    return {
+        "model": p.model,
+        "batch_size": p.batch_size,
+        "pieces": [name for name, _ in named],  # in the order they run
+        "host_s": [m.median_s for m in got.pieces],
+        "host_mark_cost_s": got.mark_cost_s,
+        "host_pass_s": got.plain.median_s,  # issuing the whole traced pass, unmarked
+        "eager_end_to_end_s": p.end_to_end_s,
+    }
 
 
 def _pruned(net: torch.nn.Module, blocks: list, x: torch.Tensor) -> torch.fx.GraphModule:
@@ -326,12 +365,14 @@ def main() -> int:
         return 2
     cases = [(m, b, mode, False) for m in args.models for b in args.batches for mode in args.modes]
     cases += [(m, b, mode, True) for m in args.fused for b in args.fused_batches for mode in args.modes]  # fmt: skip
-    rows, predicted, margins, errors = [], [], [], 0
+    rows, predicted, margins, hosts, errors = [], [], [], [], 0
     for model, batch, mode, fused in cases:
         try:
             r, p, net = one(model, batch, mode, fused, args.budget_s, args.device)
             if model in args.predict and not fused:
                 predicted += predictions(p, net, mode, args.sets, args.budget_s, args.device)
+                if mode == "eager":
+                    hosts.append(host_issue(p, net, args.budget_s, args.device))
             if model in args.marginal and not fused and batch in args.marginal_batches:
                 margins += marginals(p, net, mode, args.budget_s, args.device)
         except Exception as e:  # keep going: the other figures still count
@@ -352,6 +393,9 @@ def main() -> int:
         if predicted:
             pred_json = args.out_json.with_name("profiler_cuda_predictions.json")
             pred_json.write_text(json.dumps(predicted, indent=1))
+        if hosts:
+            host_json = args.out_json.with_name("profiler_cuda_host.json")
+            host_json.write_text(json.dumps(hosts, indent=1))
         if margins:
             margin_json = args.out_json.with_name("profiler_cuda_marginals.json")
             margin_json.write_text(json.dumps(margins, indent=1))

@@ -15,7 +15,10 @@ fraction, minus one. The rules:
   prediction check, k = (1 - measured) / (1 - predicted) for the check's set;
 - ``bound`` (eager rows, with a CUDA-graph profile of the same model and batch):
   the larger of the host-side and the GPU-side sums, kept pieces only: eager
-  pieces stand for the host's launches, the graph's pieces for GPU work.
+  pieces stand for the host's launches, the graph's pieces for GPU work;
+- ``pipeline`` (eager rows, with the graph profile and the host's issue time of
+  each piece, ``profiler_cuda_host.json``): the pass simulated piece by piece as
+  a host issuing work to a GPU that runs it in order (:func:`pipeline_end`).
 
 Writes ``prediction_rules.md`` beside the inputs; prints it too. Exit 1 when
 there is nothing to compare.
@@ -66,10 +69,50 @@ def bound(eager: BlockProfile, graph: BlockProfile | None, removed: set[str]) ->
     return max(h, g) / max(hw, gw)
 
 
-RULES = ("pieces", "calibrated", "bound")
+def pipeline_end(host: list[float], gpu: list[float]) -> float:
+    """When the GPU finishes an eager pass: the host issues piece i in ``host[i]`` seconds,
+    one after another; the GPU runs it in ``gpu[i]`` once the GPU is done with piece
+    i - 1, and cannot finish it before the host has issued it.
+
+    end_i = max(end_{i-1} + gpu_i, issued_i), issued_i = host_0 + ... + host_i. Where the
+    host runs ahead (large batches) this is the GPU's sum; where the GPU waits (small
+    batches on a slow host) the host's; in between, each stretch pays its own bound.
+    """
+    issued = end = 0.0
+    for h, g in zip(host, gpu, strict=True):
+        issued += h
+        end = max(end + g, issued)
+    return end
 
 
-def evaluate(rows: list[dict], profiles: dict) -> list[dict]:
+def pipeline(host: dict | None, graph: BlockProfile | None, removed: set[str]) -> float | None:
+    """:func:`pipeline_end` of the kept pieces over that of every piece, both plus the
+    constant the simulation misses for the whole model (the synchronise, the first
+    launch's latency): the eager end to end minus the whole model's simulated end, or 0."""
+    if host is None or graph is None:
+        return None
+    gpu = {b.block.name: b.latency_s for b in graph.blocks} | {
+        r.name: r.latency.median_s for r in graph.rest
+    }
+    if set(host["pieces"]) != set(gpu):
+        return None  # another cut of the model: nothing to pair piece by piece
+    h = [max(0.0, v) for v in host["host_s"]]
+    g = [gpu[name] for name in host["pieces"]]
+    whole = pipeline_end(h, g)
+    # Timed in another phase than the host's side: where that phase ran slower, no offset.
+    rest = max(0.0, host["eager_end_to_end_s"] - whole)
+    kept = [i for i, name in enumerate(host["pieces"]) if name not in removed]
+    pruned = pipeline_end([h[i] for i in kept], [g[i] for i in kept])
+    return (pruned + rest) / (whole + rest)
+
+
+RULES = ("pieces", "calibrated", "bound", "pipeline")
+
+
+def evaluate(rows: list[dict], profiles: dict, hosts: dict | None = None) -> list[dict]:
+    """Each rule's error on each measured removal set; ``hosts``: the host's side of the
+    eager passes by (model, batch), from ``profiler_cuda_host.json``."""
+    hosts = hosts or {}
     out = []
     for r in rows:
         if "reference_s" not in r or "removed_blocks" not in r:
@@ -85,6 +128,9 @@ def evaluate(rows: list[dict], profiles: dict) -> list[dict]:
             "pieces": p.predicted_fraction(removed),
             "calibrated": calibrated(p, removed),
             "bound": bound(p, graph, removed) if r["mode"] == "eager" else None,
+            "pipeline": pipeline(hosts.get(key[:2]), graph, removed)
+            if r["mode"] == "eager"
+            else None,
         }
         errors = {k: (None if v is None else v / measured - 1.0) for k, v in got.items()}
         out.append({**{k: r[k] for k in ("model", "batch_size", "mode", "removed", "of")},
@@ -132,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if not source.is_file():
         print(f"no {source}: run bench/gpu_profile.py (bench/gpu.sh) first", file=sys.stderr)
         return 1
+    host_json = args.results / "profiler_cuda_host.json"
+    hosts = json.loads(host_json.read_text()) if host_json.is_file() else []
     results = evaluate(
-        json.loads(source.read_text()), load_profiles(args.results / "profiles_cuda")
+        json.loads(source.read_text()),
+        load_profiles(args.results / "profiles_cuda"),
+        {(h["model"], h["batch_size"]): h for h in hosts},
     )
     if not results:
         print(f"nothing to compare: {source} has no rows with the whole model and the block "

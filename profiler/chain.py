@@ -205,15 +205,26 @@ class _Chain:
 
 
 class CpuChain(_Chain):
-    """Marks are readings of ``clock`` (integer nanoseconds; ``perf_counter_ns``)."""
+    """Marks are readings of ``clock`` (integer nanoseconds; ``perf_counter_ns``).
+
+    ``settle`` runs after each pass, outside the timing. With work queued on a GPU and
+    ``settle`` a synchronise, the marks read the host's side of an eager pass: how long
+    Python takes to issue each piece's kernels, which is what a small-batch model on a
+    slow host is bound by (the GPU's side is an :class:`EagerCudaChain` or
+    :class:`GraphCudaChain`).
+    """
 
     timer = "perf_counter"
 
     def __init__(
-        self, p: Pass | Sequence[Work], clock: Callable[[], int] = time.perf_counter_ns
+        self,
+        p: Pass | Sequence[Work],
+        clock: Callable[[], int] = time.perf_counter_ns,
+        settle: Work | None = None,
     ) -> None:
         super().__init__(p)
         self.clock = clock
+        self.settle = settle
         self.reads = [0] * (self.pieces + 1)
         self.marked_work = self.pass_.build(self.mark)
 
@@ -229,13 +240,18 @@ class CpuChain(_Chain):
         o0 = self.clock()
         self.marked_work()
         o1 = self.clock()
+        if self.settle is not None:
+            self.settle()
         r = self.reads
         return [(b - a) / 1e9 for a, b in zip(r, r[1:])], (o1 - o0) / 1e9
 
     def _plain(self) -> float:
         p0 = self.clock()
         self.pass_.plain()
-        return (self.clock() - p0) / 1e9
+        p1 = self.clock()
+        if self.settle is not None:
+            self.settle()
+        return (p1 - p0) / 1e9
 
 
 def _event(external: bool = False) -> torch.cuda.Event:

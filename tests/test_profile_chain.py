@@ -107,6 +107,23 @@ def test_cpu_chain_subtracts_what_reading_the_clock_costs() -> None:
     assert [m.median_s for m in got.pieces] == pytest.approx([300e-6, 100e-6, 50e-6])
 
 
+def test_settle_runs_after_each_pass_outside_the_timing() -> None:
+    # On a GPU, settle is a synchronise: the marks read what the host spends issuing each
+    # piece, and the queued work it waits for (here 5 ms) is in no figure.
+    clock = FakeClock()
+    settled: list[int] = []
+
+    def settle() -> None:
+        settled.append(clock.now)
+        clock.now += 5_000_000
+
+    chain = CpuChain([clock.work(ns) for ns in (200_000, 40_000)], clock, settle=settle)
+    got = time_chain(chain, warmup=0, min_rounds=4, max_rounds=4)
+    assert len(settled) == 8  # both passes of each round
+    assert [m.median_s for m in got.pieces] == pytest.approx([200e-6, 40e-6])
+    assert got.marked.median_s == pytest.approx(240e-6) == got.plain.median_s
+
+
 def test_cpu_chain_round_on_real_time() -> None:
     # Real clock on a shared machine: only what preemption cannot reverse. A piece lasts
     # at least its spin; the marks lie inside the marked pass.
