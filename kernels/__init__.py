@@ -10,7 +10,7 @@ from .conv_bn_relu import (
 )
 from .fold import fold_conv_bn
 from .fuse import fuse
-from .gpu_timing import eager_seconds, graph_seconds
+from .gpu_timing import eager_seconds, graph_seconds, host_seconds
 
 __all__ = [
     "FusedConv2d",
@@ -20,6 +20,7 @@ __all__ = [
     "fold_conv_bn",
     "fuse",
     "graph_seconds",
+    "host_seconds",
     "lay_out_weight",
     "TuningStats",
     "tuning_stats",

@@ -405,8 +405,9 @@ def _prepare(
 
 def _measure_choice(call: _Call, torch_fn: Callable[[], object]) -> Choice:
     """Time every config that suits the shape from a CUDA graph, then the best one and
-    the torch path both eager and from a graph; the faster backend wins each mode."""
-    from .gpu_timing import eager_seconds, graph_seconds
+    the torch path eager, from a graph and on the host's side; :func:`~kernels.tuning.pick`
+    says which backend each mode takes."""
+    from .gpu_timing import eager_seconds, graph_seconds, host_seconds
 
     best: tuple[float, TileConfig] | None = None
     for cfg in prune_configs(CONFIGS, call.m, call.k, call.c):
@@ -420,12 +421,17 @@ def _measure_choice(call: _Call, torch_fn: Callable[[], object]) -> Choice:
             best = (t, cfg)
     if best is None:
         raise RuntimeError(f"no Triton config launches for {call.key}")
+
+    def triton_eager() -> torch.Tensor:  # eager calls pay the Python set-up, not just the launch
+        return _prepare(*call.inputs).launch(best[1])
+
     times = {
         "triton:graph": best[0],
-        # Eager calls pay the Python set-up too, not just the launch.
-        "triton:eager": eager_seconds(lambda: _prepare(*call.inputs).launch(best[1])),
+        "triton:eager": eager_seconds(triton_eager),
+        "triton:host": host_seconds(triton_eager),
         "torch:graph": graph_seconds(torch_fn),
         "torch:eager": eager_seconds(torch_fn),
+        "torch:host": host_seconds(torch_fn),
     }
     eager, graph = pick(times)
     return Choice(best[1], eager, graph, times)

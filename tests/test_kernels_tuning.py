@@ -130,6 +130,20 @@ def test_pick_takes_the_faster_backend_per_mode() -> None:
     assert pick({**times, "torch:graph": 5e-6}) == ("torch", "triton")  # a tie stays on Triton
 
 
+def test_eager_pick_weighs_host_time_against_gpu_time() -> None:
+    """Eager, Triton must save more GPU time than its launch path costs the host."""
+    base = {"triton:eager": 9e-6, "torch:eager": 10e-6, "triton:graph": 6e-6,
+            "torch:graph": 10e-6}  # fmt: skip
+    # Saves 4 us of GPU time, costs 3 us more host time: Triton, eager and graph.
+    assert pick({**base, "triton:host": 8e-6, "torch:host": 5e-6}) == ("triton", "triton")
+    # Costs 6 us more host time: cuDNN eager although Triton won back to back.
+    assert pick({**base, "triton:host": 11e-6, "torch:host": 5e-6}) == ("torch", "triton")
+    # A tie goes to cuDNN eager; Triton cheaper on the host and as fast on the GPU wins.
+    assert pick({**base, "triton:host": 9e-6, "torch:host": 5e-6})[0] == "torch"
+    even = {**base, "triton:graph": 10e-6}
+    assert pick({**even, "triton:host": 4e-6, "torch:host": 5e-6})[0] == "triton"
+
+
 def test_rule_choice_without_measurement() -> None:
     c = rule_choice(CONFIGS, m=64, n=16, k=16)
     assert not c.measured and c.times_s == {}
