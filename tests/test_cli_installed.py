@@ -53,10 +53,14 @@ def baseline(work: Path) -> Path:
 
 def test_profile(work: Path, baseline: Path) -> None:
     out = work / "profile.json"
-    ok(prunerd("profile", "resnet20", "--checkpoint", str(baseline), *QUICK_TIMING,
-               "--json", str(out), "--quiet"))  # fmt: skip
+    result = ok(prunerd("profile", "resnet20", "--checkpoint", str(baseline), *QUICK_TIMING,
+                        "--json", str(out)))  # fmt: skip
     profile = json.loads(out.read_text())
     assert profile["blocks"] and profile["end_to_end_s"] > 0
+    # Piped, progress is one plain line per phase on stderr, never a redrawn bar.
+    phases = [ln for ln in result.stderr.splitlines() if ln.startswith("profiling resnet20: ")]
+    assert len(phases) >= 2 and "\r" not in result.stderr
+    assert "layer3.2" in result.stdout  # the table, on stdout
 
 
 @pytest.mark.slow
@@ -65,10 +69,15 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     result = ok(
         prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
                 "--budget", "0.9", "--epochs", "1", "--limit", "200", *QUICK_TIMING,
+                "--calibration-samples", "150", "--heldout-samples", "40",
                 "--out", str(out), "--json")
     )  # fmt: skip
     report = json.loads(result.stdout)
     assert report["removed_blocks"] and (out / "pruned.pt").is_file()
+    config = report["config"]
+    assert (config["calibration_samples"], config["heldout_samples"]) == (150, 40)
+    # Every probe gain comes with its standard error over the 40 held-out images.
+    assert all(s["loss_gain_se"] >= 0 for s in report["depth"]["scores"])
     # The exported program passes the .pt2 inspection and profiles like any model.
     ok(prunerd("profile", str(out / "pruned.pt2"), "--in-channels", "1", "--input-size", "8x8",
                *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip
