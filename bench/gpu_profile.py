@@ -39,15 +39,16 @@ import torch
 
 from profiler import (
     BlockProfile,
+    CpuChain,
     ModelSpec,
     TimingOptions,
     discover,
+    graph_pass,
     load_model,
     measure,
     profile_model,
+    time_chain,
 )
-from profiler.chain import CpuChain, time_chain
-from profiler.cut import graph_pass
 from pruner.depth import remove_blocks
 
 RESULTS = Path(__file__).parent / "results"

@@ -35,9 +35,8 @@ from profiler_figures import machine
 
 from profiler import discover, load_model, read_checkpoint
 from profiler.pretrained import pretrained_checkpoint
-from pruner import load_data
-from pruner.data import Batches
-from pruner.depth.discrimination import pooled_features, score_features
+from pruner import Batches, load_data
+from pruner.depth import pooled_features, score_features
 
 OUT = Path(__file__).parent / "results" / "probe_noise"
 

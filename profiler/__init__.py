@@ -3,8 +3,10 @@
 from .allocator import allocator_policy, retain_freed_memory
 from .blocks import BlockGraph, count_ops, discover
 from .bypass import adapter_name, bypass, finish, new_adapter, without_blocks
+from .chain import CpuChain, time_chain
 from .compare import measure_pair, torch_threads
 from .cost import ModelCost, example_input, model_cost
+from .cut import graph_pass
 from .device import cpu_model, device_info, gpu_telemetry, resolve_device
 from .graph import TraceError, trace
 from .interference import InterferenceWatch
@@ -49,6 +51,9 @@ __all__ = [
     "retain_freed_memory",
     "BlockGraph",
     "count_ops",
+    "CpuChain",
+    "graph_pass",
+    "time_chain",
     "cpu_model",
     "example_input",
     "measure_pair",

@@ -17,6 +17,7 @@ from kernels.conv_bn_relu import (
     lay_out_weight,
 )
 from kernels.tuning import (
+    CACHE_VERSION,
     CONFIGS,
     Choice,
     ConvKey,
@@ -44,7 +45,7 @@ def test_cache_round_trip_between_instances(tmp_path) -> None:
     assert again.get(KEY) == CHOICE
     assert len(again) == 1
     body = json.loads(path.read_text())
-    assert body["version"] == 1 and KEY.text() in body["entries"]
+    assert body["version"] == CACHE_VERSION and KEY.text() in body["entries"]
     assert not list(path.parent.glob(".conv_bn_relu.*"))  # no temporary file left behind
 
 
@@ -132,16 +133,17 @@ def test_pick_takes_the_faster_backend_per_mode() -> None:
 
 def test_eager_pick_weighs_host_time_against_gpu_time() -> None:
     """Eager, Triton must save more GPU time than its launch path costs the host."""
-    base = {"triton:eager": 9e-6, "torch:eager": 10e-6, "triton:graph": 6e-6,
-            "torch:graph": 10e-6}  # fmt: skip
+    us = 2.0**-20  # about a microsecond, and sums of its multiples are exact
+    base = {"triton:eager": 9 * us, "torch:eager": 10 * us, "triton:graph": 6 * us,
+            "torch:graph": 10 * us}  # fmt: skip
     # Saves 4 us of GPU time, costs 3 us more host time: Triton, eager and graph.
-    assert pick({**base, "triton:host": 8e-6, "torch:host": 5e-6}) == ("triton", "triton")
+    assert pick({**base, "triton:host": 8 * us, "torch:host": 5 * us}) == ("triton", "triton")
     # Costs 6 us more host time: cuDNN eager although Triton won back to back.
-    assert pick({**base, "triton:host": 11e-6, "torch:host": 5e-6}) == ("torch", "triton")
+    assert pick({**base, "triton:host": 11 * us, "torch:host": 5 * us}) == ("torch", "triton")
     # A tie goes to cuDNN eager; Triton cheaper on the host and as fast on the GPU wins.
-    assert pick({**base, "triton:host": 9e-6, "torch:host": 5e-6})[0] == "torch"
-    even = {**base, "triton:graph": 10e-6}
-    assert pick({**even, "triton:host": 4e-6, "torch:host": 5e-6})[0] == "triton"
+    assert pick({**base, "triton:host": 9 * us, "torch:host": 5 * us})[0] == "torch"
+    even = {**base, "triton:graph": 10 * us}
+    assert pick({**even, "triton:host": 4 * us, "torch:host": 5 * us})[0] == "triton"
 
 
 def test_rule_choice_without_measurement() -> None:

@@ -4,7 +4,7 @@ Imports neither the pruning skeleton nor the width package.
 """
 
 from .candidates import block_yield, candidates_from_profile
-from .discrimination import BlockScore, score_blocks
+from .discrimination import BlockScore, pooled_features, score_blocks, score_features
 from .scorers import L1Scorer, ProbeScorer, RandomScorer, Scorer, Scores
 from .select import (
     Candidate,
@@ -34,10 +34,12 @@ __all__ = [
     "fit_adapters",
     "greedy_select",
     "min_latency",
+    "pooled_features",
     "predict_latency",
     "remove_blocks",
     "remove_more",
     "score_blocks",
+    "score_features",
     "select_blocks",
     "select_in_order",
 ]
