@@ -198,9 +198,33 @@ def test_a_prune_warns_when_its_baseline_profile_failed() -> None:
     from pruner.skeleton import profile_warnings
 
     p = profile_model(load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1)
+    # The real timing's own prediction check may land either side of its tolerance: the
+    # quality warnings are checked without it, the check's warning on its own below.
+    p = dataclasses.replace(p, check=None)
     failed = dataclasses.replace(
         p, quality=ProfileQuality(ok=False, problems=("timings scatter: ...",))
     )
     assert profile_warnings(dataclasses.replace(p, quality=ProfileQuality(ok=True))) == []
     (warning,) = profile_warnings(failed)
     assert "baseline profile failed its checks" in warning and "timings scatter" in warning
+
+
+def test_a_prune_warns_when_the_profile_mispredicted_its_own_check() -> None:
+    import dataclasses
+
+    from profiler import PREDICTION_TOLERANCE, Measurement, PredictionCheck
+    from pruner.skeleton import profile_warnings
+
+    p = profile_model(load_model(SPEC), SPEC, device="cpu", options=QUICK, threads=1)
+    removed = tuple(b.block.name for b in p.blocks if b.block.removable)[:2]
+    predicted = p.predicted_fraction(removed)
+    reference = Measurement((1.0,))
+
+    def checked(error: float):
+        measured = Measurement((predicted / (1.0 + error),))
+        check = PredictionCheck(removed, predicted, measured, reference)
+        return dataclasses.replace(p, quality=ProfileQuality(ok=True), check=check)
+
+    assert profile_warnings(checked(PREDICTION_TOLERANCE / 2)) == []
+    (warning,) = profile_warnings(checked(2 * PREDICTION_TOLERANCE))
+    assert f"without {len(removed)} blocks +{2 * PREDICTION_TOLERANCE:.1%} off" in warning
