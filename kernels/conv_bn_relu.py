@@ -323,6 +323,33 @@ class _Call:
         return self.y
 
 
+def _check_call(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> bool:
+    """Refuse what the Triton kernel cannot run, naming the way out; True under the interpreter."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"expected 4-D x and weight, got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"groups=1 only: weight has {weight.shape[1]} input channels, x has {x.shape[1]} "
+            "(grouped convs use the torch backend)"
+        )
+    _import_triton()
+    interpret = interpreting()
+    if x.device.type != "cuda" and not interpret:
+        raise RuntimeError(
+            "the Triton kernel needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+            "before the first Triton call, or use backend='torch'"
+        )
+    if x.dtype == torch.bfloat16 and interpret:
+        raise TypeError("the Triton interpreter has no bfloat16; bf16 runs on GPU only")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"unsupported dtype {x.dtype}")
+    return interpret
+
+
 def _prepare(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -338,29 +365,9 @@ def _prepare(
 
     ``keyed=False`` skips building the tuning key (for a call whose choice is known).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(
-            f"expected 4-D x and weight, got {tuple(x.shape)} and {tuple(weight.shape)}"
-        )
+    interpret = _check_call(x, weight, activation)
     N, C, H, W = x.shape
-    K, Cw, KH, KW = weight.shape
-    if Cw != C:
-        raise ValueError(
-            f"groups=1 only: weight has {Cw} input channels, x has {C} (grouped convs use the torch backend)"
-        )
-    _import_triton()
-    interpret = interpreting()
-    if x.device.type != "cuda" and not interpret:
-        raise RuntimeError(
-            "the Triton kernel needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
-            "before the first Triton call, or use backend='torch'"
-        )
-    if x.dtype == torch.bfloat16 and interpret:
-        raise TypeError("the Triton interpreter has no bfloat16; bf16 runs on GPU only")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"unsupported dtype {x.dtype}")
+    K, _, KH, KW = weight.shape
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
