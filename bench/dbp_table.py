@@ -736,6 +736,11 @@ def _train_threads(runs: list[dict], settings: dict) -> str:
     return " or ".join(map(str, seen)) + (" (per run in the json)" if len(seen) > 1 else "")
 
 
+def _warned(runs: list[dict], text: str) -> int:
+    """How many runs have a warning that contains ``text``."""
+    return sum(any(text in w for w in r.get("warnings") or []) for r in runs)
+
+
 def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
     runs = [r for r in rows if r["method"] != "baseline"]
     smoke = any(r.get("smoke") for r in rows)
@@ -758,12 +763,10 @@ def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
         if loads
         else "- load: no runs yet",
         f"- runs whose baseline profile failed its checks (a busy machine): "
-        f"{sum(any('profile failed' in w for w in r.get('warnings') or []) for r in runs)} "
-        f"of {len(runs)}",
+        f"{_warned(runs, 'profile failed')} of {len(runs)}",
         f"- runs whose baseline ran at another speed at the end than in its profile (a load "
         f"that held steady through the profile): "
-        f"{sum(any('speed changed' in w for w in r.get('warnings') or []) for r in runs)} "
-        f"of {len(runs)}; their speed-ups are timed interleaved and hold, their block choice "
+        f"{_warned(runs, 'speed changed')} of {len(runs)}; their speed-ups are timed interleaved and hold, their block choice "
         f"used the profile's proportions",
         f"- torch threads: {settings.get('threads')} for timing, "
         f"{_train_threads(runs, settings)} for pruning and fine-tuning; timing budget "

@@ -186,10 +186,10 @@ def pick(times_s: dict[str, float]) -> tuple[str, str]:
             return "triton" if c is None else "torch"
         return "torch" if c < t else "triton"
 
-    host = [times_s.get(k) for k in ("triton:graph", "torch:graph", "triton:host", "torch:host")]
-    if None in host:
+    weighed = [times_s.get(k) for k in ("triton:graph", "torch:graph", "triton:host", "torch:host")]
+    if None in weighed:
         return best("eager"), best("graph")
-    gpu_t, gpu_c, host_t, host_c = host
+    gpu_t, gpu_c, host_t, host_c = weighed
     eager = "triton" if gpu_c - gpu_t > host_t - host_c else "torch"
     return eager, best("graph")
 

@@ -258,16 +258,18 @@ def score_features(
     done = (lambda k, total: progress("probes", k, total)) if progress else None
     # With a process group each rank fits every N-th probe, and all get every result.
     results = distributed.map_in_turns(names, fit_and_score, done)
+    means = {k: (float(right.mean()), float(loss.mean())) for k, (right, loss) in results.items()}
     scores = []
     for prev, name in zip(names, names[1:]):
         (right, loss), (prev_right, prev_loss) = results[name], results[prev]
-        acc_gain = float(right.mean() - prev_right.mean())
-        loss_gain = float(prev_loss.mean() - loss.mean())
+        (acc, mean_loss), (prev_acc, prev_mean_loss) = means[name], means[prev]
+        acc_gain = acc - prev_acc
+        loss_gain = prev_mean_loss - mean_loss
         scores.append(
             BlockScore(
                 name=name,
-                accuracy=float(right.mean()),
-                loss=float(loss.mean()),
+                accuracy=acc,
+                loss=mean_loss,
                 gain=loss_gain if metric == "loss" else acc_gain,
                 accuracy_gain=acc_gain,
                 loss_gain=loss_gain,
