@@ -12,9 +12,9 @@ fine-tune on, and the other 6,000, a held-out split drawn by the seed, to score 
 probes and pick the best fine-tuning epoch. Accuracy is on the full 10,000-image
 test set, which no decision reads. The methods:
 
-- dbp, random, l1: blocks removed through ``pruner.prune`` to ``budget`` x the
-  baseline's measured batch-1 latency (DBP probes / a seeded draw / lowest mean
-  |weight| first);
+- dbp, random, l1, removal: blocks removed through ``pruner.prune`` to ``budget`` x
+  the baseline's measured batch-1 latency (DBP probes / a seeded draw / lowest mean
+  |weight| first / the held-out loss rise of the model without each block);
 - hfp: filters removed through ``pruner.prune`` to the MACs ratio DBP reached at
   that budget and seed (``--match latency``: to the latency budget instead);
 - tp-magnitude, tp-taylor (and tp-bn-scale): Torch-Pruning's pruner with its own
@@ -82,9 +82,11 @@ from pruner import (
 )
 
 DEFAULT_OUT = Path("bench/results/dbp_table")
-BLOCK_METHODS = ("dbp", "random", "l1")
+BLOCK_METHODS = ("dbp", "random", "l1", "removal")
 FILTER_METHODS = ("hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale")
-METHODS = ("dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale", "dbp+hfp")
+METHODS = (
+    "dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale", "dbp+hfp", "removal"
+)  # fmt: skip
 DEFAULT_METHODS = ["dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "dbp+hfp"]
 GOAL_SPEEDUP, GOAL_LOSS, GOAL_RATIO = 2.0, 0.005, 1.2
 _SAID: set[str] = set()  # notes logged once per process
@@ -878,7 +880,7 @@ def run_lines(rows: list[dict], batches: list[int]) -> list[str]:
 
 def plot(plt, points: list[dict], base_acc: float, batches: list[int], png: Path) -> None:
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-    markers = dict(zip(METHODS, "osv^<>pD"))
+    markers = dict(zip(METHODS, "osv^<>pD*", strict=True))
     for ax, b in zip(axes[0], batches):
         k = f"speedup_b{b}"
         for m in METHODS:

@@ -106,9 +106,11 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     return direct_lookups(gm)  # and forget the deleted ones
 
 
-def without_blocks(gm: fx.GraphModule, blocks: Sequence[Block]) -> fx.GraphModule:
-    """A new GraphModule: ``gm`` with ``blocks`` bypassed (fresh adapters), sharing ``gm``'s
-    submodules and parameters; ``gm`` itself is not changed."""
+def without_blocks(
+    gm: fx.GraphModule, blocks: Sequence[Block], adapters: Mapping[str, nn.Module] | None = None
+) -> fx.GraphModule:
+    """A new GraphModule: ``gm`` with ``blocks`` bypassed (``adapters`` as in :func:`bypass`),
+    sharing ``gm``'s submodules and parameters; ``gm`` itself is not changed."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(gm.graph, env))
@@ -116,5 +118,5 @@ def without_blocks(gm: fx.GraphModule, blocks: Sequence[Block]) -> fx.GraphModul
     renamed = [n.name for n in env if env[n].name != n.name]
     if renamed:  # graph_copy into an empty graph keeps names; the block records rely on it
         raise ValueError(f"copying the graph renamed nodes {renamed[:3]}")
-    bypass(copy, blocks)
+    bypass(copy, blocks, adapters)
     return finish(copy)

@@ -31,6 +31,11 @@ METHOD_INFO: dict[str, MethodInfo] = {
     for m in (
         MethodInfo("dbp", "blocks: DBP gains, exact DP selection", blocks=True),
         MethodInfo("greedy", "blocks: DBP gains, ratio-greedy selection", blocks=True),
+        MethodInfo(
+            "removal",
+            "blocks: held-out loss rise of the model without each, exact DP selection",
+            blocks=True,
+        ),
         MethodInfo("random", "blocks: random order (baseline)", blocks=True),
         MethodInfo("l1", "blocks: lowest mean |weight| first (baseline)", blocks=True),
         MethodInfo("hfp", "filters: gates trained to the targets, exact widths", widths=True),

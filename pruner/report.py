@@ -14,7 +14,7 @@ from typing import Any
 
 from profiler.plain import check_version, from_plain, to_plain
 
-from .depth import BlockScore, Candidate
+from .depth import BlockScore, Candidate, RemovalScore
 from .width import BudgetSplit, GateRecord
 
 REPORT_VERSION = 2
@@ -50,14 +50,16 @@ class RoundRecord:
 class DepthSection:
     """The block pass: probe scores (DBP only), the candidates with their gains and latencies
     (end-to-end seconds), the scale from piece latencies to end to end, the fraction of
-    the baseline latency it was asked for, and the baseline profile's prediction check
-    (``BlockProfile.check.error``; None when the profile came from the latency table)."""
+    the baseline latency it was asked for, the baseline profile's prediction check
+    (``BlockProfile.check.error``; None when the profile came from the latency table), and
+    the removal scores (the removal method only)."""
 
     scores: tuple[BlockScore, ...]
     candidates: tuple[Candidate, ...]
     additivity_scale: float
     budget: float | None = None
     prediction_check_error: float | None = None
+    removals: tuple[RemovalScore, ...] = ()
 
 
 @dataclass(frozen=True)

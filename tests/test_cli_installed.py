@@ -83,6 +83,26 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
                *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip
 
 
+def test_prune_by_removal_loss(work: Path, baseline: Path) -> None:
+    """``--method removal``: every removable block scored by the held-out loss of the model
+    without it, on the --heldout-samples images, and the least costly ones removed."""
+    out = work / "removal"
+    result = ok(
+        prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                "--method", "removal", "--budget", "0.8", "--epochs", "0", *QUICK_TIMING,
+                "--heldout-samples", "60", "--out", str(out), "--json")
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    depth = report["depth"]
+    removals = {r["name"]: r for r in depth["removals"]}
+    assert len(removals) >= 8 and not depth["scores"]  # no probes: another criterion
+    assert all(r["samples"] == 60 and r["loss_rise_se"] >= 0 for r in removals.values())
+    assert report["removed_blocks"] and set(report["removed_blocks"]) <= set(removals)
+    gains = {c["name"]: c["gain"] for c in depth["candidates"]}
+    assert all(gains[n] == pytest.approx(r["loss_rise"]) for n, r in removals.items())
+    assert (out / "pruned.pt").is_file()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
 def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
     result = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",

@@ -1,11 +1,12 @@
-"""Block pruning: scorers (DBP probes, L1, random) behind one protocol, the DP selection, block surgery.
+"""Block pruning: scorers (DBP probes, removal loss, L1, random) behind one protocol, the DP selection, block surgery.
 
 Imports neither the pruning skeleton nor the width package.
 """
 
+from .ablation import RemovalScore, removal_scores
 from .candidates import block_yield, candidates_from_profile
 from .discrimination import BlockScore, pooled_features, score_blocks, score_features
-from .scorers import L1Scorer, ProbeScorer, RandomScorer, Scorer, Scores
+from .scorers import L1Scorer, ProbeScorer, RandomScorer, RemovalScorer, Scorer, Scores
 from .select import (
     Candidate,
     Selection,
@@ -24,6 +25,8 @@ __all__ = [
     "L1Scorer",
     "ProbeScorer",
     "RandomScorer",
+    "RemovalScore",
+    "RemovalScorer",
     "Scorer",
     "Scores",
     "Selection",
@@ -38,6 +41,7 @@ __all__ = [
     "predict_latency",
     "remove_blocks",
     "remove_more",
+    "removal_scores",
     "score_blocks",
     "score_features",
     "select_blocks",

@@ -1,4 +1,4 @@
-"""How much each block is worth keeping: DBP probes, mean |weight| (L1) and random, behind one protocol.
+"""How much each block is worth keeping: DBP probes, removal loss, mean |weight| (L1) and random.
 
 A scorer maps a model and its blocks to one gain per block name (higher:
 keep first). Selection reads nothing else, so a new criterion is one class.
@@ -17,6 +17,7 @@ from torch import nn
 from profiler import Block, trace
 
 from ..config import DepthOptions
+from .ablation import RemovalScore, removal_scores
 from .discrimination import BlockScore, score_blocks
 
 ProgressFn = Callable[[str, int, int], None]
@@ -25,10 +26,11 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Scores:
-    """One gain per block name, and the probe records behind them (DBP only)."""
+    """One gain per block name, and the records behind them: probes (DBP) or removals."""
 
     gains: dict[str, float]
     probes: tuple[BlockScore, ...] = ()
+    removals: tuple[RemovalScore, ...] = ()
 
 
 class Scorer(Protocol):
@@ -68,6 +70,34 @@ class ProbeScorer:
             progress=self.progress,
         )
         return Scores({s.name: s.gain for s in scores}, scores)
+
+
+@dataclass(frozen=True)
+class RemovalScorer:
+    """The held-out loss rise of the whole model when each block alone is removed.
+
+    ``calibration`` fits the adapters of blocks that need one. Blocks ``model``
+    no longer has (after removals) score nothing.
+    """
+
+    eval_batches: Batches
+    calibration: Batches
+    max_eval: int | None = DepthOptions.heldout_samples
+    device: str = "cpu"
+    progress: ProgressFn | None = field(default=None, compare=False)
+    refresh: ClassVar[bool] = True
+
+    def __call__(self, model: nn.Module, blocks: Sequence[Block]) -> Scores:
+        scores = removal_scores(
+            model,
+            blocks,
+            self.eval_batches,
+            self.calibration,
+            max_eval=self.max_eval,
+            device=self.device,
+            progress=self.progress,
+        )
+        return Scores({s.name: s.loss_rise for s in scores}, removals=scores)
 
 
 @dataclass(frozen=True)

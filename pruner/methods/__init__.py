@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import METHOD_INFO
-from .blocks import BlockStep, ExactDP, Greedy, InOrder, l1, probes, seeded_random
+from .blocks import BlockStep, ExactDP, Greedy, InOrder, l1, probes, removals, seeded_random
 from .split import SplitStep
 from .state import EventFn, ProgressFn, PruneState, first_samples
 from .widths import WidthStep
@@ -56,6 +56,7 @@ def method(name: str) -> Method:
 
 register("dbp", [BlockStep(probes, ExactDP())])
 register("greedy", [BlockStep(probes, Greedy())])
+register("removal", [BlockStep(removals, ExactDP())])
 register("random", [BlockStep(seeded_random, InOrder("random"))])
 register("l1", [BlockStep(l1, InOrder("l1"))])
 register("hfp", [WidthStep()])

@@ -25,6 +25,7 @@ from ..depth import (
     L1Scorer,
     ProbeScorer,
     RandomScorer,
+    RemovalScorer,
     Scorer,
     Selection,
     candidates_from_profile,
@@ -103,6 +104,17 @@ def probes(s: PruneState) -> Scorer:
     )
 
 
+def removals(s: PruneState) -> Scorer:
+    """The whole model's held-out loss rise without each block; adapters fit on the training split."""
+    return RemovalScorer(
+        s.data.val,
+        s.data.train,
+        max_eval=s.options.depth.heldout_samples,
+        device=s.options.run.device,
+        progress=s.step,
+    )
+
+
 def l1(s: PruneState) -> Scorer:
     return L1Scorer()
 
@@ -137,7 +149,13 @@ class _BlockPass:
         self.scorer = step.scorer(s)
         self.scores = self.scorer(s.teacher, list(self.blocks.values()))
         self.gains = dict(self.scores.gains)
-        s.emit({"event": "scored", "scores": to_plain(self.scores.probes)})
+        s.emit(
+            {
+                "event": "scored",
+                "scores": to_plain(self.scores.probes),
+                "removals": to_plain(self.scores.removals),
+            }
+        )
         self.removed: list[str] = []
         self.rounds: list[RoundRecord] = []
 
@@ -280,4 +298,11 @@ class _BlockPass:
         s.rounds.extend(self.rounds)
         scale = candidates_from_profile(s.profile, {})[2]
         check = s.profile.check.error if s.profile.check is not None else None
-        s.depth = DepthSection(self.scores.probes, self.candidates(), scale, self.fraction, check)
+        s.depth = DepthSection(
+            self.scores.probes,
+            self.candidates(),
+            scale,
+            self.fraction,
+            check,
+            removals=self.scores.removals,
+        )

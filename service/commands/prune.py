@@ -109,8 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=DepthOptions.heldout_samples,
         metavar="N",
-        help="dbp: validation images the probes are scored on; a gain's noise is about "
-        f"1 / sqrt(N) of its per-image spread ({DepthOptions.heldout_samples})",
+        help="dbp, removal: validation images the probes (dbp) or the model without each "
+        "block (removal) are scored on; a score's noise is about 1 / sqrt(N) of its "
+        f"per-image spread ({DepthOptions.heldout_samples})",
     )
     p.add_argument(
         "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round"
