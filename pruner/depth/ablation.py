@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from profiler import Block, discover, without_blocks
 
 from .. import distributed
 from ..config import DepthOptions
+from .paired import outcomes, paired_se
 from .prefix import SharedPrefix
 from .surgery import fit_adapters, remove_blocks
 
@@ -62,17 +62,12 @@ class _Outcomes:
         self.loss: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        logits = logits.float()
-        self.right.append((logits.argmax(1) == y).float().cpu())
-        self.loss.append(F.cross_entropy(logits, y, reduction="none").cpu())
+        right, loss = outcomes(logits, y)
+        self.right.append(right.cpu())
+        self.loss.append(loss.cpu())
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat(self.right), torch.cat(self.loss)
-
-
-def _se(diff: torch.Tensor) -> float:
-    """The standard error of the mean of per-sample differences (N,); 0 with one sample."""
-    return float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0
 
 
 def _variant(gm: fx.GraphModule, block: Block, adapters: dict[str, nn.Conv2d]) -> fx.GraphModule:
@@ -111,7 +106,7 @@ def _evaluate(
     progress: ProgressFn | None,
 ) -> tuple[_Outcomes, dict[str, _Outcomes]]:
     """The whole model's and every variant's per-sample outcomes on the held-out split."""
-    base, outcomes = _Outcomes(), {n: _Outcomes() for n in runner.variants}
+    base, results = _Outcomes(), {n: _Outcomes() for n in runner.variants}
     chunk = CPU_CHUNK if torch.device(device).type == "cpu" else None
     seen = 0
     for x, y in eval_batches:
@@ -124,15 +119,15 @@ def _evaluate(
             base_out, outs = runner(xc)
             base.add(base_out, yc)
             for n, out in outs.items():
-                outcomes[n].add(out, yc)
+                results[n].add(out, yc)
         seen += len(y)
         if progress:
             progress("removals", seen, max_eval or seen)
-    return base, outcomes
+    return base, results
 
 
-def _score(name: str, base: _Outcomes, variant: _Outcomes) -> RemovalScore:
-    right, loss = base.tensors()
+def _score(name: str, right: torch.Tensor, loss: torch.Tensor, variant: _Outcomes) -> RemovalScore:
+    """``variant`` against the whole model's per-sample ``right`` and ``loss`` (N,)."""
     v_right, v_loss = variant.tensors()
     return RemovalScore(
         name=name,
@@ -140,8 +135,8 @@ def _score(name: str, base: _Outcomes, variant: _Outcomes) -> RemovalScore:
         accuracy=float(v_right.mean()),
         loss_rise=float((v_loss - loss).mean()),
         accuracy_drop=float((right - v_right).mean()),
-        loss_rise_se=_se(v_loss - loss),
-        accuracy_drop_se=_se(right - v_right),
+        loss_rise_se=paired_se(v_loss - loss),
+        accuracy_drop_se=paired_se(right - v_right),
         samples=len(loss),
     )
 
@@ -176,8 +171,9 @@ def removal_scores(
     try:
         for m in (gm, *mine.values()):
             m.eval()
-        base, outcomes = _evaluate(SharedPrefix(gm, mine), eval_batches, max_eval, device, progress)
+        base, results = _evaluate(SharedPrefix(gm, mine), eval_batches, max_eval, device, progress)
     finally:
         model.train(was_training)
-    done = distributed.map_in_turns(names, lambda n: _score(n, base, outcomes[n]))
+    right, loss = base.tensors()
+    done = distributed.map_in_turns(names, lambda n: _score(n, right, loss, results[n]))
     return tuple(done[n] for n in names)

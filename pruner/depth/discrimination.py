@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from profiler import Block, discover, trace
@@ -28,6 +27,7 @@ from profiler.plain import from_plain, to_plain
 
 from .. import distributed
 from ..config import DepthOptions
+from .paired import outcomes, paired_se
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[str, int, int], None]
@@ -222,19 +222,13 @@ def probe_outcomes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample of x (N, C), y (N,): (1.0 where ``probe`` is right else 0.0, cross-entropy
     in nats), each (N,) float32."""
-    logits = probe.logits(x.float())
-    return (logits.argmax(1) == y).float(), F.cross_entropy(logits, y, reduction="none")
+    return outcomes(probe.logits(x.float()), y)
 
 
 def probe_metrics(probe: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy in [0, 1], mean cross-entropy in nats) of ``probe`` on x (N, C), y (N,)."""
     right, loss = probe_outcomes(probe, x, y)
     return float(right.mean()), float(loss.mean())
-
-
-def _paired_se(diff: torch.Tensor) -> float:
-    """The standard error of the mean of per-sample differences (N,); 0 with one sample."""
-    return float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else 0.0
 
 
 def score_features(
@@ -275,8 +269,8 @@ def score_features(
                 loss_gain=loss_gain,
                 features=int(fit_x[name].shape[1]),
                 previous=prev,
-                loss_gain_se=_paired_se(prev_loss - loss),
-                accuracy_gain_se=_paired_se(right - prev_right),
+                loss_gain_se=paired_se(prev_loss - loss),
+                accuracy_gain_se=paired_se(right - prev_right),
             )
         )
     return tuple(scores)

@@ -29,12 +29,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+from profiler.graph import attr_value
 
 
 def _same_op(a: fx.Node, gm_a: fx.GraphModule, b: fx.Node, gm_b: fx.GraphModule) -> bool:
@@ -43,7 +38,7 @@ def _same_op(a: fx.Node, gm_a: fx.GraphModule, b: fx.Node, gm_b: fx.GraphModule)
     if a.op != b.op:
         return False
     if a.op in ("call_module", "get_attr"):
-        if _attr(gm_a, a.target) is not _attr(gm_b, b.target):
+        if attr_value(gm_a, a.target) is not attr_value(gm_b, b.target):
             return False
     elif a.target != b.target:
         return False
