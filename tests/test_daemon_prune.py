@@ -102,3 +102,26 @@ def test_prune_job_errors(daemon: DaemonProcess) -> None:
         status = client.wait(job["id"], timeout_s=120)
         assert status["status"] == "failed"
         assert "may not set ['out']" in json.dumps(client.result(job["id"]))
+
+
+def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
+    """``method: removal`` runs through the daemon and its scores come back in the report; a
+    method that is not registered is refused by name, and the daemon goes on serving."""
+    params = {
+        "model": "resnet20",
+        "checkpoint": str(daemon.root / "resnet20.pt"),
+        "dataset": "synthetic",
+        "budget_ratio": 0.7,
+    }
+    with daemon.client() as client:
+        with pytest.raises(RequestError) as e:
+            client.submit("prune", **params, method="removal; rm -rf /", options=QUICK)
+        assert e.value.field == "params.method" and "removal" in str(e.value)
+        job = client.submit("prune", **params, method="removal", options=QUICK)
+        status = client.wait(job["id"], timeout_s=600)
+        report = client.result(job["id"])["result"]
+    assert status["status"] == "done", report
+    removals = report["depth"]["removals"]
+    assert removals and all(r["samples"] == 16 for r in removals)
+    assert not report["depth"]["scores"]  # no probes were fit
+    assert daemon.proc.poll() is None
