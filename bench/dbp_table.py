@@ -115,6 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--match", choices=["macs", "latency"], default="macs")
     p.add_argument("--calibration-samples", type=int, default=2000)
     p.add_argument("--heldout-samples", type=int, default=1000)
+    p.add_argument(
+        "--iterative", type=int, default=0, metavar="K",
+        help="block methods remove in K rounds, rescoring between them (0: one shot)",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-last", action="store_true",
+        help="with --iterative: fine-tune after the last round only (one fine-tuning's cost)",
+    )  # fmt: skip
     p.add_argument("--taylor-batches", type=int, default=8, help="batches of 128 for gradients")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (0: all)")
     p.add_argument(
@@ -141,6 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.limit is not None and args.out.resolve() == DEFAULT_OUT.resolve():
         p.error(f"--limit is for smoke runs: give another --out than {DEFAULT_OUT}")
+    if args.finetune_last and not args.iterative:
+        p.error("--finetune-last needs --iterative K")
+    if args.iterative < 0:
+        p.error(f"--iterative must be >= 0 rounds, got {args.iterative}")
     if args.threads == 0:
         args.threads = None
     if args.train_threads is None:
@@ -213,6 +225,10 @@ class Bench:
             "calibration_samples": args.calibration_samples,
             "heldout_samples": args.heldout_samples,
         }
+        if args.iterative:  # only when set: older rows' settings stay comparable
+            self.settings.update(
+                iterative_rounds=args.iterative, iterative_finetune=not args.finetune_last
+            )
 
     def bundle(self, seed: int, test_only: bool = False) -> DataBundle:
         """Fresh batches for one run: the held-out split and the training order drawn by
@@ -305,16 +321,20 @@ def run_pruner(bench: Bench, method: str, budget: float, seed: int, rows, table,
         b = Budget(fraction=budget)
     clock = Phases()
 
+    last_round = max(args.iterative - 1, 0)
+
     def on_event(event: dict) -> None:
         clock.mark(event["event"])
-        if event["event"] == "finetuned":  # what follows is measured
+        if event["event"] == "finetuned" and event.get("round", 0) >= last_round:  # then: measured
             quiet.acquire()
 
     result = prune(
         bench.teacher, bench.spec, bench.bundle(seed), b, method=method, epochs=epochs,
         table=table, run=bench.run_options(seed), on_event=on_event,
         depth=DepthOptions(
-            calibration_samples=args.calibration_samples, heldout_samples=args.heldout_samples
+            calibration_samples=args.calibration_samples, heldout_samples=args.heldout_samples,
+            iterative=args.iterative > 0, iterative_rounds=max(args.iterative, 1),
+            iterative_finetune=not args.finetune_last,
         ),
     )  # fmt: skip
     rep = result.report
@@ -785,6 +805,15 @@ def header_lines(args, rows: list[dict], base: dict | None) -> list[str]:
         f"the baseline, lr {settings.get('lr')}; the count "
         + (", ".join(chosen) or "(not recorded)")
         + (f"; the pilot: [{pilot.name}]({pilot.name})" if pilot.is_file() else ""),
+        *(
+            [
+                f"- block methods: {settings['iterative_rounds']} rounds, rescored between "
+                "them, fine-tuned "
+                + ("after each" if settings.get("iterative_finetune") else "after the last only")
+            ]
+            if settings.get("iterative_rounds")
+            else []
+        ),
         "- filter methods matched to: "
         + (
             "the MACs DBP reached at the same budget and seed"

@@ -154,7 +154,8 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class DepthOptions:
-    """Block pruning: ``iterative`` removal in ``iterative_rounds`` with rescoring; probes fit on
+    """Block pruning: ``iterative`` removal in ``iterative_rounds`` with rescoring, fine-tuned
+    after every round or, without ``iterative_finetune``, only after the last; probes fit on
     ``calibration_samples`` and scored on ``heldout_samples``; at most ``max_rounds`` of
     measure-and-tighten; the DP's latency ``buckets``; the baselines remove exactly
     ``remove_count`` blocks when set.
@@ -168,11 +169,25 @@ class DepthOptions:
 
     iterative: bool = False
     iterative_rounds: int = 3
+    iterative_finetune: bool = True
     calibration_samples: int = 8000
     heldout_samples: int = 5000
     max_rounds: int = 3
     buckets: int = 1000
     remove_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterative_rounds < 1:
+            raise ConfigError(
+                f"{{iterative_rounds}} must be >= 1, got {self.iterative_rounds}",
+                "iterative_rounds",
+            )
+        if not (self.iterative or self.iterative_finetune):
+            raise ConfigError(
+                "{iterative_finetune}: fine-tuning only after the last round needs {iterative}",
+                "iterative_finetune",
+                "iterative",
+            )
 
 
 @dataclass(frozen=True)
@@ -254,6 +269,41 @@ def _flat_fields() -> dict[str, tuple[str, str]]:
 
 FLAT_FIELDS: dict[str, tuple[str, str]] = {"method": ("", "method"), **_flat_fields()}
 
+# What each scalar annotation admits; a bool is an int to Python, never to an option.
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+}
+
+
+def _annotation(key: str) -> str:
+    """The annotation of flat option ``key``'s field, e.g. ``"int | None"``."""
+    part, name = FLAT_FIELDS[key]
+    if not part:
+        return "str"  # method
+    cls = Budget if part == "budget" else _PARTS[part]
+    return next(f.type for f in fields(cls) if f.name == name)  # type: ignore[return-value]
+
+
+def check_type(key: str, value: Any, annotation: str) -> None:
+    """:class:`ConfigError` naming ``key`` unless ``value`` fits ``annotation``: a request's
+    ``"no"`` must not turn a flag on, nor ``"3"`` reach a comparison with a number."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    wanted = [k for k in kinds if k != "None"]
+    for kind in wanted:
+        admits = _SCALARS.get(kind)
+        if admits is None:
+            return  # not a scalar: the dataclass checks its own value
+        if isinstance(value, admits) and (kind == "bool" or not isinstance(value, bool)):
+            return
+    names = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+    want = " or ".join(names[k] for k in wanted) + (" or null" if "None" in kinds else "")
+    raise ConfigError(f"{{{key}}} must be {want}, got {value!r}", key)
+
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -267,6 +317,11 @@ class PruneConfig:
         """From one flat dict of option names (see :data:`FLAT_FIELDS`; ``budget_ms`` is
         ``budget_s`` in milliseconds); unknown names and bad values are :class:`ConfigError`."""
         d = dict(d)
+        unknown = sorted(set(d) - set(FLAT_FIELDS) - {"budget_ms"})
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(FLAT_FIELDS)}")
+        for key, value in d.items():
+            check_type(key, value, "float | None" if key == "budget_ms" else _annotation(key))
         if d.get("budget_ms") is not None:
             if d.get("budget_s") is not None:
                 raise ConfigError(
@@ -274,9 +329,6 @@ class PruneConfig:
                 )
             d["budget_s"] = d.pop("budget_ms") / 1e3
         d.pop("budget_ms", None)
-        unknown = sorted(set(d) - set(FLAT_FIELDS))
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(FLAT_FIELDS)}")
         parts: dict[str, dict[str, Any]] = {p: {} for p in ("", "budget", *_PARTS)}
         for key, value in d.items():
             part, name = FLAT_FIELDS[key]

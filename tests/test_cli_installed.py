@@ -103,6 +103,28 @@ def test_prune_by_removal_loss(work: Path, baseline: Path) -> None:
     assert (out / "pruned.pt").is_file()
 
 
+def test_iterative_removal_fine_tuned_after_the_last_round(work: Path, baseline: Path) -> None:
+    """``--iterative --iterative-rounds 2 --finetune-last``: two rounds, the first only
+    removes (its accuracy is the same before and after), the scores the report keeps are the
+    second round's, taken on the pruned model; --finetune-last alone is refused by flag."""
+    out = work / "iterative"
+    args = ["prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+            "--method", "removal", "--budget", "0.6", "--epochs", "1", *QUICK_TIMING,
+            "--heldout-samples", "60", "--finetune-last", "--out", str(out), "--json"]  # fmt: skip
+    refused = prunerd(*args)
+    assert refused.returncode == 2 and not out.exists()
+    assert "--finetune-last: fine-tuning only after the last round needs --iterative" in (
+        refused.stderr
+    )
+    report = json.loads(ok(prunerd(*args, "--iterative", "--iterative-rounds", "2")).stdout)
+    first = report["rounds"][0]
+    assert len(report["rounds"]) >= 2 and first["removed"]
+    assert first["accuracy_after_finetune"] == first["accuracy_before_finetune"]
+    rescored = {r["name"] for r in report["depth"]["removals"]}
+    assert rescored and not rescored & set(first["removed"])
+    assert report["config"]["iterative_finetune"] is False
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
 def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
     result = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",

@@ -125,3 +125,21 @@ def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
     assert removals and all(r["samples"] == 16 for r in removals)
     assert not report["depth"]["scores"]  # no probes were fit
     assert daemon.proc.poll() is None
+
+
+def test_options_of_the_wrong_type_fail_the_job_by_name(daemon: DaemonProcess) -> None:
+    """A request's ``"iterative": "no"`` is not a truthy string that switches rounds on: the
+    job fails naming ``params.options.iterative``, and the daemon serves the next job."""
+    params = {
+        "model": "resnet20",
+        "checkpoint": str(daemon.root / "resnet20.pt"),
+        "dataset": "synthetic",
+        "budget_ratio": 0.7,
+    }
+    with daemon.client() as client:
+        job = client.submit("prune", **params, options={**QUICK, "iterative": "no"})
+        assert client.wait(job["id"], timeout_s=120)["status"] == "failed"
+        said = json.dumps(client.result(job["id"]))
+        assert "params.options.iterative must be true or false, got 'no'" in said
+        assert client.ping()
+    assert daemon.proc.poll() is None

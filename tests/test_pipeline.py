@@ -90,6 +90,29 @@ def test_early_errors_name_the_value_and_the_limit(checkpoint, tmp_path):
         _config(checkpoint, tmp_path, budgett=0.5)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("iterative", "no", "iterative must be true or false, got 'no'"),
+        ("iterative", 1, "iterative must be true or false, got 1"),
+        ("epochs", "3", "epochs must be an integer, got '3'"),
+        ("epochs", True, "epochs must be an integer, got True"),
+        ("threads", 2.0, "threads must be an integer or null, got 2.0"),
+        ("lr", "0.1", "lr must be a number, got '0.1'"),
+        ("budget_ms", [5], r"budget_ms must be a number or null, got \[5\]"),
+        ("method", 3, "method must be a string, got 3"),
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_by_name(checkpoint, tmp_path, option, value, said):
+    """A flag is a bool and a count an int: ``"no"`` must not switch a mode on, nor ``"3"``
+    reach a comparison with a number, whoever built the dict (a daemon request, a script)."""
+    with pytest.raises(ConfigError, match=said) as e:
+        _config(checkpoint, tmp_path, **{option: value})
+    assert e.value.fields == (option,)
+    ok = _config(checkpoint, tmp_path, lr=1, limit=None, iterative=True, iterative_rounds=2)
+    assert ok.options.run.lr == 1 and ok.options.depth.iterative_rounds == 2
+
+
 def test_cli_errors_name_the_flags(checkpoint, tmp_path, capsys):
     args = ["prune", "resnet20", "--checkpoint", checkpoint, "--data", "synthetic"]
     assert main([*args, "--out", str(tmp_path / "x")]) == 2
@@ -142,6 +165,33 @@ def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
     removed = [name for r in report.rounds for name in r.removed]
     assert sorted(removed) == sorted(report.removed_blocks)
     assert report.rounds[0].target_s > report.rounds[1].target_s
+
+
+def test_finetune_last_rescores_between_rounds_and_tunes_once(checkpoint, tmp_path):
+    """Without iterative_finetune the first round only removes; the second is scored on that
+    pruned, untuned model (without what the first removed), and the last round fine-tunes."""
+    events = []
+    report = prune_checkpoint(
+        _config(
+            checkpoint,
+            tmp_path,
+            budget=0.5,
+            method="removal",
+            iterative=True,
+            iterative_rounds=2,
+            iterative_finetune=False,
+        ),
+        on_event=events.append,
+    )
+    scored = [e for e in events if e["event"] == "scored"]
+    assert [e["round"] for e in scored] == [0, 1]
+    first, last = report.rounds[0], report.rounds[-1]
+    assert first.removed and first.accuracy_after_finetune == first.accuracy_before_finetune
+    assert last.accuracy_after_finetune != last.accuracy_before_finetune
+    rescored = {r["name"] for r in scored[1]["removals"]}
+    assert rescored and not rescored & set(first.removed)
+    with pytest.raises(ConfigError, match="needs iterative"):
+        _config(checkpoint, tmp_path, iterative_finetune=False)
 
 
 def test_later_rounds_cut_into_stages_earlier_rounds_thinned(checkpoint, tmp_path):

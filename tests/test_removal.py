@@ -135,6 +135,19 @@ def test_removed_blocks_score_nothing_and_gains_are_rises(digits):
     assert scores.gains == {s.name: s.loss_rise for s in scores.removals}
 
 
+@torch.no_grad()
+def test_a_split_read_once_scores_every_image(digits):
+    """A stream that can be read only once (a generator) gives the scores a list gives: the
+    batch that traces the model is scored too, not drawn twice or lost."""
+    model, data = digits
+    batches = list(data.val)
+    blocks = [b for b in discover(model, batches[0][0][:1]).blocks if b.removable][:3]
+    listed = removal_scores(model, blocks, batches, data.train)
+    streamed = removal_scores(model, blocks, (b for b in batches), data.train)
+    assert streamed == listed
+    assert listed[0].samples == sum(len(y) for _, y in batches)
+
+
 def test_an_empty_split_is_a_clear_error(digits):
     model, data = digits
     x0 = next(iter(data.val))

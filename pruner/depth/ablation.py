@@ -15,6 +15,7 @@ where it first differs from the model (:class:`~.prefix.SharedPrefix`).
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -161,9 +162,11 @@ def removal_scores(
     """
     if max_eval is not None and max_eval < 1:
         raise ValueError(f"max_eval must be at least 1, got {max_eval}")
-    first = next(iter(eval_batches), None)
+    batches = iter(eval_batches)
+    first = next(batches, None)
     if first is None:
         raise ValueError("no held-out batches: the held-out split is empty")
+    batches = itertools.chain([first], batches)  # the first batch traced the model: read once
     gm, variants = _variants(model, [b.name for b in blocks], first[0].to(device), calibration)
     names = list(variants)
     mine = {n: variants[n] for n in _owned(names)}
@@ -171,7 +174,7 @@ def removal_scores(
     try:
         for m in (gm, *mine.values()):
             m.eval()
-        base, results = _evaluate(SharedPrefix(gm, mine), eval_batches, max_eval, device, progress)
+        base, results = _evaluate(SharedPrefix(gm, mine), batches, max_eval, device, progress)
     finally:
         model.train(was_training)
     right, loss = base.tensors()

@@ -149,15 +149,20 @@ class _BlockPass:
         self.scorer = step.scorer(s)
         self.scores = self.scorer(s.teacher, list(self.blocks.values()))
         self.gains = dict(self.scores.gains)
-        s.emit(
+        self._emit_scores(0)
+        self.removed: list[str] = []
+        self.rounds: list[RoundRecord] = []
+
+    def _emit_scores(self, round_: int) -> None:
+        """The ``scored`` event: the scores the selection of round ``round_`` uses."""
+        self.s.emit(
             {
                 "event": "scored",
+                "round": round_,
                 "scores": to_plain(self.scores.probes),
                 "removals": to_plain(self.scores.removals),
             }
         )
-        self.removed: list[str] = []
-        self.rounds: list[RoundRecord] = []
 
     def _budget(self) -> tuple[float, float]:
         """The budget (s) at profile time and the least any removal reaches (s)."""
@@ -207,7 +212,11 @@ class _BlockPass:
                 # Iterative mode: refresh the scores on the pruned model; removed blocks keep 0.
                 self.scores = self.scorer(student, list(self.blocks.values()))
                 self.gains = {name: self.scores.gains.get(name, 0.0) for name in self.gains}
-            student, record = self._round(i, target, student)
+                self._emit_scores(i)
+            # Without iterative_finetune the rounds before the last rescore the pruned model as
+            # it is, so the scores see what the removals cost together at one fine-tune's price.
+            tune = self.opts.iterative_finetune or i + 1 >= len(targets)
+            student, record = self._round(i, target, student, tune)
             i += 1
             if i < len(targets):
                 self.rounds.append(record)
@@ -219,9 +228,10 @@ class _BlockPass:
         self._leave(student)
 
     def _round(
-        self, i: int, target: float, student: fx.GraphModule
+        self, i: int, target: float, student: fx.GraphModule, tune: bool = True
     ) -> tuple[fx.GraphModule, RoundRecord]:
-        """Select to ``target`` (s), remove, fine-tune: the round's record, not yet measured."""
+        """Select to ``target`` (s), remove, fine-tune (when ``tune``): the round's record, not
+        yet measured."""
         s = self.s
         self.selection = distributed.from_main(  # every rank removes what rank 0 selected
             lambda: self.select(self.candidates(), self._rest(), target, self.removed, self.opts)
@@ -240,7 +250,7 @@ class _BlockPass:
         s.step("surgery", i, i + 1)
         s.student = remove_more(student, [self.blocks[n] for n in new], s.spec, s.data.train)
         self.removed.extend(new)
-        before, after = s.recover(bool(new))
+        before, after = s.recover(tune and bool(new))
         s.emit(
             {"event": "finetuned", "round": i, "accuracy_before": before, "accuracy_after": after}
         )

@@ -94,7 +94,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "chosen from the latency each pass saves per multiplication removed on this device)",
     )
     p.add_argument(
-        "--iterative", action="store_true", help="remove in rounds, rescoring after each"
+        "--iterative",
+        action="store_true",
+        help="remove in rounds toward the budget, rescoring the pruned model after each",
+    )
+    p.add_argument(
+        "--iterative-rounds",
+        type=positive_int,
+        default=DepthOptions.iterative_rounds,
+        metavar="K",
+        help=f"--iterative: how many rounds ({DepthOptions.iterative_rounds})",
+    )
+    p.add_argument(
+        "--finetune-last",
+        action="store_true",
+        help="--iterative: fine-tune once, after the last round; the rounds before it only "
+        "remove and rescore (one fine-tuning's cost instead of one per round)",
     )
     p.add_argument(
         "--calibration-samples",
@@ -195,7 +210,12 @@ def print_report(r: PruneReport) -> None:
 
 
 # Config fields whose flag is not --field-name.
-FLAGS = {"budget_s": "--budget-ms", "timing_budget_s": "--budget-s", "table": "--table/--no-table"}
+FLAGS = {
+    "budget_s": "--budget-ms",
+    "timing_budget_s": "--budget-s",
+    "table": "--table/--no-table",
+    "iterative_finetune": "--finetune-last",
+}
 
 
 def flag_names(e: ConfigError) -> str:
@@ -225,6 +245,8 @@ def handle(args: argparse.Namespace) -> int:
                 "sparsity_epochs": args.sparsity_epochs,
                 "depth_share": args.depth_share,
                 "iterative": args.iterative,
+                "iterative_rounds": args.iterative_rounds,
+                "iterative_finetune": not args.finetune_last,
                 "calibration_samples": args.calibration_samples,
                 "heldout_samples": args.heldout_samples,
                 "epochs": args.epochs,
