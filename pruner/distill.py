@@ -11,14 +11,14 @@ keeps the gradient scale of the soft term independent of T.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import FitResult, fit
+from .train import EpochStats, FitResult, fit
 
 
 def kd_loss(
@@ -89,6 +89,7 @@ def finetune(
     patience: int | None = 2,
     device: str = "cpu",
     progress: bool = True,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
     """Fine-tune ``student`` (an nn.Module or torch.fx GraphModule) in place by distillation.
 
@@ -110,4 +111,5 @@ def finetune(
             device=device,
             progress=progress,
             patience=patience,
+            on_epoch=on_epoch,
         )

@@ -375,6 +375,7 @@ def fit(
     state_path: str | os.PathLike[str] | None = None,
     resume: bool = False,
     settings: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with SGD (Nesterov momentum) and a per-step schedule.
 
@@ -390,7 +391,8 @@ def fit(
     With ``state_path`` a resume file is written there after every epoch (see
     :mod:`pruner.train_state`); with ``resume`` too and that file present, the
     run continues after its last whole epoch. ``settings`` (JSON values) join
-    fit's own in what a resumed run must match.
+    fit's own in what a resumed run must match. ``on_epoch`` hears every finished epoch
+    (a daemon's job reports its progress through it).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -435,6 +437,8 @@ def fit(
             )
             stats = _close_epoch(model, val, device, run, (epoch, loss, acc), current_lr, t0)
             _report_epoch(bar, task, stats, epochs, log_lines=progress and distributed.is_main())
+            if on_epoch is not None:
+                on_epoch(stats)
             if path is not None and distributed.is_main():
                 _save_run(path, run, model, optimizer, train, all_settings)
     return _finish(model, run, time.perf_counter() - start)

@@ -170,7 +170,7 @@ def test_iterative_mode_removes_in_rounds(checkpoint, tmp_path):
 def test_finetune_last_rescores_between_rounds_and_tunes_once(checkpoint, tmp_path):
     """Without iterative_finetune the first round only removes; the second is scored on that
     pruned, untuned model (without what the first removed), and the last round fine-tunes."""
-    events = []
+    events, steps = [], []
     report = prune_checkpoint(
         _config(
             checkpoint,
@@ -182,7 +182,12 @@ def test_finetune_last_rescores_between_rounds_and_tunes_once(checkpoint, tmp_pa
             iterative_finetune=False,
         ),
         on_event=events.append,
+        progress=lambda *step: steps.append(step),
     )
+    # Every round but the first fine-tunes (one epoch; a round over budget adds one), its
+    # progress reported as it starts and as the epoch ends.
+    tuned = [s for s in steps if s[0] == "finetuning"]
+    assert tuned == [("finetuning", 0, 1), ("finetuning", 1, 1)] * (len(report.rounds) - 1)
     scored = [e for e in events if e["event"] == "scored"]
     assert [e["round"] for e in scored] == [0, 1]
     first, last = report.rounds[0], report.rounds[-1]

@@ -104,6 +104,7 @@ class PruneState:
         before = evaluate(self.student, self.test, run.device).accuracy
         if not (tune and run.epochs > 0):
             return before, before
+        self.step("finetuning", 0, run.epochs)
         finetune(
             self.student,
             self.teacher,
@@ -113,6 +114,7 @@ class PruneState:
             lr=run.lr,
             device=run.device,
             progress=run.progress_bar,
+            on_epoch=lambda stats: self.step("finetuning", stats.epoch, run.epochs),
         )
         return before, evaluate(self.student, self.test, run.device).accuracy
 
