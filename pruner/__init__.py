@@ -17,6 +17,7 @@ _LAZY = {
     "Budget": "config",
     "ConfigError": "config",
     "DATASETS": "config",
+    "DEFAULT_METHOD": "config",
     "DepthOptions": "config",
     "IOOptions": "config",
     "METHODS": "config",

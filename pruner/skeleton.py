@@ -43,6 +43,7 @@ from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
 from .adapt import recorded_adaptation
 from .config import (
+    DEFAULT_METHOD,
     Budget,
     DepthOptions,
     PruneConfig,
@@ -74,7 +75,7 @@ def prune(
     data: DataBundle,
     budget: float | Budget,
     *,
-    method: str = "dbp",
+    method: str = DEFAULT_METHOD,
     epochs: int = 2,
     table: LatencyTable | None = None,
     on_event: EventFn | None = None,

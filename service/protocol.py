@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from pruner.config import DATASETS, METHODS
+from pruner.config import DATASETS, DEFAULT_METHOD, METHODS
 
 from .ranks import MAX_RANKS
 from .trust import untrusted_reason
@@ -159,7 +159,7 @@ class PruneParams(ModelParams, kw_only=True):
 
     budget_s: Annotated[float, Meta(ge=1e-9, le=3600.0)] | None = None
     budget_ratio: Annotated[float, Meta(ge=1e-6, le=1.0)] | None = None
-    method: Literal[PRUNE_METHODS] = "dbp"  # type: ignore[valid-type]
+    method: Literal[PRUNE_METHODS] = DEFAULT_METHOD  # type: ignore[valid-type]
     dataset: Name = "digits"
     output: Text | None = None
     options: Options = {}

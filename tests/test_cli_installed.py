@@ -68,8 +68,8 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     out = work / "pruned"
     result = ok(
         prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
-                "--budget", "0.9", "--epochs", "1", "--limit", "200", *QUICK_TIMING,
-                "--calibration-samples", "150", "--heldout-samples", "40",
+                "--method", "dbp", "--budget", "0.9", "--epochs", "1", "--limit", "200",
+                *QUICK_TIMING, "--calibration-samples", "150", "--heldout-samples", "40",
                 "--out", str(out), "--json")
     )  # fmt: skip
     report = json.loads(result.stdout)
@@ -77,7 +77,8 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     config = report["config"]
     assert (config["calibration_samples"], config["heldout_samples"]) == (150, 40)
     # Every probe gain comes with its standard error over the 40 held-out images.
-    assert all(s["loss_gain_se"] >= 0 for s in report["depth"]["scores"])
+    scores = report["depth"]["scores"]
+    assert scores and all(s["loss_gain_se"] >= 0 for s in scores)
     # The exported program passes the .pt2 inspection and profiles like any model.
     ok(prunerd("profile", str(out / "pruned.pt2"), "--in-channels", "1", "--input-size", "8x8",
                *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip

@@ -56,7 +56,8 @@ def test_pipeline_writes_report_plan_and_rebuildable_checkpoint(checkpoint, tmp_
         "version",
     ):
         assert key in d
-    assert d["width"] is None and d["split"] is None and d["depth"]["scores"]
+    assert d["width"] is None and d["split"] is None and d["depth"]["removals"]
+    assert d["method"] == "removal"  # the default
     for key in ("latency_s", "accuracy", "flops", "params"):
         assert key in d["baseline"] and key in d["pruned"]
     assert PruneReport.from_json((out / "report.json").read_text()).to_dict() == report.to_dict()

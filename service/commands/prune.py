@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pruner.config import (
     DATASETS,
+    DEFAULT_METHOD,
     METHOD_INFO,
     METHODS,
     ConfigError,
@@ -33,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prune",
         help="remove blocks until a latency budget is met, then fine-tune and measure",
         description=(
-            "Profile MODEL's blocks on this device, score them (DBP linear probes), remove the "
-            "blocks that buy the most latency for the least discrimination until the predicted "
-            "latency fits the budget, fine-tune with distillation from the unpruned model, and "
+            "Profile MODEL's blocks on this device, score them (by default: the held-out loss "
+            "the model loses without each; --method dbp: DBP linear probes), remove the blocks "
+            "that buy the most latency for the least loss until the predicted latency fits the "
+            "budget, fine-tune with distillation from the unpruned model, and "
             "measure; if the measured latency is over the budget, remove more and repeat. "
             "Writes DIR/report.json, DIR/plan.json, DIR/pruned.pt and DIR/pruned.pt2."
         ),
@@ -59,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         choices=METHODS,
-        default="dbp",
-        help="; ".join(f"{m.name}: {m.summary}" for m in METHOD_INFO.values()) + " (default dbp)",
+        default=DEFAULT_METHOD,
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHOD_INFO.values())
+        + f" (default {DEFAULT_METHOD})",
     )
     p.add_argument(
         "--target-macs", type=fraction, metavar="RATIO", help="hfp: keep this ratio of the MACs"
