@@ -391,13 +391,9 @@ def fit(
     With ``state_path`` a resume file is written there after every epoch (see
     :mod:`pruner.train_state`); with ``resume`` too and that file present, the
     run continues after its last whole epoch. ``settings`` (JSON values) join
-    fit's own in what a resumed run must match. ``on_epoch`` hears every finished epoch
-    (a daemon's job reports its progress through it).
+    fit's own in what a resumed run must match. ``on_epoch`` hears each finished epoch.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1 or None, got {patience}")
+    _check_counts(epochs, patience)
     schedule = schedule or Schedule()
     loss_fn = loss_fn or smoothed_cross_entropy(label_smoothing)
     model.to(device)
@@ -442,6 +438,13 @@ def fit(
             if path is not None and distributed.is_main():
                 _save_run(path, run, model, optimizer, train, all_settings)
     return _finish(model, run, time.perf_counter() - start)
+
+
+def _check_counts(epochs: int, patience: int | None) -> None:
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 or None, got {patience}")
 
 
 def _close_epoch(

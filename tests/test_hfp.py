@@ -140,7 +140,7 @@ def test_closed_channels_are_removed_without_changing_the_output() -> None:
 
 def test_option_errors_name_the_field_and_value() -> None:
     common = dict(model="resnet20", checkpoint="x.pt", data="digits", out="o")
-    with pytest.raises(ConfigError, match="thin channels \\(hfp, dbp\\+hfp\\), not 'dbp'"):
+    with pytest.raises(ConfigError, match="thin channels \\(hfp, dbp\\+hfp\\), not 'removal'"):
         PruneConfig.from_flat(dict(common, budget=0.5, target_macs=0.5))
     with pytest.raises(ConfigError, match="target_params is a ratio .* got 0.0"):
         PruneConfig.from_flat(dict(common, method="hfp", target_params=0.0))
