@@ -104,15 +104,20 @@ def test_prune_job_errors(daemon: DaemonProcess) -> None:
         assert "may not set ['out']" in json.dumps(client.result(job["id"]))
 
 
-def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
-    """``method: removal`` runs through the daemon and its scores come back in the report; a
-    method that is not registered is refused by name, and the daemon goes on serving."""
-    params = {
+def _synthetic_prune(daemon: DaemonProcess) -> dict:
+    """A prune request's fields for the saved resnet20 on synthetic data, at budget 0.7."""
+    return {
         "model": "resnet20",
         "checkpoint": str(daemon.root / "resnet20.pt"),
         "dataset": "synthetic",
         "budget_ratio": 0.7,
     }
+
+
+def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
+    """``method: removal`` runs through the daemon and its scores come back in the report; a
+    method that is not registered is refused by name, and the daemon goes on serving."""
+    params = _synthetic_prune(daemon)
     with daemon.client() as client:
         with pytest.raises(RequestError) as e:
             client.submit("prune", **params, method="removal; rm -rf /", options=QUICK)
@@ -130,12 +135,7 @@ def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
 def test_options_of_the_wrong_type_fail_the_job_by_name(daemon: DaemonProcess) -> None:
     """A request's ``"iterative": "no"`` is not a truthy string that switches rounds on: the
     job fails naming ``params.options.iterative``, and the daemon serves the next job."""
-    params = {
-        "model": "resnet20",
-        "checkpoint": str(daemon.root / "resnet20.pt"),
-        "dataset": "synthetic",
-        "budget_ratio": 0.7,
-    }
+    params = _synthetic_prune(daemon)
     with daemon.client() as client:
         job = client.submit("prune", **params, options={**QUICK, "iterative": "no"})
         assert client.wait(job["id"], timeout_s=120)["status"] == "failed"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import torch.fx as fx
+from torch import nn
 
 from profiler import trace
 from profiler.plain import to_plain
@@ -147,14 +148,16 @@ class _BlockPass:
         self.blocks = {t.block.name: t.block for t in s.profile.blocks}
         self.budget_s, self.floor = self._budget()
         self.scorer = step.scorer(s)
-        self.scores = self.scorer(s.teacher, list(self.blocks.values()))
-        self.gains = dict(self.scores.gains)
-        self._emit_scores(0)
+        self.gains: dict[str, float] = {}
+        self._score(s.teacher, 0)
         self.removed: list[str] = []
         self.rounds: list[RoundRecord] = []
 
-    def _emit_scores(self, round_: int) -> None:
-        """The ``scored`` event: the scores the selection of round ``round_`` uses."""
+    def _score(self, model: nn.Module, round_: int) -> None:
+        """Score the blocks ``model`` still has for round ``round_``, and say so in a
+        ``scored`` event; blocks an earlier round removed keep a gain of 0."""
+        self.scores = self.scorer(model, list(self.blocks.values()))
+        self.gains = {**dict.fromkeys(self.gains, 0.0), **self.scores.gains}
         self.s.emit(
             {
                 "event": "scored",
@@ -199,7 +202,7 @@ class _BlockPass:
     def run(self) -> None:
         s = self.s
         if self.opts.iterative:
-            k = max(1, self.opts.iterative_rounds)
+            k = self.opts.iterative_rounds  # >= 1, DepthOptions checks
             base_s = s.profile.end_to_end_s  # type: ignore[union-attr]
             targets = [base_s * (self.budget_s / base_s) ** ((i + 1) / k) for i in range(k)]
         else:
@@ -209,10 +212,7 @@ class _BlockPass:
         while True:
             target = targets[i] if i < len(targets) else targets[-1]
             if i > 0 and self.opts.iterative and i < len(targets) and self.scorer.refresh:
-                # Iterative mode: refresh the scores on the pruned model; removed blocks keep 0.
-                self.scores = self.scorer(student, list(self.blocks.values()))
-                self.gains = {name: self.scores.gains.get(name, 0.0) for name in self.gains}
-                self._emit_scores(i)
+                self._score(student, i)  # iterative mode: the pruned model, scored afresh
             # Without iterative_finetune the rounds before the last rescore the pruned model as
             # it is, so the scores see what the removals cost together at one fine-tune's price.
             tune = self.opts.iterative_finetune or i + 1 >= len(targets)
