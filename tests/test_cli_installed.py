@@ -227,6 +227,19 @@ def test_submit_prune_is_refused_an_existing_output(
     ok(prunerd("cancel", job["id"], *daemon["connect"]))
 
 
+def test_submit_prune_with_an_option_of_the_wrong_type(daemon: dict, baseline: Path) -> None:
+    """`--option iterative=no` reaches the daemon as the string "no": the job fails naming
+    the option and the value, and the daemon serves the next job."""
+    failed = prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
+                     "--budget-ratio", "0.9", "--dataset", "digits", "--option", "iterative=no",
+                     "--wait", *daemon["connect"], timeout=120)  # fmt: skip
+    assert failed.returncode == 1
+    assert "params.options.iterative must be true or false, got 'no'" in failed.stdout
+    assert daemon["proc"].poll() is None
+    ok(prunerd("submit", "selftest", "--seconds", "0.2", "--steps", "2", "--wait",
+               *daemon["connect"]))  # fmt: skip
+
+
 def test_keys(work: Path) -> None:
     ok(prunerd("keys", "bob", "--dir", str(work / "keys")))
     assert (work / "keys" / "bob.key_secret").stat().st_mode & 0o777 == 0o600
