@@ -20,7 +20,8 @@ test set, which no decision reads. The methods:
 - tp-magnitude, tp-taylor (and tp-bn-scale): Torch-Pruning's pruner with its own
   importance (L1 magnitude; |w * dL/dw| on the first batches of the seeded training
   order; |BN gamma|), global ranking, its ratio bisected to the same MACs as hfp;
-- dbp+hfp: blocks then filters through ``pruner.prune``, to the latency budget.
+- dbp+hfp, removal+hfp: blocks (by DBP gains, or by removal loss) then filters through
+  ``pruner.prune``, to the latency budget.
 
 All are fine-tuned alike: distillation from the baseline for ``--finetune-epochs``
 (after each removal round for the pruner's methods), lr 0.01, the best epoch on the
@@ -85,7 +86,8 @@ DEFAULT_OUT = Path("bench/results/dbp_table")
 BLOCK_METHODS = ("dbp", "random", "l1", "removal")
 FILTER_METHODS = ("hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale")
 METHODS = (
-    "dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale", "dbp+hfp", "removal"
+    "dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "tp-bn-scale", "dbp+hfp", "removal",
+    "removal+hfp",
 )  # fmt: skip
 DEFAULT_METHODS = ["dbp", "random", "l1", "hfp", "tp-magnitude", "tp-taylor", "dbp+hfp"]
 GOAL_SPEEDUP, GOAL_LOSS, GOAL_RATIO = 2.0, 0.005, 1.2
@@ -909,7 +911,7 @@ def run_lines(rows: list[dict], batches: list[int]) -> list[str]:
 
 def plot(plt, points: list[dict], base_acc: float, batches: list[int], png: Path) -> None:
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-    markers = dict(zip(METHODS, "osv^<>pD*", strict=True))
+    markers = dict(zip(METHODS, "osv^<>pD*X", strict=True))
     for ax, b in zip(axes[0], batches):
         k = f"speedup_b{b}"
         for m in METHODS:

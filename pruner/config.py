@@ -46,7 +46,14 @@ METHOD_INFO: dict[str, MethodInfo] = {
         MethodInfo("hfp", "filters: gates trained to the targets, exact widths", widths=True),
         MethodInfo(
             "dbp+hfp",
-            "blocks, then filters, one budget split by what each saves",
+            "blocks by DBP gains, then filters, one budget split by what each saves",
+            blocks=True,
+            widths=True,
+            fraction_only=True,
+        ),
+        MethodInfo(
+            "removal+hfp",
+            "blocks by held-out loss rise, then filters, one budget split by what each saves",
             blocks=True,
             widths=True,
             fraction_only=True,
@@ -198,7 +205,7 @@ class DepthOptions:
 @dataclass(frozen=True)
 class WidthOptions:
     """Filter pruning: channel counts are multiples of ``round_to``; the gates train for
-    ``sparsity_epochs``; dbp+hfp's block pass takes ``depth_share`` of the cut (None: chosen
+    ``sparsity_epochs``; the block pass of dbp+hfp and removal+hfp takes ``depth_share`` of the cut (None: chosen
     from what each pass buys on this device); a ratio more than ``width_tolerance`` under its
     target is a warning."""
 

@@ -126,6 +126,27 @@ def test_iterative_removal_fine_tuned_after_the_last_round(work: Path, baseline:
     assert report["config"]["iterative_finetune"] is False
 
 
+def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> None:
+    """``--method removal+hfp --depth-share 0.5``: the block pass scores by removal loss, the
+    width pass thins what is left, one budget between them; the pruned model loads."""
+    out = work / "removal-hfp"
+    result = ok(
+        prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                "--method", "removal+hfp", "--budget", "0.6", "--depth-share", "0.5",
+                "--epochs", "1", "--limit", "200", *QUICK_TIMING, "--heldout-samples", "60",
+                "--out", str(out), "--json")
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["depth"]["removals"] and not report["depth"]["scores"]
+    split = report["split"]
+    assert split["depth"] * split["width"] == pytest.approx(0.6)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["method"] == "removal+hfp" and plan["removed"] and plan["channels"]
+    evaluated = ok(prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt"),
+                           "--data", "digits", "--limit", "100", "--json"))  # fmt: skip
+    assert json.loads(evaluated.stdout)["n"] == 100
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
 def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
     result = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",

@@ -140,7 +140,9 @@ def test_closed_channels_are_removed_without_changing_the_output() -> None:
 
 def test_option_errors_name_the_field_and_value() -> None:
     common = dict(model="resnet20", checkpoint="x.pt", data="digits", out="o")
-    with pytest.raises(ConfigError, match="thin channels \\(hfp, dbp\\+hfp\\), not 'removal'"):
+    with pytest.raises(
+        ConfigError, match="thin channels \\(hfp, dbp\\+hfp, removal\\+hfp\\), not 'removal'"
+    ):
         PruneConfig.from_flat(dict(common, budget=0.5, target_macs=0.5))
     with pytest.raises(ConfigError, match="target_params is a ratio .* got 0.0"):
         PruneConfig.from_flat(dict(common, method="hfp", target_params=0.0))
@@ -193,12 +195,14 @@ def test_hfp_pipeline_on_digits_rebuilds_from_the_plan(tmp_path, digits_resnet20
     assert report.pruned.accuracy > 0.5  # digits: 10 classes, chance is 0.1
 
 
-def depth_then_width_config(checkpoint, tmp_path, out: str, **kw) -> PruneConfig:
-    """dbp+hfp at budget 0.6 on digits, writing to ``tmp_path / out``."""
+def depth_then_width_config(
+    checkpoint, tmp_path, out: str, method: str = "dbp+hfp", **kw
+) -> PruneConfig:
+    """``method`` (blocks, then filters) at budget 0.6 on digits, writing to ``tmp_path / out``."""
     return digits_config(
         checkpoint,
         tmp_path / out,
-        method="dbp+hfp",
+        method=method,
         budget=0.6,
         table=str(tmp_path / "lut.sqlite"),
         calibration_samples=300,
@@ -207,14 +211,18 @@ def depth_then_width_config(checkpoint, tmp_path, out: str, **kw) -> PruneConfig
     )
 
 
-def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20) -> None:
+@pytest.mark.parametrize("method", ["dbp+hfp", "removal+hfp"])
+def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20, method) -> None:
     # depth_share 0.5: both passes cut, whatever each saves on this machine.
     report = prune_checkpoint(
-        depth_then_width_config(digits_resnet20, tmp_path, "both", depth_share=0.5)
+        depth_then_width_config(digits_resnet20, tmp_path, "both", method, depth_share=0.5)
     )
     plan = PrunePlan.from_json((tmp_path / "both" / "plan.json").read_text())
-    assert plan.method == "dbp+hfp" and plan.removed and plan.channels
+    assert plan.method == method and plan.removed and plan.channels
     assert report.removed_blocks == plan.removed_names
+    # The block pass scored with the method's own criterion.
+    assert bool(report.depth.removals) == (method == "removal+hfp")
+    assert bool(report.depth.scores) == (method == "dbp+hfp")
     split = report.split
     assert split.depth * split.width == pytest.approx(0.6)
     assert split.width < 1.0 and split.reason == "depth_share 0.5"

@@ -88,6 +88,7 @@ BUDGETS = {
     "l1": 0.7,
     "hfp": Budget(macs=0.5),
     "dbp+hfp": 0.6,
+    "removal+hfp": 0.6,
 }
 
 
@@ -117,7 +118,7 @@ def test_every_method_report_round_trips_json(digits_model, table, method):
     assert (report.split is not None) == (info.blocks and info.widths)
     if report.depth is not None:
         assert (len(report.depth.scores) > 0) == (method in ("dbp", "greedy", "dbp+hfp"))
-        assert (len(report.depth.removals) > 0) == (method == "removal")
+        assert (len(report.depth.removals) > 0) == (method in ("removal", "removal+hfp"))
         assert [c.name for c in report.depth.candidates]
     if report.width is not None and report.width.targets.get("macs"):
         assert report.width.macs_ratio == pytest.approx(report.pruned.macs / report.baseline.macs)

@@ -61,6 +61,7 @@ register("random", [BlockStep(seeded_random, InOrder("random"))])
 register("l1", [BlockStep(l1, InOrder("l1"))])
 register("hfp", [WidthStep()])
 register("dbp+hfp", [SplitStep(), BlockStep(probes, ExactDP()), WidthStep()])
+register("removal+hfp", [SplitStep(), BlockStep(removals, ExactDP()), WidthStep()])
 
 __all__ = [
     "REGISTRY",

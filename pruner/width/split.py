@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BudgetSplit:
-    """How dbp+hfp divides one latency budget between its two passes.
+    """How dbp+hfp and removal+hfp divide one latency budget between their two passes.
 
     ``depth`` is the block pass's budget (a fraction of the baseline latency),
     ``width`` the latency ratio the width pass takes of what the blocks leave;

@@ -93,8 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="dbp+hfp: share of the latency cut the block pass takes, in [0, 1] (default: "
-        "chosen from the latency each pass saves per multiplication removed on this device)",
+        help="dbp+hfp, removal+hfp: share of the latency cut the block pass takes, in [0, 1] "
+        "(default: chosen from the latency each pass saves per multiplication removed on this "
+        "device)",
     )
     p.add_argument(
         "--iterative",
