@@ -205,18 +205,23 @@ class DepthOptions:
 @dataclass(frozen=True)
 class WidthOptions:
     """Filter pruning: channel counts are multiples of ``round_to``; the gates train for
-    ``sparsity_epochs``; the block pass of dbp+hfp and removal+hfp takes ``depth_share`` of the cut (None: chosen
-    from what each pass buys on this device); a ratio more than ``width_tolerance`` under its
-    target is a warning."""
+    ``sparsity_epochs``; the block pass of dbp+hfp and removal+hfp takes ``depth_share`` of
+    the cut (None: chosen from what each pass buys on this device); a ratio more than
+    ``width_tolerance`` under its target is a warning. Under a latency budget the widths are
+    fitted at most ``max_fits`` times: each fit is measured before fine-tuning, and one over
+    the budget tightens the next fit's latency target by budget / measured."""
 
     round_to: int = 8
     sparsity_epochs: int = 1
     depth_share: float | None = None
     width_tolerance: float = 0.02
+    max_fits: int = 3
 
     def __post_init__(self) -> None:
         if self.round_to < 1:
             raise ConfigError(f"{{round_to}} must be >= 1 channel, got {self.round_to}", "round_to")
+        if self.max_fits < 1:
+            raise ConfigError(f"{{max_fits}} must be >= 1, got {self.max_fits}", "max_fits")
         if self.depth_share is not None and not 0.0 <= self.depth_share <= 1.0:
             raise ConfigError(
                 f"{{depth_share}} must be in [0, 1], got {self.depth_share}", "depth_share"

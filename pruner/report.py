@@ -66,7 +66,9 @@ class DepthSection:
 class WidthSection:
     """The width pass: its targets and the ratios the fit reached (of the model entering the
     pass), kept channels per group root, where gate training ended, and the MACs and
-    parameter ratios of the final model to the unpruned one."""
+    parameter ratios of the final model to the unpruned one. Under a latency budget the
+    widths were fitted ``fits`` times (see ``WidthOptions.max_fits``); ``targets`` holds the
+    latency ratio the last fit used, tightened by what the earlier fits measured."""
 
     targets: dict[str, float]
     ratios: dict[str, float]
@@ -74,6 +76,7 @@ class WidthSection:
     gates: GateRecord
     macs_ratio: float
     params_ratio: float
+    fits: int = 1
 
 
 @dataclass(frozen=True)

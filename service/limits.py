@@ -26,7 +26,7 @@ FEATURE_CHANNELS = 256
 BYTES_PER_VALUE = 4
 
 # Prune options that multiply a job's run time, by the bound that caps them.
-EPOCH_OPTIONS = ("epochs", "sparsity_epochs", "iterative_rounds", "max_rounds")
+EPOCH_OPTIONS = ("epochs", "sparsity_epochs", "iterative_rounds", "max_rounds", "max_fits")
 THREAD_OPTIONS = ("threads", "latency_threads")
 # Counts that size a job's data or search; fixed ceilings well above any useful value.
 COUNT_OPTIONS = {

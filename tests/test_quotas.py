@@ -176,6 +176,7 @@ def test_request_bounds(daemon: DaemonProcess) -> None:
     for option, value, setting in (
         ("epochs", 11, "max_epochs"),
         ("iterative_rounds", 1000, "max_epochs"),
+        ("max_fits", 1000, "max_epochs"),
         ("threads", 3, "max_threads"),
         ("timing_budget_s", 31.0, "max_timing_budget_s"),
         ("batch_size", 257, "max_batch_size"),

@@ -1,0 +1,112 @@
+"""The width pass under a latency budget measures each fit and refits one over the budget.
+
+The width-latency model sums convolutions timed alone; what it leaves out can make a fit
+miss the budget. These tests give the pass a width model that claims three times the savings
+it measured (the real model, its savings tripled: a fit to 0.7 runs at about 0.9) and check that the pass catches the miss by
+measurement, refits tighter from the same gates, and says so in the report and its events.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from profiler import load_model, read_checkpoint
+from pruner import (
+    ConfigError,
+    PruneConfig,
+    PruneReport,
+    RunOptions,
+    WidthOptions,
+    apply_plan,
+    cached_baseline,
+    load_data,
+    prune,
+)
+from pruner.methods import widths
+from pruner.methods.widths import refit_ratio
+
+QUICK_RUN = RunOptions(timing_budget_s=0.3, threads=1, test_samples=200)
+
+
+class Overconfident:
+    """A width-latency model whose predicted savings are ``factor`` x the real model's."""
+
+    def __init__(self, real, factor: float) -> None:
+        self.real, self.factor = real, factor
+        self.layers, self.base_s = real.layers, real.base_s
+
+    def __call__(self, n):
+        return self.base_s - self.factor * (self.base_s - self.real(n))
+
+
+@given(
+    fitted=st.floats(0.05, 0.95),
+    goal=st.floats(0.3, 0.95),
+    honesty=st.floats(0.2, 1.0),
+)
+def test_refit_ratio_hits_the_goal_when_the_error_scales_with_the_saving(fitted, goal, honesty):
+    # The device saves ``honesty`` of every saving the model predicts.
+    def measured(r: float) -> float:
+        return 1.0 - honesty * (1.0 - r)
+
+    nxt = refit_ratio(fitted, measured(fitted), goal)
+    assert measured(nxt) == pytest.approx(goal)
+
+
+def test_refit_ratio_without_a_measured_saving_scales_the_ratio():
+    assert refit_ratio(0.5, 1.02, 0.8) == pytest.approx(0.5 * 0.8 / 1.02)
+    assert refit_ratio(0.6, 0.8, 0.6) == pytest.approx(0.2)  # savings measured at half
+
+
+def test_max_fits_is_checked_by_name():
+    with pytest.raises(ConfigError, match="max_fits must be >= 1, got 0"):
+        WidthOptions(max_fits=0)
+    common = dict(model="resnet20", checkpoint="c.pt", data="digits", out="o", method="hfp")
+    config = PruneConfig.from_flat(dict(common, budget=0.5, max_fits=2))
+    assert config.options.width.max_fits == 2
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    ckpt = cached_baseline(
+        "resnet20", "digits", 3, cache_dir=tmp_path_factory.mktemp("ckpt"), progress=False
+    )
+    spec = read_checkpoint(ckpt).spec
+    return load_model(spec, checkpoint=ckpt), spec, load_data("digits", batch_size=128)
+
+
+def _prune(digits_model, monkeypatch, max_fits: int):
+    real = widths.width_model
+    monkeypatch.setattr(widths, "width_model", lambda *a: Overconfident(real(*a), 3.0))
+    model, spec, data = digits_model
+    events: list[dict] = []
+    result = prune(
+        model, spec, data, 0.7, method="hfp", epochs=0, run=QUICK_RUN,
+        width=WidthOptions(max_fits=max_fits), on_event=events.append,
+    )  # fmt: skip
+    return result, events
+
+
+def test_a_fit_over_the_budget_is_measured_and_refitted(digits_model, monkeypatch):
+    result, events = _prune(digits_model, monkeypatch, max_fits=3)
+    report = result.report
+    refits = [e for e in events if e["event"] == "refit"]
+    assert refits, "a model claiming 3x its savings fits widths the device measures too slow"
+    ratios = [0.7] + [e["latency_ratio"] for e in refits]  # the budget: the unpruned model's 0.7
+    tightened = [b for a, b in zip(ratios, ratios[1:], strict=False) if b < a]
+    assert report.width.fits == 1 + len(tightened) <= 3
+    assert all(e["latency_s"] > e["budget_s"] for e in refits)  # refitted only when over
+    if tightened:  # the report keeps the target the last fit used
+        assert report.width.targets["latency"] == pytest.approx(tightened[-1])
+    assert PruneReport.from_json(report.to_json()) == report
+    # The refitted model is what the plan rebuilds.
+    model, _, _ = digits_model
+    apply_plan(model, result.plan).load_state_dict(result.model.state_dict())
+
+
+def test_one_fit_trusts_the_width_model(digits_model, monkeypatch):
+    result, events = _prune(digits_model, monkeypatch, max_fits=1)
+    assert not [e for e in events if e["event"] == "refit"]
+    assert result.report.width.fits == 1
