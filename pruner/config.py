@@ -208,8 +208,9 @@ class WidthOptions:
     ``sparsity_epochs``; the block pass of dbp+hfp and removal+hfp takes ``depth_share`` of
     the cut (None: chosen from what each pass buys on this device); a ratio more than
     ``width_tolerance`` under its target is a warning. Under a latency budget the widths are
-    fitted at most ``max_fits`` times: each fit is measured before fine-tuning, and one over
-    the budget tightens the next fit's latency target by budget / measured."""
+    fitted at most ``max_fits`` times: each fit is measured before fine-tuning, and one more
+    than the run's tolerance over or under the budget corrects the next fit's latency
+    target by what it measured (1: trust the width-latency model, measure nothing)."""
 
     round_to: int = 8
     sparsity_epochs: int = 1

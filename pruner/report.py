@@ -67,8 +67,9 @@ class WidthSection:
     """The width pass: its targets and the ratios the fit reached (of the model entering the
     pass), kept channels per group root, where gate training ended, and the MACs and
     parameter ratios of the final model to the unpruned one. Under a latency budget the
-    widths were fitted ``fits`` times (see ``WidthOptions.max_fits``); ``targets`` holds the
-    latency ratio the last fit used, tightened by what the earlier fits measured."""
+    widths were fitted ``fits`` times (see ``WidthOptions.max_fits``), each measured
+    (``fit_latencies_s``, seconds per batch, before fine-tuning), and fit ``kept_fit``
+    (0-based) was kept; ``targets`` holds the latency ratio that fit used."""
 
     targets: dict[str, float]
     ratios: dict[str, float]
@@ -77,6 +78,8 @@ class WidthSection:
     macs_ratio: float
     params_ratio: float
     fits: int = 1
+    fit_latencies_s: tuple[float, ...] = ()
+    kept_fit: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Targets are MACs and/or parameter ratios of the model entering the step, and/or
 the latency budget through the measured width-latency model. That model sums
 convolutions timed alone; the whole model also pays for what it does not time
 (normalisation, activations, additions, per-layer overhead), so under a latency
-budget each fit is measured before fine-tuning and, while over the budget, refitted
-to a latency target tightened by budget / measured (``WidthOptions.max_fits``).
+budget each fit is measured before fine-tuning and, while it misses the budget
+either way, refitted to a corrected latency target (``WidthOptions.max_fits``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from typing import ClassVar
+
+from torch import nn
 
 from profiler import TimingOptions, example_input, torch_threads
 from profiler.plain import to_plain
@@ -108,7 +110,9 @@ class WidthStep:
             record,
             nan,
             nan,
-            fits,
+            len(fits),
+            tuple(f.latency_s for f in fits if f.budget_s),
+            next(i for i, f in enumerate(fits) if f.choice is choice),
         )
 
 
@@ -176,50 +180,65 @@ def _gate(s: PruneState, space: ChannelSpace, targets: list[Target]) -> tuple[Ga
     return record, gates
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """One fit: its widths, the targets it used, the thinned student, and its latency as
+    measured (s) against the budget then (s)."""
+
+    choice: WidthChoice
+    targets: list[Target]
+    student: nn.Module
+    latency_s: float = 0.0
+    budget_s: float = 0.0
+
+    @property
+    def over(self) -> float:
+        return self.latency_s / self.budget_s - 1.0
+
+
 def _fit_measured(
     s: PruneState, space: ChannelSpace, gates: Gates, targets: list[Target]
-) -> tuple[WidthChoice, list[Target], int]:
-    """Exact widths for ``targets``, their channels removed from the student; the targets the
-    last fit used, and how many fits it took.
+) -> tuple[WidthChoice, list[Target], tuple[_Fitted, ...]]:
+    """Exact widths for ``targets``, their channels removed from the student; the targets
+    the kept fit used, and every fit made (one without a latency target).
 
-    Under a latency target each fit but the last is measured, and one over the budget is
-    undone (the student goes back to a copy taken after gating) and refitted to the
-    latency ratio :func:`refit_ratio` gives, never below what the narrowest widths predict.
+    Under a latency target each fit is measured; one more than the tolerance over or under
+    the budget is refitted from a copy of the student taken after gating, to the latency
+    ratio :func:`refit_ratio` gives (between what the narrowest widths predict and 1).
+    The student kept is the slowest fit within the budget (+ tolerance), else the fastest.
     """
     width, tolerance = s.options.width, s.options.run.tolerance
     ranking, open_ = channel_ranking(space, gates), gates.widths()
     latency = next((t for t in targets if t.name == "latency"), None)
     assert s.student is not None
-    gated = copy.deepcopy(s.student) if latency is not None and width.max_fits > 1 else None
-    entry_base_s, entry_s = s.measured or (1.0, 1.0)  # as _latency_target timed them
-    for fit in range(1, width.max_fits + 1):
+    if latency is None or width.max_fits == 1:
         choice = _fit(space, ranking, targets, width.round_to, open_)
-        if gated is None or latency is None or fit == width.max_fits:
-            return choice, targets, fit
+        return choice, targets, (_Fitted(choice, targets, s.student),)
+    gated = copy.deepcopy(s.student)
+    entry_base_s, entry_s = s.measured or (1.0, 1.0)  # as _latency_target timed them
+    floor = width_floor(space, latency.cost, width.round_to)  # type: ignore[arg-type]
+    fits: list[_Fitted] = []
+    while True:
+        choice = _fit(space, ranking, targets, width.round_to, open_)
         base_now_s, measured_s = s.measure()
-        check_s = _budget_now(s, base_now_s)
-        if measured_s <= check_s * (1 + tolerance):
-            return choice, targets, fit
-        floor = width_floor(space, latency.cost, width.round_to)  # type: ignore[arg-type]
+        fits.append(_Fitted(choice, targets, s.student, measured_s, _budget_now(s, base_now_s)))
+        s.emit({"event": "fit", "fit": len(fits) - 1, "latency_ratio": latency.ratio,
+                "latency_s": measured_s, "budget_s": fits[-1].budget_s})  # fmt: skip
+        done = abs(fits[-1].over) <= tolerance or len(fits) == width.max_fits
         # The ratios' unit: the student before thinning, at the speed the baseline ran now.
         unit_s = base_now_s * entry_s / entry_base_s
-        ratio = max(refit_ratio(latency.ratio, measured_s / unit_s, check_s / unit_s), floor)
-        s.emit(
-            {
-                "event": "refit",
-                "fit": fit,
-                "latency_s": measured_s,
-                "budget_s": check_s,
-                "latency_ratio": ratio,
-            }
-        )
-        if ratio >= latency.ratio:  # at the floor already: nothing narrower to fit
-            return choice, targets, fit
+        goal = fits[-1].budget_s / unit_s
+        ratio = min(max(refit_ratio(latency.ratio, measured_s / unit_s, goal), floor), 1.0)
+        if done or abs(ratio - latency.ratio) < 1e-6:  # nothing else to fit
+            break
         latency = replace(latency, ratio=ratio)
         targets = [latency if t.name == "latency" else t for t in targets]
         s.student = copy.deepcopy(gated)
         space = ChannelSpace(s.student, example_input(s.spec))
-    raise AssertionError("unreachable: the last fit returns")
+    within = [f for f in fits if f.over <= tolerance]
+    kept = max(within, key=lambda f: f.over) if within else min(fits, key=lambda f: f.over)
+    s.student = kept.student
+    return kept.choice, kept.targets, tuple(fits)
 
 
 def refit_ratio(fitted: float, measured: float, goal: float) -> float:
