@@ -133,13 +133,16 @@ def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> Non
     result = ok(
         prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
                 "--method", "removal+hfp", "--budget", "0.6", "--depth-share", "0.5",
-                "--epochs", "1", "--limit", "200", *QUICK_TIMING, "--heldout-samples", "60",
+                "--max-fits", "2", "--epochs", "1", "--limit", "200", *QUICK_TIMING, "--heldout-samples", "60",
                 "--out", str(out), "--json")
     )  # fmt: skip
     report = json.loads(result.stdout)
     assert report["depth"]["removals"] and not report["depth"]["scores"]
     split = report["split"]
     assert split["depth"] * split["width"] == pytest.approx(0.6)
+    width = report["width"]  # each width fit measured, at most --max-fits of them
+    assert 1 <= width["fits"] <= 2 and len(width["fit_latencies_s"]) == width["fits"]
+    assert report["config"]["max_fits"] == 2
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"] == "removal+hfp" and plan["removed"] and plan["channels"]
     evaluated = ok(prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt"),

@@ -245,9 +245,9 @@ def refit_ratio(fitted: float, measured: float, goal: float) -> float:
     """The predicted latency ratio to fit next, when the last fit to ``fitted`` measured
     ``measured`` and the budget is ``goal`` (all ratios of the latency before thinning).
 
-    The width model's error grows with what is thinned (what it does not time shrinks with
-    the channels too, or does not), so the savings it predicts are scaled by what the last
-    fit measured per saving predicted: a secant through full width (1, 1) and the last fit.
+    The width model's error grows with how much is thinned, so the savings it predicts are
+    scaled by what the last fit measured per saving predicted: a secant through full width
+    (1, 1) and the last fit.
     Where the fit measured no saving at all, the ratio is scaled by ``goal / measured``.
     """
     if measured < 1.0 and fitted < 1.0:

@@ -89,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="hfp: epochs of training while the gates close (1)",
     )
     p.add_argument(
+        "--max-fits",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="hfp under a latency budget: measure each width fit and refit one more than 3%% "
+        "over or under the budget, at most N fits (3; 1: trust the width-latency model)",
+    )
+    p.add_argument(
         "--depth-share",
         type=float,
         default=None,
@@ -247,6 +255,7 @@ def handle(args: argparse.Namespace) -> int:
                 "target_params": args.target_params,
                 "round_to": args.round_to,
                 "sparsity_epochs": args.sparsity_epochs,
+                "max_fits": args.max_fits,
                 "depth_share": args.depth_share,
                 "iterative": args.iterative,
                 "iterative_rounds": args.iterative_rounds,
