@@ -128,20 +128,26 @@ def test_iterative_removal_fine_tuned_after_the_last_round(work: Path, baseline:
 
 def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> None:
     """``--method removal+hfp --depth-share 0.5``: the block pass scores by removal loss, the
-    width pass thins what is left, one budget between them; the pruned model loads."""
+    width pass thins what is left, one budget between them; the pruned model loads.
+
+    The budget, 0.2, is below what removing every removable block measures (about 0.3 of
+    resnet20 on digits), so the width pass always has work: at 0.6 the block pass, asked
+    for about 0.66, often measured within 3% of 0.6 and the width pass rightly did nothing."""
     out = work / "removal-hfp"
     result = ok(
         prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
-                "--method", "removal+hfp", "--budget", "0.6", "--depth-share", "0.5",
+                "--method", "removal+hfp", "--budget", "0.2", "--depth-share", "0.5",
                 "--max-fits", "2", "--epochs", "1", "--limit", "200", *QUICK_TIMING, "--heldout-samples", "60",
                 "--out", str(out), "--json")
     )  # fmt: skip
     report = json.loads(result.stdout)
     assert report["depth"]["removals"] and not report["depth"]["scores"]
     split = report["split"]
-    assert split["depth"] * split["width"] == pytest.approx(0.6)
+    assert split["depth"] * split["width"] == pytest.approx(0.2)
     width = report["width"]  # each width fit measured, at most --max-fits of them
+    assert "latency" in width["targets"], report["warnings"]
     assert 1 <= width["fits"] <= 2 and len(width["fit_latencies_s"]) == width["fits"]
+    assert 0 <= width["kept_fit"] < width["fits"]
     assert report["config"]["max_fits"] == 2
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"] == "removal+hfp" and plan["removed"] and plan["channels"]
