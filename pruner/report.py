@@ -89,7 +89,8 @@ class PruneReport:
     ``budget_s`` is the budget when the last pass started (0: no latency
     budget). For fraction budgets the check at the end compares against
     ``budget_check_s`` = fraction x the baseline latency measured interleaved
-    with the pruned model (so a change in machine load shifts both alike); for
+    with the pruned model (so a change in machine load shifts both alike), the
+    baseline traced by torch.fx as the pruned model is (``baseline.latency_s``); for
     budgets in seconds the two are equal. ``profiled_latency_s`` is the baseline's end
     to end in the profile the selection used (None without one), the scale of
     ``predicted_latency_s``. The paths are "" until

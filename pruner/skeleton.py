@@ -192,7 +192,7 @@ def speed_change_warning(
     prediction (``predicted_s``, 0 when none) is on the profile's scale, so the warning
     gives it and the measured ``pruned_s`` as fractions of their own baselines.
     """
-    profiled_s = (profile.eager or profile.end_to_end).median_s  # the model as the finish times it
+    profiled_s = profile.end_to_end.median_s  # the traced model, as the finish times it
     moved = baseline_s / profiled_s - 1.0
     if abs(moved) <= QualityLimits().drift:
         return None

@@ -118,13 +118,13 @@ def test_a_prune_warns_when_the_prediction_is_off(profile: BlockProfile) -> None
 def test_a_prune_warns_when_the_machine_changed_speed_since_the_profile(
     profile: BlockProfile,
 ) -> None:
-    eager = profile.eager.median_s  # type: ignore[union-attr]
-    assert speed_change_warning(profile, eager * 1.1, 0.5 * profile.end_to_end_s, 0.5) is None
+    traced = profile.end_to_end.median_s  # the form the finish times the baseline in
+    assert speed_change_warning(profile, traced * 1.1, 0.5 * profile.end_to_end_s, 0.5) is None
     predicted = 0.5 * profile.end_to_end_s
-    slow = speed_change_warning(profile, eager * 1.8, predicted, eager * 1.8 * 0.45)
+    slow = speed_change_warning(profile, traced * 1.8, predicted, traced * 1.8 * 0.45)
     assert slow is not None and "(+80%)" in slow and "speed changed" in slow
     assert "50.0% of the baseline predicted, 45.0% measured" in slow
-    fast = speed_change_warning(profile, eager * 0.5, 0.0, eager * 0.2)
+    fast = speed_change_warning(profile, traced * 0.5, 0.0, traced * 0.2)
     assert fast is not None and "(-50%)" in fast and "predicted" not in fast  # no prediction
 
 

@@ -1,9 +1,9 @@
 """The width pass under a latency budget measures each fit and refits one that misses it.
 
 The width-latency model sums convolutions timed alone; what it leaves out can make a fit
-miss the budget. These tests give the pass a width model that claims three times the
-savings it measured (the real model, its savings tripled: a fit to 0.7 runs at about 0.9)
-and check that the pass catches the miss by measurement, refits from the same gates, keeps
+miss the budget. These tests give the pass a width model that claims ten times the
+savings it measured (the real model, its savings scaled, never under 5% of the model: a
+fit to 0.7 runs at about 0.97) and check that the pass catches the miss by measurement, refits from the same gates, keeps
 the right fit, and says so in the report and its events.
 """
 
@@ -32,14 +32,20 @@ QUICK_RUN = RunOptions(timing_budget_s=0.3, threads=1, test_samples=200)
 
 
 class Overconfident:
-    """A width-latency model whose predicted savings are ``factor`` x the real model's."""
+    """A width-latency model whose predicted savings are ``factor`` x the real model's, its
+    latency never under 5% of the model's.
+
+    The factor is large so that what it claims for the narrowest widths stays far under the
+    budget asked: thinning a digits-sized resnet20 saves little on a CPU (about 10% at the
+    narrowest), and three times that put the claimed floor at the budget on some runs.
+    """
 
     def __init__(self, real, factor: float) -> None:
         self.real, self.factor = real, factor
         self.layers, self.base_s = real.layers, real.base_s
 
     def __call__(self, n):
-        return self.base_s - self.factor * (self.base_s - self.real(n))
+        return max(self.base_s - self.factor * (self.base_s - self.real(n)), 0.05 * self.base_s)
 
 
 @given(
@@ -80,7 +86,7 @@ def digits_model(tmp_path_factory):
 
 def _prune(digits_model, monkeypatch, max_fits: int):
     real = widths.width_model
-    monkeypatch.setattr(widths, "width_model", lambda *a: Overconfident(real(*a), 3.0))
+    monkeypatch.setattr(widths, "width_model", lambda *a: Overconfident(real(*a), 10.0))
     model, spec, data = digits_model
     events: list[dict] = []
     result = prune(
@@ -96,7 +102,7 @@ def test_a_fit_that_misses_the_budget_is_measured_and_refitted(digits_model, mon
     fits = [e for e in events if e["event"] == "fit"]
     over = [e["latency_s"] / e["budget_s"] - 1 for e in fits]
     assert fits[0]["latency_ratio"] == pytest.approx(0.7)  # the budget, fitted as asked
-    assert over[0] > tolerance, "a model claiming 3x its savings fits widths too slow"
+    assert over[0] > tolerance, "a model claiming 10x its savings fits widths too slow"
     # Refitted while it missed either way, up to max_fits; each refit asked for another ratio.
     assert 2 <= len(fits) <= 3 and all(abs(o) > tolerance for o in over[:-1])
     ratios = [e["latency_ratio"] for e in fits]
