@@ -93,6 +93,8 @@ def write_md(args, rows: list[dict], started: str) -> None:
         f"- shipped Fashion-MNIST baselines, no fine-tuning, gates trained 1 epoch on "
         f"{args.limit} images; {args.threads} torch thread(s); {args.timing_budget} s per "
         "measurement",
+        "- width latencies: one latency table shared by every case, so each model's convs "
+        "were timed once (in its first case) and every fit of it used those timings",
         "",
         "`ratio`: the pruned model's batch-1 latency over the baseline's, timed interleaved "
         "after the prune (apart from the pruner's own check); `over` = ratio / budget - 1, "
