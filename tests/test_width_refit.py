@@ -3,8 +3,8 @@
 The width-latency model sums convolutions timed alone; what it leaves out can make a fit
 miss the budget. These tests give the pass a width model that claims ten times the
 savings it measured (the real model, its savings scaled, never under 5% of the model: a
-fit to 0.7 runs at about 0.97) and check that the pass catches the miss by measurement, refits from the same gates, keeps
-the right fit, and says so in the report and its events.
+fit to 0.7 runs at about 0.97) and check that the pass catches the miss by measurement,
+refits from the same gates, keeps the right fit, and says so in the report and its events.
 """
 
 from __future__ import annotations
