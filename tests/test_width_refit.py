@@ -10,7 +10,7 @@ refits from the same gates, keeps the right fit, and says so in the report and i
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from profiler import load_model, read_checkpoint
@@ -58,13 +58,45 @@ def test_refit_ratio_hits_the_goal_when_the_error_scales_with_the_saving(fitted,
     def measured(r: float) -> float:
         return 1.0 - honesty * (1.0 - r)
 
-    nxt = refit_ratio(fitted, measured(fitted), goal)
+    nxt = refit_ratio([(fitted, measured(fitted))], goal)
     assert measured(nxt) == pytest.approx(goal)
 
 
+@given(
+    saved=st.floats(0.2, 1.0),
+    power=st.floats(0.5, 2.0),
+    goal=st.floats(0.3, 0.95),
+)
+def test_refits_close_in_on_a_curved_latency(saved, power, goal):
+    # The device's latency at a fitted ratio x: 1 - saved * (1 - x) ** power, which the
+    # one-point secant overshoots back and forth; bracketing keeps what each fit measured.
+    def measured(x: float) -> float:
+        return 1.0 - saved * (1.0 - x) ** power
+
+    assume(measured(0.0) < goal - 0.05)  # the goal is reachable
+    history, x = [], goal
+    for _ in range(5):
+        history.append((x, measured(x)))
+        x = min(max(refit_ratio(history, goal), 0.0), 1.0)
+    assert min(abs(y / goal - 1.0) for _, y in history) < 0.05
+
+
+def test_refit_ratio_interpolates_between_the_fits_either_side_of_the_goal():
+    # Fitted 0.5, measured 0.58 (slow); fitted 0.405, measured 0.42 (fast): the goal 0.5 is
+    # half way between the measurements, so the next fit is half way between the ratios.
+    assert refit_ratio([(0.5, 0.58), (0.405, 0.42)], 0.5) == pytest.approx(0.4525)
+    # Under the goal at once: the bracket is (1, 1) and that fit, the one-point secant.
+    assert refit_ratio([(0.6, 0.5)], 0.6) == pytest.approx(1 - 0.4 * 0.4 / 0.5)
+
+
+def test_refit_ratio_falls_back_to_the_last_fit_when_the_bracket_runs_backwards():
+    # The thinner fit (0.45) measured slower than the wider one (0.5): noise, not a slope.
+    assert refit_ratio([(0.45, 0.56), (0.5, 0.46)], 0.5) == pytest.approx(1 - 0.5 * 0.5 / 0.54)
+
+
 def test_refit_ratio_without_a_measured_saving_scales_the_ratio():
-    assert refit_ratio(0.5, 1.02, 0.8) == pytest.approx(0.5 * 0.8 / 1.02)
-    assert refit_ratio(0.6, 0.8, 0.6) == pytest.approx(0.2)  # savings measured at half
+    assert refit_ratio([(0.5, 1.02)], 0.8) == pytest.approx(0.5 * 0.8 / 1.02)
+    assert refit_ratio([(0.6, 0.8)], 0.6) == pytest.approx(0.2)  # savings measured at half
 
 
 def test_max_fits_is_checked_by_name():

@@ -12,6 +12,7 @@ either way, refitted to a corrected latency target (``WidthOptions.max_fits``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -218,8 +219,11 @@ def _fit_measured(
     entry_base_s, entry_s = s.measured or (1.0, 1.0)  # as _latency_target timed them
     floor = width_floor(space, latency.cost, width.round_to)  # type: ignore[arg-type]
     fits: list[_Fitted] = []
+    history: list[tuple[float, float]] = []  # (ratio fitted, ratio measured) per fit
     while True:
         choice = _fit(space, ranking, targets, width.round_to, open_)
+        if any(f.choice.widths == choice.widths for f in fits):
+            break  # the refit chose widths already measured: nothing new to fit
         base_now_s, measured_s = s.measure()
         fits.append(_Fitted(choice, targets, s.student, measured_s, _budget_now(s, base_now_s)))
         s.emit({"event": "fit", "fit": len(fits) - 1, "latency_ratio": latency.ratio,
@@ -227,9 +231,9 @@ def _fit_measured(
         done = abs(fits[-1].over) <= tolerance or len(fits) == width.max_fits
         # The ratios' unit: the student before thinning, at the speed the baseline ran now.
         unit_s = base_now_s * entry_s / entry_base_s
-        goal = fits[-1].budget_s / unit_s
-        ratio = min(max(refit_ratio(latency.ratio, measured_s / unit_s, goal), floor), 1.0)
-        if done or abs(ratio - latency.ratio) < 1e-6:  # nothing else to fit
+        history.append((latency.ratio, measured_s / unit_s))
+        ratio = min(max(refit_ratio(history, fits[-1].budget_s / unit_s), floor), 1.0)
+        if done or any(abs(ratio - r) < 1e-6 for r, _ in history):  # nothing else to fit
             break
         latency = replace(latency, ratio=ratio)
         targets = [latency if t.name == "latency" else t for t in targets]
@@ -241,15 +245,27 @@ def _fit_measured(
     return kept.choice, kept.targets, tuple(fits)
 
 
-def refit_ratio(fitted: float, measured: float, goal: float) -> float:
-    """The predicted latency ratio to fit next, when the last fit to ``fitted`` measured
-    ``measured`` and the budget is ``goal`` (all ratios of the latency before thinning).
+def refit_ratio(fits: Sequence[tuple[float, float]], goal: float) -> float:
+    """The predicted latency ratio to fit next, given each fit so far as (the ratio it was
+    fitted to, the ratio it measured) and the budget ``goal`` (all ratios of the latency
+    before thinning).
 
-    The width model's error grows with how much is thinned, so the savings it predicts are
-    scaled by what the last fit measured per saving predicted: a secant through full width
-    (1, 1) and the last fit.
-    Where the fit measured no saving at all, the ratio is scaled by ``goal / measured``.
+    Full width measures (1, 1). Where the fits bracket the goal, the next ratio is
+    interpolated between the nearest measurement on each side (the first refit after a
+    fit that measured under the budget: a secant through (1, 1) and that fit). The width
+    model's error grows with how much is thinned, so before any fit measured under the
+    budget, the savings it predicts are scaled by what the last fit measured per saving
+    predicted. Where the last fit measured no saving at all, or the nearest bracket runs
+    backwards (a thinner fit measured slower: noise), the last fit alone decides.
     """
+    points = [(1.0, 1.0), *fits]
+    under = [p for p in points if p[1] < goal]
+    above = [p for p in points if p[1] >= goal]
+    if under and above:
+        (x0, y0), (x1, y1) = max(under, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        if x1 > x0 and y1 > y0:
+            return x0 + (goal - y0) * (x1 - x0) / (y1 - y0)
+    fitted, measured = fits[-1]
     if measured < 1.0 and fitted < 1.0:
         return 1.0 - (1.0 - goal) * (1.0 - fitted) / (1.0 - measured)
     return fitted * goal / measured
