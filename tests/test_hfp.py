@@ -19,6 +19,7 @@ from pruner import (
 from pruner.width import (
     ChannelSpace,
     Gates,
+    Target,
     channel_ranking,
     fit_widths,
     size_targets,
@@ -104,6 +105,24 @@ def test_rounding_is_configurable() -> None:
     space = ChannelSpace(model, x)
     choice = fit_widths(space, channel_ranking(space), size_targets(space, macs=0.5), 16)
     assert all(w % 16 == 0 or w == g.size for g, w in zip(space.groups, choice.widths.values()))
+
+
+def test_a_cost_that_rises_one_step_down_still_fits() -> None:
+    # A measured latency grid need not fall with width: here each group costs more one step
+    # under its full width than at it, and least at its narrowest, so no single step down
+    # saves anything while the narrowest model is well under the target.
+    model, x = zoo_model("resnet20")
+    space = ChannelSpace(model, x)
+    allowed = [space.allowed(gi, 8) for gi in range(len(space.groups))]
+
+    def cost(n) -> float:
+        return sum(1.0 if k == a[0] else 2.0 if k == a[-1] else 3.0 for k, a in zip(n, allowed))
+
+    full = [float(a[-1]) for a in allowed]
+    target = Target("latency", 0.75, cost, cost(full))
+    choice = fit_widths(space, channel_ranking(space), [target], 8)
+    assert 0.5 < choice.ratios["latency"] <= 0.75
+    assert any(w > a[0] for w, a in zip(choice.widths.values(), allowed))  # grown back
 
 
 def test_unreachable_target_is_a_clear_error() -> None:
@@ -225,7 +244,7 @@ def test_depth_then_width_under_one_budget(tmp_path, digits_resnet20, method) ->
     assert bool(report.depth.scores) == (method == "dbp+hfp")
     split = report.split
     assert split.depth * split.width == pytest.approx(0.6)
-    assert split.width < 1.0 and split.reason == "depth_share 0.5"
+    assert split.width < 1.0 and split.reason.startswith("depth_share 0.5")
     assert report.depth.budget == split.depth
     model = load_pruned(report.checkpoint_path)  # blocks removed, then groups thinned
     x = torch.randn(plan.spec.input_shape(2))
@@ -252,6 +271,9 @@ def test_split_shares_the_cut_where_thinning_pays_as_well() -> None:
     # The width pass never goes more than halfway to its floor: the blocks take the rest.
     split = split_budget(0.4, **YIELDS, block_yield=1.0, width_yield=0.3, depth_share=0.0)
     assert split.width == pytest.approx(0.8) and split.depth == pytest.approx(0.5)
+    assert split.reason == (
+        "depth_share 0.0; widths capped at 0.800, halfway to their floor 0.600, blocks take the rest"
+    )
 
 
 def test_yields_are_measured_on_the_model() -> None:

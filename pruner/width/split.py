@@ -52,7 +52,8 @@ def split_budget(
         )
     else:
         share = 0.5 if depth_share is None else depth_share
-        width = min(1.0, max(budget ** (1.0 - share), width_floor + 0.5 * (1.0 - width_floor)))
+        halfway = width_floor + 0.5 * (1.0 - width_floor)
+        width = min(1.0, max(budget ** (1.0 - share), halfway))
         depth = max(budget / width, ceiling)
         reason = (
             f"depth_share {depth_share}"
@@ -60,4 +61,9 @@ def split_budget(
             else f"thinning saves as much latency per multiplication removed as removing "
             f"blocks ({width_yield:.2f} against {block_yield:.2f}): the passes share the cut"
         )
+        if budget ** (1.0 - share) < halfway <= 1.0:
+            reason += (
+                f"; widths capped at {halfway:.3f}, halfway to their floor {width_floor:.3f}, "
+                "blocks take the rest"
+            )
     return BudgetSplit(depth, min(1.0, budget / depth), block_yield, width_yield, reason)
