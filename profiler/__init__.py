@@ -1,100 +1,78 @@
-"""What a model costs, measured: block discovery, serial latency, device fingerprint, latency table."""
+"""What a model costs, measured: block discovery, serial latency, device fingerprint, latency table.
 
-from .allocator import allocator_policy, retain_freed_memory
-from .blocks import BlockGraph, count_ops, discover
-from .bypass import adapter_name, bypass, finish, new_adapter, without_blocks
-from .chain import CpuChain, time_chain
-from .compare import measure_pair, torch_threads
-from .cost import ModelCost, example_input, model_cost
-from .cut import graph_pass
-from .device import cpu_model, device_info, gpu_telemetry, resolve_device
-from .graph import TraceError, trace
-from .interference import InterferenceWatch
-from .lookups import direct_lookups
-from .measure import profile_model
-from .models import (
-    Checkpoint,
-    ModelSpec,
-    ModelSpecError,
-    build_model,
-    build_model_for,
-    builtin_models,
-    load_model,
-    model_input_channels,
-    module_device,
-    read_checkpoint,
-    resolve_spec,
-    save_checkpoint,
-)
-from .quality import PREDICTION_TOLERANCE, QualityLimits
-from .records import (
-    Block,
-    BlockProfile,
-    BlockTiming,
-    DeviceInfo,
-    Interference,
-    Measurement,
-    PredictionCheck,
-    ProfileQuality,
-    Segment,
-)
-from .table import LatencyTable, TableQuality, default_table_path
-from .timing import TimingOptions, measure
+Every name below loads its module on first use, so the light parts (records, the latency
+table, the shipped weights' manifest) cost no torch import: a client command of the
+``prunerd`` script starts in a fraction of a second.
+"""
 
-__all__ = [
-    "adapter_name",
-    "bypass",
-    "finish",
-    "new_adapter",
-    "without_blocks",
-    "allocator_policy",
-    "retain_freed_memory",
-    "BlockGraph",
-    "count_ops",
-    "CpuChain",
-    "graph_pass",
-    "time_chain",
-    "cpu_model",
-    "example_input",
-    "measure_pair",
-    "model_cost",
-    "ModelCost",
-    "torch_threads",
-    "LatencyTable",
-    "Interference",
-    "InterferenceWatch",
-    "PredictionCheck",
-    "ProfileQuality",
-    "PREDICTION_TOLERANCE",
-    "QualityLimits",
-    "TableQuality",
-    "TimingOptions",
-    "TraceError",
-    "default_table_path",
-    "device_info",
-    "direct_lookups",
-    "discover",
-    "module_device",
-    "gpu_telemetry",
-    "measure",
-    "profile_model",
-    "resolve_device",
-    "trace",
-    "Block",
-    "BlockProfile",
-    "BlockTiming",
-    "Checkpoint",
-    "DeviceInfo",
-    "Measurement",
-    "ModelSpec",
-    "ModelSpecError",
-    "Segment",
-    "build_model",
-    "build_model_for",
-    "builtin_models",
-    "load_model",
-    "model_input_channels",
-    "read_checkpoint",
-    "resolve_spec",
-    "save_checkpoint",
-]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "allocator_policy": "allocator",
+    "retain_freed_memory": "allocator",
+    "BlockGraph": "blocks",
+    "count_ops": "blocks",
+    "discover": "blocks",
+    "adapter_name": "rewire",
+    "bypass": "rewire",
+    "finish": "rewire",
+    "new_adapter": "rewire",
+    "without_blocks": "rewire",
+    "CpuChain": "chain",
+    "time_chain": "chain",
+    "measure_pair": "compare",
+    "torch_threads": "compare",
+    "ModelCost": "cost",
+    "example_input": "cost",
+    "model_cost": "cost",
+    "graph_pass": "cut",
+    "cpu_model": "device",
+    "device_info": "device",
+    "gpu_telemetry": "device",
+    "resolve_device": "device",
+    "TraceError": "graph",
+    "trace": "graph",
+    "InterferenceWatch": "interference",
+    "direct_lookups": "lookups",
+    "profile_model": "profiling",
+    "Checkpoint": "models",
+    "ModelSpec": "models",
+    "ModelSpecError": "models",
+    "build_model": "models",
+    "build_model_for": "models",
+    "builtin_models": "models",
+    "load_model": "models",
+    "model_input_channels": "models",
+    "module_device": "models",
+    "read_checkpoint": "models",
+    "resolve_spec": "models",
+    "save_checkpoint": "models",
+    "PREDICTION_TOLERANCE": "quality",
+    "QualityLimits": "quality",
+    "Block": "records",
+    "BlockProfile": "records",
+    "BlockTiming": "records",
+    "DeviceInfo": "records",
+    "Interference": "records",
+    "Measurement": "records",
+    "PredictionCheck": "records",
+    "ProfileQuality": "records",
+    "Segment": "records",
+    "LatencyTable": "table",
+    "TableQuality": "table",
+    "default_table_path": "table",
+    "TimingOptions": "timing",
+    "measure": "timing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # once loaded, a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -21,7 +21,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .bypass import new_adapter
 from .graph import (
     attr_value,
     extract,
@@ -36,6 +35,7 @@ from .graph import (
 from .models import module_device
 from .ops import CONTAINERS, CONV_FUNCTIONS, LINEAR_FUNCTIONS, conv_module
 from .records import Block
+from .rewire import new_adapter
 from .units import Unit, find_units
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler import TimingOptions, build_model, resolve_spec
@@ -123,6 +125,31 @@ def test_a_cost_that_rises_one_step_down_still_fits() -> None:
     choice = fit_widths(space, channel_ranking(space), [target], 8)
     assert 0.5 < choice.ratios["latency"] <= 0.75
     assert any(w > a[0] for w, a in zip(choice.widths.values(), allowed))  # grown back
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_cost_grid_the_narrowest_model_meets_is_fitted(data: st.DataObject) -> None:
+    # Whatever a measured grid says (each group's cost any positive number at each width),
+    # a target the narrowest model meets gets widths that meet it.
+    model, x = zoo_model("resnet20")
+    space = ChannelSpace(model, x)
+    allowed = [space.allowed(gi, 8) for gi in range(len(space.groups))]
+    cells = st.floats(0.1, 10.0, allow_nan=False)
+    tables = [data.draw(st.lists(cells, min_size=len(a), max_size=len(a))) for a in allowed]
+
+    def cost(n) -> float:
+        return sum(t[a.index(int(k))] for t, a, k in zip(tables, allowed, n))
+
+    full = cost([float(a[-1]) for a in allowed])
+    floor = cost([float(a[0]) for a in allowed]) / full
+    ratio = data.draw(st.floats(floor, max(floor, 1.0)), label="ratio")
+    strength = [
+        torch.rand(g.size, generator=torch.Generator().manual_seed(gi))
+        for gi, g in enumerate(space.groups)
+    ]
+    choice = fit_widths(space, strength, [Target("latency", ratio, cost, full)], 8)
+    assert choice.ratios["latency"] <= ratio + 1e-9
 
 
 def test_unreachable_target_is_a_clear_error() -> None:

@@ -155,6 +155,21 @@ def test_names_for_the_protocol_cost_no_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_the_command_line_parses_without_torch():
+    # A client command (submit, jobs, watch, cancel, keys) and every --help start in a
+    # fraction of a second: only a command that runs a model loads torch.
+    code = (
+        "import sys\n"
+        "from service.cli import build_parser\n"
+        "build_parser().parse_args(['jobs', '--connect', 'tcp://127.0.0.1:1'])\n"
+        "from service.commands.weights import resolve_weights\n"
+        "heavy = [m for m in ('torch', 'numba', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def _public(module: str) -> set[str]:
     """``__all__`` of a package, or, without one, its top-level names not starting with _."""
     tree = ast.parse(MODULES[module].read_text())

@@ -155,13 +155,12 @@ def test_a_check_that_cannot_run_leaves_the_profile_and_says_why(monkeypatch) ->
 
     from service.commands.render import print_profile
 
-    # The module (profiler's own name `measure` is the timing function).
-    measure = importlib.import_module("profiler.measure")
+    profiling = importlib.import_module("profiler.profiling")
 
     def broken(gm, blocks):
         raise RuntimeError("no way round layer1.1")
 
-    monkeypatch.setattr(measure, "without_blocks", broken)
+    monkeypatch.setattr(profiling, "without_blocks", broken)
     p = profile_model(load_model(SPEC), SPEC, options=QUICK, threads=1)
     assert p.check is None and p.blocks and p.end_to_end_s > 0
     (warning,) = [w for w in p.device.warnings if w.startswith("prediction check skipped")]

@@ -304,8 +304,8 @@ def test_cli_profile_pieces_option(tmp_path, capsys) -> None:
 
 def _pass_pieces():
     from profiler.blocks import discover
-    from profiler.measure import _plan_items
     from profiler.models import eval_mode
+    from profiler.profiling import _plan_items
 
     spec = ModelSpec("mobilenetv2", input_size=(8, 8))
     net = eval_mode(load_model(spec))

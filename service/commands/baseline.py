@@ -7,9 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from profiler import read_checkpoint
 from profiler.pretrained import find_pretrained, pretrained_checkpoint
-from pruner.baselines import cached_baseline, resolve_cache_dir
 
 
 def choose_baseline(args: argparse.Namespace, out: Console) -> Path:
@@ -19,6 +17,9 @@ def choose_baseline(args: argparse.Namespace, out: Console) -> Path:
     otherwise a baseline is trained for ``args.epochs`` on ``args.limit`` images
     (cached, so only once).
     """
+    from profiler import read_checkpoint  # torch: only once a command runs
+    from pruner.baselines import cached_baseline, resolve_cache_dir
+
     entry = None if args.train else find_pretrained(args.model, args.data)
     if entry is not None:
         out.print(

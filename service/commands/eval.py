@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pruner.data import datasets
+from pruner.config import DATASETS
 
 from .argtypes import positive_int
 from .weights import add_weights_arguments
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         metavar="DATA",
-        help=f"dataset: {', '.join(datasets())} or package.module:callable "
+        help=f"dataset: {', '.join(DATASETS)} or package.module:callable "
         "(default: the one the checkpoint was trained on)",
     )
     p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")

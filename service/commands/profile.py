@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
-
 from .argtypes import input_size
 from .progress import progress_bar
 from .render import print_profile
@@ -87,6 +85,8 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 - returns BlockProfile
     """Resolve the model and profile it as the command-line arguments say."""
+    from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
+
     spec = resolve_spec(
         args.model, args.in_channels, args.num_classes, args.input_size, args.checkpoint
     )

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pruner import distributed
-from pruner.baselines import train_model
-from pruner.data import datasets
+from pruner.config import DATASETS
 from pruner.schedule import DECAYS, Schedule
 from pruner.train_config import TrainConfig
 
@@ -45,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data",
         required=True,
         metavar="DATA",
-        help=f"dataset: {', '.join(datasets())} or package.module:callable",
+        help=f"dataset: {', '.join(DATASETS)} or package.module:callable",
     )
     p.add_argument(
         "--data-root",
@@ -191,6 +189,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def handler(args: argparse.Namespace) -> int:
     if (code := relaunch(args)) is not None:
         return code
+    from pruner import distributed  # torch: only once a command runs
+    from pruner.baselines import train_model
+
     with distributed.session(args.device):
         # progress on stderr: stdout stays clean for --json
         result = train_model(config_from_args(args), progress=True)

@@ -25,7 +25,6 @@ import torch.fx as fx
 from torch import nn
 
 from .blocks import BlockGraph, count_ops, discover
-from .bypass import REWIRED, without_blocks
 from .cut import graph_pass
 from .device import device_info, resolve_device, throttle_warning
 from .graph import extract, signature, tensor_meta
@@ -42,6 +41,7 @@ from .records import (
     PredictionCheck,
     Segment,
 )
+from .rewire import REWIRED, without_blocks
 from .table import LatencyTable
 from .timing import PieceTimings, Progress, TimingOptions, measure_pieces, piece_mode
 

@@ -9,7 +9,7 @@ each block, :meth:`BlockGraph.replacement` times it):
 - adapter: the block becomes a 1x1 convolution, a new submodule.
 
 Block surgery (``pruner.depth``) builds pruned models with it, and the profile's
-prediction check (:mod:`profiler.measure`) times a model built the same way, so
+prediction check (:mod:`profiler.profiling`) times a model built the same way, so
 the model a prediction is checked against is the model a pruner would deploy.
 Dense layers (replacement ``zero``) change the channels of what reads them and
 are the pruner's (``pruner.depth.dense``).
