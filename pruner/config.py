@@ -216,7 +216,7 @@ class WidthOptions:
     sparsity_epochs: int = 1
     depth_share: float | None = None
     width_tolerance: float = 0.02
-    max_fits: int = 3
+    max_fits: int = 4
 
     def __post_init__(self) -> None:
         if self.round_to < 1:

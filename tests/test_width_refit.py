@@ -25,8 +25,7 @@ from pruner import (
     load_data,
     prune,
 )
-from pruner.methods import widths
-from pruner.methods.widths import refit_ratio
+from pruner.methods import REFIT_AIM, kept_fit, next_fit, refit_ratio, widths
 
 QUICK_RUN = RunOptions(timing_budget_s=0.3, threads=1, test_samples=200)
 
@@ -97,6 +96,25 @@ def test_refit_ratio_falls_back_to_the_last_fit_when_the_bracket_runs_backwards(
 def test_refit_ratio_without_a_measured_saving_scales_the_ratio():
     assert refit_ratio([(0.5, 1.02)], 0.8) == pytest.approx(0.5 * 0.8 / 1.02)
     assert refit_ratio([(0.6, 0.8)], 0.6) == pytest.approx(0.2)  # savings measured at half
+
+
+def test_next_fit_aims_under_the_budget_and_stops_when_done():
+    # Measured 0.58 for 0.5 against a goal of 0.5: refit, aimed REFIT_AIM * 3% under it.
+    aim = 0.5 * (1 - REFIT_AIM * 0.03)
+    nxt = next_fit([(0.5, 0.58)], 0.5, tolerance=0.03, max_fits=3)
+    assert nxt == pytest.approx(refit_ratio([(0.5, 0.58)], aim)) and nxt < 0.5
+    # Within the tolerance either way, or out of fits, or clamped onto a ratio fitted: stop.
+    assert next_fit([(0.5, 0.514)], 0.5, tolerance=0.03, max_fits=3) is None
+    assert next_fit([(0.5, 0.486)], 0.5, tolerance=0.03, max_fits=3) is None
+    assert next_fit([(0.5, 0.58), (0.4, 0.56)], 0.5, tolerance=0.03, max_fits=2) is None
+    assert next_fit([(0.3, 0.58)], 0.5, tolerance=0.03, max_fits=3, floor=0.3) is None
+    assert next_fit([(0.3, 0.58)], 0.5, tolerance=0.03, max_fits=3, floor=0.25) == 0.25
+
+
+def test_kept_fit_is_the_slowest_within_the_tolerance_else_the_fastest():
+    assert kept_fit([0.08, 0.02, -0.05], 0.03) == 1
+    assert kept_fit([-0.01, 0.031, -0.2], 0.03) == 0
+    assert kept_fit([0.09, 0.05, 0.07], 0.03) == 1
 
 
 def test_max_fits_is_checked_by_name():

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ..config import METHOD_INFO
 from .blocks import BlockStep, ExactDP, Greedy, InOrder, l1, probes, removals, seeded_random
+from .refits import REFIT_AIM, kept_fit, next_fit, refit_ratio
 from .split import SplitStep
 from .state import EventFn, ProgressFn, PruneState, first_samples
 from .widths import WidthStep
@@ -64,6 +65,7 @@ register("dbp+hfp", [SplitStep(), BlockStep(probes, ExactDP()), WidthStep()])
 register("removal+hfp", [SplitStep(), BlockStep(removals, ExactDP()), WidthStep()])
 
 __all__ = [
+    "REFIT_AIM",
     "REGISTRY",
     "BlockStep",
     "EventFn",
@@ -74,6 +76,9 @@ __all__ = [
     "Step",
     "WidthStep",
     "first_samples",
+    "kept_fit",
+    "next_fit",
+    "refit_ratio",
     "method",
     "register",
 ]

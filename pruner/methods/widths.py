@@ -12,7 +12,6 @@ either way, refitted to a corrected latency target (``WidthOptions.max_fits``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -40,6 +39,7 @@ from ..width import (
     train_gates,
     width_floor,
 )
+from .refits import kept_fit, next_fit
 from .state import PruneState
 
 
@@ -205,8 +205,8 @@ def _fit_measured(
 
     Under a latency target each fit is measured; one more than the tolerance over or under
     the budget is refitted from a copy of the student taken after gating, to the latency
-    ratio :func:`refit_ratio` gives (between what the narrowest widths predict and 1).
-    The student kept is the slowest fit within the budget (+ tolerance), else the fastest.
+    ratio :func:`~pruner.methods.refits.next_fit` gives (aimed half the tolerance under the
+    budget, between what the narrowest widths predict and 1). The student kept is the slowest fit within the budget (+ tolerance), else the fastest.
     """
     width, tolerance = s.options.width, s.options.run.tolerance
     ranking, open_ = channel_ranking(space, gates), gates.widths()
@@ -228,47 +228,20 @@ def _fit_measured(
         fits.append(_Fitted(choice, targets, s.student, measured_s, _budget_now(s, base_now_s)))
         s.emit({"event": "fit", "fit": len(fits) - 1, "latency_ratio": latency.ratio,
                 "latency_s": measured_s, "budget_s": fits[-1].budget_s})  # fmt: skip
-        done = abs(fits[-1].over) <= tolerance or len(fits) == width.max_fits
         # The ratios' unit: the student before thinning, at the speed the baseline ran now.
         unit_s = base_now_s * entry_s / entry_base_s
         history.append((latency.ratio, measured_s / unit_s))
-        ratio = min(max(refit_ratio(history, fits[-1].budget_s / unit_s), floor), 1.0)
-        if done or any(abs(ratio - r) < 1e-6 for r, _ in history):  # nothing else to fit
+        goal = fits[-1].budget_s / unit_s
+        ratio = next_fit(history, goal, tolerance=tolerance, max_fits=width.max_fits, floor=floor)
+        if ratio is None:
             break
         latency = replace(latency, ratio=ratio)
         targets = [latency if t.name == "latency" else t for t in targets]
         s.student = copy.deepcopy(gated)
         space = ChannelSpace(s.student, example_input(s.spec))
-    within = [f for f in fits if f.over <= tolerance]
-    kept = max(within, key=lambda f: f.over) if within else min(fits, key=lambda f: f.over)
+    kept = fits[kept_fit([f.over for f in fits], tolerance)]
     s.student = kept.student
     return kept.choice, kept.targets, tuple(fits)
-
-
-def refit_ratio(fits: Sequence[tuple[float, float]], goal: float) -> float:
-    """The predicted latency ratio to fit next, given each fit so far as (the ratio it was
-    fitted to, the ratio it measured) and the budget ``goal`` (all ratios of the latency
-    before thinning).
-
-    Full width measures (1, 1). Where the fits bracket the goal, the next ratio is
-    interpolated between the nearest measurement on each side (the first refit after a
-    fit that measured under the budget: a secant through (1, 1) and that fit). The width
-    model's error grows with how much is thinned, so before any fit measured under the
-    budget, the savings it predicts are scaled by what the last fit measured per saving
-    predicted. Where the last fit measured no saving at all, or the nearest bracket runs
-    backwards (a thinner fit measured slower: noise), the last fit alone decides.
-    """
-    points = [(1.0, 1.0), *fits]
-    under = [p for p in points if p[1] < goal]
-    above = [p for p in points if p[1] >= goal]
-    if under and above:
-        (x0, y0), (x1, y1) = max(under, key=lambda p: p[1]), min(above, key=lambda p: p[1])
-        if x1 > x0 and y1 > y0:
-            return x0 + (goal - y0) * (x1 - x0) / (y1 - y0)
-    fitted, measured = fits[-1]
-    if measured < 1.0 and fitted < 1.0:
-        return 1.0 - (1.0 - goal) * (1.0 - fitted) / (1.0 - measured)
-    return fitted * goal / measured
 
 
 def _fit(

@@ -17,6 +17,7 @@ from pruner.config import (
     ConfigError,
     DepthOptions,
     PruneConfig,
+    WidthOptions,
 )
 
 from .argtypes import fraction, positive_float, positive_int
@@ -91,10 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-fits",
         type=positive_int,
-        default=3,
+        default=WidthOptions().max_fits,
         metavar="N",
         help="hfp under a latency budget: measure each width fit and refit one more than 3%% "
-        "over or under the budget, at most N fits (3; 1: trust the width-latency model)",
+        f"over or under the budget, at most N fits ({WidthOptions().max_fits}; 1: trust the "
+        "width-latency model)",
     )
     p.add_argument(
         "--depth-share",
