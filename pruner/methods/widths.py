@@ -206,7 +206,8 @@ def _fit_measured(
     Under a latency target each fit is measured; one more than the tolerance over or under
     the budget is refitted from a copy of the student taken after gating, to the latency
     ratio :func:`~pruner.methods.refits.next_fit` gives (aimed half the tolerance under the
-    budget, between what the narrowest widths predict and 1). The student kept is the slowest fit within the budget (+ tolerance), else the fastest.
+    budget, between what the narrowest widths predict and 1). The student kept is the
+    slowest fit within the budget (+ tolerance), else the fastest.
     """
     width, tolerance = s.options.width, s.options.run.tolerance
     ranking, open_ = channel_ranking(space, gates), gates.widths()

@@ -61,7 +61,7 @@ def split_budget(
             else f"thinning saves as much latency per multiplication removed as removing "
             f"blocks ({width_yield:.2f} against {block_yield:.2f}): the passes share the cut"
         )
-        if budget ** (1.0 - share) < halfway <= 1.0:
+        if budget ** (1.0 - share) < halfway:
             reason += (
                 f"; widths capped at {halfway:.3f}, halfway to their floor {width_floor:.3f}, "
                 "blocks take the rest"
