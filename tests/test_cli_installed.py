@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from pruner import PruneReport
+from service.commands.prune import report_table
 
 from .cli_helpers import PRUNERD, ok, run
 from .service_helpers import wait_for
@@ -149,11 +153,25 @@ def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> Non
     assert 1 <= width["fits"] <= 2 and len(width["fit_latencies_s"]) == width["fits"]
     assert 0 <= width["kept_fit"] < width["fits"]
     assert report["config"]["max_fits"] == 2
+    caption = str(report_table(PruneReport.from_json(result.stdout)).caption)
+    assert f"widths fitted {width['fits']} time" in caption and "removed " in caption
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"] == "removal+hfp" and plan["removed"] and plan["channels"]
     evaluated = ok(prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt"),
                            "--data", "digits", "--limit", "100", "--json"))  # fmt: skip
     assert json.loads(evaluated.stdout)["n"] == 100
+
+
+def test_prune_to_size_targets_prints_them(work: Path, baseline: Path) -> None:
+    """hfp to a MACs target, no latency budget: the table names the target, not a budget."""
+    result = ok(
+        prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                "--method", "hfp", "--target-macs", "0.5", "--epochs", "0", "--limit", "200",
+                *QUICK_TIMING, "--out", str(work / "macs"))
+    )  # fmt: skip
+    assert "hfp, target macs x0.500" in result.stdout
+    assert "budget" not in result.stdout
+    assert 0.49 <= float(re.search(r"MACs x([0-9.]+)", result.stdout)[1]) <= 0.5
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")

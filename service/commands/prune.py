@@ -184,18 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def report_table(r: PruneReport) -> Table:
     t = Table(
-        title=f"{r.model} on {r.dataset}: {r.method}, budget {_ms(r.budget_s)} ms "
-        f"(checked against {_ms(r.budget_check_s)} ms)",
-        caption=(
-            f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}; predicted "
-            f"{_ms(r.predicted_latency_s)} ms{_of_profiled(r)}; speed-up {r.speedup:.2f}x; "
-            f"budget {'met' if r.budget_met else 'MISSED'}"
-            + (
-                f"; MACs x{r.width.macs_ratio:.3f}, params x{r.width.params_ratio:.3f}"
-                if r.width
-                else ""
-            )
-        ),
+        title=f"{r.model} on {r.dataset}: {r.method}, {_goal(r)}",
+        caption=_caption(r),
     )
     t.add_column("")
     for col in ("latency ms", "accuracy", "FLOPs", "params"):
@@ -204,6 +194,33 @@ def report_table(r: PruneReport) -> Table:
         t.add_row(name, _ms(s.latency_s), f"{s.accuracy:.4f}", _si(s.flops), _si(s.params))
     t.add_row("pruned, before fine-tuning", "", f"{r.accuracy_before_finetune:.4f}", "", "")
     return t
+
+
+def _goal(r: PruneReport) -> str:
+    """The latency budget as checked, or the size targets of a run without one."""
+    if r.budget_s:
+        return f"budget {_ms(r.budget_s)} ms (checked against {_ms(r.budget_check_s)} ms)"
+    targets = r.width.targets if r.width else {}
+    return ", ".join(f"target {k} x{v:.3f}" for k, v in targets.items()) or "no latency budget"
+
+
+def _caption(r: PruneReport) -> str:
+    """What was removed or thinned, the prediction, the speed-up and the budget's verdict."""
+    parts = []
+    if r.depth is not None or r.removed_blocks:
+        parts.append(f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}")
+    if r.budget_s:
+        parts.append(f"predicted {_ms(r.predicted_latency_s)} ms{_of_profiled(r)}")
+    verdict = f"; budget {'met' if r.budget_met else 'MISSED'}" if r.budget_s else ""
+    parts.append(f"speed-up {r.speedup:.2f}x{verdict}")
+    if (w := r.width) is not None:
+        parts.append(f"MACs x{w.macs_ratio:.3f}, params x{w.params_ratio:.3f}")
+        if w.fit_latencies_s:
+            parts.append(
+                f"widths fitted {w.fits} time{'s' if w.fits != 1 else ''}, fit {w.kept_fit + 1} "
+                f"kept (measured {_ms(w.fit_latencies_s[w.kept_fit])} ms before fine-tuning)"
+            )
+    return "; ".join(parts)
 
 
 def _of_profiled(r: PruneReport) -> str:
