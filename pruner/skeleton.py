@@ -211,6 +211,24 @@ def speed_change_warning(
     return text
 
 
+def budget_drift_warning(budget_s: float, check_s: float) -> str | None:
+    """A warning, for a run without a profile, when the budget the last pass aimed at
+    (``budget_s``: the fraction of the baseline timed as it started, seconds) and the one
+    checked at the end (``check_s``: the same fraction of the baseline timed then) differ
+    by more than the profiler's drift limit: the machine's speed changed in between."""
+    if not (budget_s and check_s):
+        return None
+    moved = check_s / budget_s - 1.0
+    if abs(moved) <= QualityLimits().drift:
+        return None
+    return (
+        f"the baseline measured {moved:+.0%} at the end against when the last pass started "
+        f"(the budget {budget_s * 1e3:.3f} ms then, {check_s * 1e3:.3f} ms at the check): the "
+        "machine's speed changed between the two (load, clocks or another tenant). The budget "
+        "check times both models interleaved and holds"
+    )
+
+
 def finish(s: PruneState, t_start: float) -> PruneResult:
     """Measure the student against the budget, count what both models cost, build the report."""
     run, fraction = s.options.run, s.options.budget.fraction
@@ -223,9 +241,11 @@ def finish(s: PruneState, t_start: float) -> PruneResult:
     met = check_s == 0.0 or measured_s <= check_s * (1 + run.tolerance)
     if not met:
         s.warnings.append(s.over_budget(measured_s, check_s))
-    if s.profile and (
-        moved := speed_change_warning(s.profile, base_now_s, s.predicted_s, measured_s)
-    ):
+    if s.profile:
+        moved = speed_change_warning(s.profile, base_now_s, s.predicted_s, measured_s)
+    else:
+        moved = budget_drift_warning(s.budget_s, check_s) if fraction is not None else None
+    if moved:
         s.warnings.append(moved)
     if s.rounds[-1].measured_latency_s is None:
         s.rounds[-1] = dataclasses.replace(s.rounds[-1], measured_latency_s=measured_s)

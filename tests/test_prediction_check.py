@@ -23,7 +23,7 @@ from profiler import (
     without_blocks,
 )
 from pruner.depth import remove_blocks
-from pruner.skeleton import profile_warnings, speed_change_warning
+from pruner.skeleton import budget_drift_warning, profile_warnings, speed_change_warning
 from tests.cli_helpers import PRUNERD, ok, run
 
 QUICK = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20)
@@ -126,6 +126,14 @@ def test_a_prune_warns_when_the_machine_changed_speed_since_the_profile(
     assert "50.0% of the baseline predicted, 45.0% measured" in slow
     fast = speed_change_warning(profile, traced * 0.5, 0.0, traced * 0.2)
     assert fast is not None and "(-50%)" in fast and "predicted" not in fast  # no prediction
+
+
+def test_a_prune_without_a_profile_warns_when_the_budget_moved() -> None:
+    # hfp to 0.6: the width pass started against a 2.577 ms baseline, the check saw 3.841 ms.
+    moved = budget_drift_warning(0.6 * 2.577e-3, 0.6 * 3.841e-3)
+    assert moved is not None and "+49%" in moved and "1.546 ms then, 2.305 ms" in moved
+    assert budget_drift_warning(1.0e-3, 1.1e-3) is None  # within the drift limit
+    assert budget_drift_warning(0.0, 1.0e-3) is None  # no latency budget
 
 
 def test_the_command_prints_the_check(tmp_path: Path) -> None:
