@@ -105,20 +105,30 @@ class Client:
 
         Replies to earlier requests that timed out are skipped by their ``req_id``.
         """
-        self._sock.send(payload)
         deadline = time.monotonic() + self.timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                break
-            reply = json.loads(self._sock.recv())
-            if req_id is None or reply.get("req_id") in (req_id, None):
-                return reply
+        # A connection the daemon refused (its CurveZMQ handshake failed: a key not on its
+        # list) leaves no peer to queue for, and a plain send would wait for one forever.
+        if self._sock.poll(int(self.timeout_s * 1000) + 1, zmq.POLLOUT) and self._sent(payload):
+            while (left := deadline - time.monotonic()) > 0:
+                if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                    break
+                reply = json.loads(self._sock.recv())
+                if req_id is None or reply.get("req_id") in (req_id, None):
+                    return reply
         # The socket may now hold a late reply; a fresh socket keeps request and reply in step.
         self._sock.close()
         self._sock = self._connect(zmq.DEALER, self.endpoint)
         raise DaemonUnavailable(
-            f"no reply from {self.endpoint} within {self.timeout_s:g} s; is `prunerd serve` running?"
+            f"no reply from {self.endpoint} within {self.timeout_s:g} s; is `prunerd serve` "
+            "running, and does it accept this client's key?"
         )
+
+    def _sent(self, payload: bytes) -> bool:
+        try:
+            self._sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:  # the peer went between the poll and the send
+            return False
+        return True
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send a request; return its ``data`` or raise RequestError."""

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -110,6 +111,24 @@ def test_key_classes_reload_and_bad_files(tmp_path: Path) -> None:
         wait_for(lambda: "keeping the keys loaded before" in d.log(), 30)
         with client(d, keys, "bob") as bob:
             assert bob.ping()["protocol"] == 1
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_refused_key_gets_an_answer_not_a_hang(tmp_path: Path) -> None:
+    # Once the daemon has refused the handshake there is no peer to queue a request for:
+    # the client must give up within its timeout, whenever it asks. bob is unknown; mon is
+    # a monitor's key, refused for requests (before the fix, mon's ping never returned).
+    keys = make_keys(tmp_path / "keys")
+    d = DaemonProcess(tmp_path / "state", *curve_args(keys)).start()
+    try:
+        for name, wait_s in (("bob", 0.0), ("mon", 0.0), ("bob", 0.5), ("mon", 0.5)):
+            with client(d, keys, name, 1.0) as refused:
+                time.sleep(wait_s)
+                t0 = time.monotonic()
+                with pytest.raises(DaemonUnavailable, match="accept this client's key"):
+                    refused.ping()
+                assert time.monotonic() - t0 < 5.0, (name, wait_s)
     finally:
         assert d.stop() == 0
 
