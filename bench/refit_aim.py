@@ -13,9 +13,9 @@ the pruner's final check does; it fails above the budget + tolerance.
 Per (sigma, aim): how often that check fails, and where the kept fit really runs (its
 true ratio / budget - 1; cutting deeper than asked costs accuracy): the median, the share
 within the tolerance either way, and the share more than 10% under (a deep cut, most often
-after a refit that overshot the budget wasted a fit). No timing: the figures are the model's, not a device's. ``--noise-from`` reads a
-width_fits bench result to say what sigma this CPU showed (re-timed against the pruner's
-own measurement of the same model).
+after a refit that overshot the budget wasted a fit). No timing: the figures are the
+model's, not a device's. ``--noise-from`` reads a width_fits bench result to say what sigma
+this CPU showed (re-timed against the pruner's own measurement of the same model).
 """
 
 from __future__ import annotations

@@ -142,32 +142,33 @@ def test_algorithm_packages_import_neither_the_skeleton_nor_each_other(package, 
     assert bad == []
 
 
-def test_names_for_the_protocol_cost_no_torch():
-    code = (
-        "import sys\n"
-        "from pruner.config import DATASETS, METHODS\n"
-        "import service.protocol as p\n"
-        "assert p.PRUNE_METHODS == METHODS and p.BUILTIN_DATASETS == DATASETS\n"
+def assert_light(code: str) -> None:
+    """``code`` runs in a fresh interpreter without loading torch, numba or numpy."""
+    code += (
+        "\nimport sys\n"
         "heavy = [m for m in ('torch', 'numba', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_names_for_the_protocol_cost_no_torch():
+    assert_light(
+        "from pruner.config import DATASETS, METHODS\n"
+        "import service.protocol as p\n"
+        "assert p.PRUNE_METHODS == METHODS and p.BUILTIN_DATASETS == DATASETS\n"
+    )
 
 
 def test_the_command_line_parses_without_torch():
     # A client command (submit, jobs, watch, cancel, keys) and every --help start in a
     # fraction of a second: only a command that runs a model loads torch.
-    code = (
-        "import sys\n"
+    assert_light(
         "from service.cli import build_parser\n"
         "build_parser().parse_args(['jobs', '--connect', 'tcp://127.0.0.1:1'])\n"
         "from service.commands.weights import resolve_weights\n"
-        "heavy = [m for m in ('torch', 'numba', 'numpy') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 def _public(module: str) -> set[str]:
