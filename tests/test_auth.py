@@ -21,6 +21,7 @@ from zmq.auth import create_certificates, load_certificate
 from service.client import Client, DaemonUnavailable, RequestError
 from service.config import load_settings
 from service.monitor import Monitor
+from tests.cli_helpers import PRUNERD, run
 from tests.service_helpers import DaemonProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +130,13 @@ def test_a_refused_key_gets_an_answer_not_a_hang(tmp_path: Path) -> None:
                 with pytest.raises(DaemonUnavailable, match="accept this client's key"):
                     refused.ping()
                 assert time.monotonic() - t0 < 5.0, (name, wait_s)
+        # The installed script, as a user with a monitor's key runs it: a clear error, at once.
+        refused = run(PRUNERD, "jobs", "--connect", d.info["rpc"], "--timeout", "1",
+                      "--server-key", str(keys / "server.key"),
+                      "--client-key", str(keys / "mon.key_secret"), timeout=30)  # fmt: skip
+        assert refused.returncode != 0 and "accept this client's key" in refused.stderr
+        with client(d, keys, "alice") as alice:
+            assert alice.ping()["protocol"] == 1  # the daemon still serves its operators
     finally:
         assert d.stop() == 0
 
