@@ -52,80 +52,72 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"dataset: {', '.join(DATASETS)} or module:callable",
     )
     p.add_argument("--data-root", metavar="DIR", help="directory of the dataset files")
-    budget = p.add_mutually_exclusive_group()
+    _add_goal_arguments(p.add_argument_group("what to meet"))
+    _add_depth_arguments(p.add_argument_group("block pruning (dbp, removal, greedy, l1, random)"))
+    _add_width_arguments(p.add_argument_group("filter pruning (hfp, and the +hfp methods)"))
+    _add_training_arguments(p.add_argument_group("fine-tuning"))
+    _add_measurement_arguments(p.add_argument_group("latency measurement"))
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    out.add_argument("--json", action="store_true", help="print report.json on stdout")
+    add_process_arguments(p)
+    p.set_defaults(func=handle)
+
+
+def _add_goal_arguments(g: argparse._ArgumentGroup) -> None:
+    """The budget (latency) or the size targets, and the method that meets them."""
+    budget = g.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget", type=fraction, metavar="FRACTION", help="fraction of the baseline latency"
     )
     budget.add_argument(
         "--budget-ms", type=positive_float, metavar="MS", help="latency budget in milliseconds"
     )
-    p.add_argument(
+    g.add_argument(
+        "--latency-batch-size",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="batch size the budget is for (1)",
+    )
+    g.add_argument(
+        "--target-macs", type=fraction, metavar="RATIO", help="hfp: keep this ratio of the MACs"
+    )
+    g.add_argument(
+        "--target-params",
+        type=fraction,
+        metavar="RATIO",
+        help="hfp: keep this ratio of the parameters",
+    )
+    g.add_argument(
         "--method",
         choices=METHODS,
         default=DEFAULT_METHOD,
         help="; ".join(f"{m.name}: {m.summary}" for m in METHOD_INFO.values())
         + f" (default {DEFAULT_METHOD})",
     )
-    p.add_argument(
-        "--target-macs", type=fraction, metavar="RATIO", help="hfp: keep this ratio of the MACs"
-    )
-    p.add_argument(
-        "--target-params",
-        type=fraction,
-        metavar="RATIO",
-        help="hfp: keep this ratio of the parameters",
-    )
-    p.add_argument(
-        "--round-to",
-        type=positive_int,
-        default=8,
-        metavar="K",
-        help="hfp: channel counts are multiples of K (8)",
-    )
-    p.add_argument(
-        "--sparsity-epochs",
-        type=positive_int,
-        default=1,
-        metavar="E",
-        help="hfp: epochs of training while the gates close (1)",
-    )
-    p.add_argument(
-        "--max-fits",
-        type=positive_int,
-        default=WidthOptions().max_fits,
-        metavar="N",
-        help="hfp under a latency budget: measure each width fit and refit one more than 3%% "
-        f"over or under the budget, at most N fits ({WidthOptions().max_fits}; 1: trust the "
-        "width-latency model)",
-    )
-    p.add_argument(
-        "--depth-share",
-        type=float,
-        default=None,
-        metavar="S",
-        help="dbp+hfp, removal+hfp: share of the latency cut the block pass takes, in [0, 1] "
-        "(default: chosen from the latency each pass saves per multiplication removed on this "
-        "device)",
-    )
-    p.add_argument(
+
+
+def _add_depth_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
         "--iterative",
         action="store_true",
         help="remove in rounds toward the budget, rescoring the pruned model after each",
     )
-    p.add_argument(
+    g.add_argument(
         "--iterative-rounds",
         type=positive_int,
         default=DepthOptions.iterative_rounds,
         metavar="K",
         help=f"--iterative: how many rounds ({DepthOptions.iterative_rounds})",
     )
-    p.add_argument(
+    g.add_argument(
         "--finetune-last",
         action="store_true",
         help="--iterative: fine-tune once, after the last round; the rounds before it only "
         "remove and rescore (one fine-tuning's cost instead of one per round)",
     )
-    p.add_argument(
+    g.add_argument(
         "--calibration-samples",
         type=positive_int,
         default=DepthOptions.calibration_samples,
@@ -133,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="dbp: training images the block probes are fit on "
         f"({DepthOptions.calibration_samples})",
     )
-    p.add_argument(
+    g.add_argument(
         "--heldout-samples",
         type=positive_int,
         default=DepthOptions.heldout_samples,
@@ -142,44 +134,94 @@ def register(sub: argparse._SubParsersAction) -> None:
         "block (removal) are scored on; a score's noise is about 1 / sqrt(N) of its "
         f"per-image spread ({DepthOptions.heldout_samples})",
     )
-    p.add_argument(
-        "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round"
+
+
+def _add_width_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--round-to",
+        type=positive_int,
+        default=8,
+        metavar="K",
+        help="channel counts are multiples of K (8)",
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=128, metavar="B", help="training batch size"
+    g.add_argument(
+        "--sparsity-epochs",
+        type=positive_int,
+        default=1,
+        metavar="E",
+        help="epochs of training while the gates close (1)",
     )
-    p.add_argument("--lr", type=positive_float, default=0.01, help="fine-tuning lr (0.01)")
-    p.add_argument(
-        "--latency-batch-size", type=positive_int, default=1, help="batch size of the budget (1)"
+    g.add_argument(
+        "--max-fits",
+        type=positive_int,
+        default=WidthOptions().max_fits,
+        metavar="N",
+        help="under a latency budget: measure each width fit and refit one more than 3%% "
+        f"over or under the budget, at most N fits ({WidthOptions().max_fits}; 1: trust the "
+        "width-latency model)",
     )
-    p.add_argument("--threads", type=positive_int, default=None, metavar="T", help="CPU threads")
-    p.add_argument(
+    g.add_argument(
+        "--depth-share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="dbp+hfp, removal+hfp: share of the latency cut the block pass takes, in [0, 1] "
+        "(default: chosen from the latency each pass saves per multiplication removed on this "
+        "device)",
+    )
+
+
+def _add_training_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round (2)"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=128,
+        metavar="B",
+        help="training batch size (128)",
+    )
+    g.add_argument("--lr", type=positive_float, default=0.01, help="fine-tuning lr (0.01)")
+    g.add_argument("--limit", type=positive_int, metavar="N", help="use N train and N test samples")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data's order and subsets and of --method random (0)",
+    )
+
+
+def _add_measurement_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--threads", type=positive_int, default=None, metavar="T", help="CPU threads")
+    g.add_argument(
         "--device",
         default="cpu",
         help="where the model is profiled, fine-tuned and measured: cpu (default), cuda, cuda:N",
     )
-    p.add_argument(
+    g.add_argument(
         "--cuda-graph",
         action="store_true",
         help="on CUDA, latency (profile, budget, final measurement) of the model replayed as "
         "one CUDA graph: how small-batch models are deployed on a GPU, and where block "
         "latencies add up",
     )
-    p.add_argument("--limit", type=positive_int, metavar="N", help="use N train and N test samples")
-    p.add_argument(
-        "--table", default=None, help="latency table (default ~/.cache/prunerd/latency.sqlite)"
+    g.add_argument(
+        "--table",
+        default=None,
+        metavar="PATH",
+        help="latency table (default ~/.cache/prunerd/latency.sqlite)",
     )
-    p.add_argument(
+    g.add_argument(
         "--no-table", action="store_true", help="neither read nor write the latency table"
     )
-    p.add_argument(
-        "--budget-s", type=positive_float, default=10.0, help="timing budget per measurement, s"
+    g.add_argument(
+        "--budget-s",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="timing budget per measurement, seconds (10)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--json", action="store_true", help="print report.json on stdout")
-    add_process_arguments(p)
-    p.set_defaults(func=handle)
 
 
 def report_table(r: PruneReport) -> Table:

@@ -19,93 +19,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "STATE_DIR/daemon.json.",
     )
     p.add_argument(
-        "--config", type=Path, default=None, help="TOML settings file (see docs/service.md)"
-    )
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--rpc-port", type=int, default=None, help="ROUTER request port (default 5750)")
-    p.add_argument("--events-port", type=int, default=None, help="PUB event port (default 5751)")
-    p.add_argument(
-        "--ingest-port", type=int, default=None, help="PULL deployment-sample port (default 5752)"
-    )
-    p.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9750)"
-    )
-    p.add_argument(
-        "--state-dir", type=Path, default=None, help="jobs, results and latency table (SQLite)"
-    )
-    p.add_argument("--max-workers", type=int, default=None, help="jobs run at once (default 1)")
-    p.add_argument(
-        "--allow-import",
-        action="append",
-        dest="allow_imports",
+        "--config",
+        metavar="FILE",
+        type=Path,
         default=None,
-        metavar="PREFIX",
-        help="allow models/datasets under this import path (repeatable)",
+        help="TOML settings file (see docs/service.md)",
     )
     p.add_argument(
-        "--model-dir",
-        action="append",
-        dest="model_dirs",
-        default=None,
+        "--state-dir",
         metavar="DIR",
-        help="allow torch.export files under DIR (repeatable)",
-    )
-    p.add_argument(
-        "--path-root",
-        action="append",
-        dest="path_roots",
-        default=None,
-        metavar="DIR",
-        help="allow checkpoints/outputs under DIR (repeatable)",
-    )
-    p.add_argument(
-        "--server-secret-key", type=Path, default=None, help="CurveZMQ: the daemon's .key_secret"
-    )
-    p.add_argument(
-        "--authorized-keys-dir",
         type=Path,
         default=None,
-        help="CurveZMQ: directory of allowed client public keys (*.key)",
+        help="jobs, results and latency table (SQLite)",
     )
     p.add_argument(
-        "--monitor-keys-dir",
-        type=Path,
-        default=None,
-        help="CurveZMQ: directory of monitor public keys (*.key): they may only send samples",
+        "--max-workers", metavar="N", type=int, default=None, help="jobs run at once (default 1)"
     )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=None,
-        help="allow a non-loopback --host without CurveZMQ, or --metrics-host without auth",
-    )
-    p.add_argument("--metrics-host", default=None, help="address of /metrics (default 127.0.0.1)")
-    p.add_argument(
-        "--metrics-auth-file",
-        type=Path,
-        default=None,
-        help="file with one line user:password; /metrics then needs HTTP basic auth",
-    )
-    ranks = p.add_argument_group(
-        "jobs run as several processes (`prunerd submit prune --gpus N` / `--procs N`)"
-    )
-    ranks.add_argument(
-        "--max-gpus",
-        type=int,
-        default=None,
-        metavar="K",
-        help="GPUs one job may use: a prune job with --gpus N runs N processes (ranks), one "
-        "GPU each (cuda:0..N-1 of those this daemon sees, NCCL); a job on cuda without --gpus "
-        "uses one. Default: the CUDA devices this daemon sees (0 without CUDA)",
-    )
-    ranks.add_argument(
-        "--max-procs",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU processes one job may run as: a prune job with --procs N runs N ranks on "
-        "the CPU (gloo), for machines without a GPU, sharing its cores (one torch thread "
-        "each unless the job's threads option says more). Default 1 (every job one process)",
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_endpoint_arguments(p.add_argument_group("where it listens"))
+    _add_access_arguments(p.add_argument_group("what jobs may read, and who may ask"))
+    _add_rank_arguments(
+        p.add_argument_group(
+            "jobs run as several processes (`prunerd submit prune --gpus N` / `--procs N`)"
+        )
     )
     limits = p.add_argument_group("quotas and bounds ([limits] in the config file)")
     defaults = Settings()
@@ -118,8 +54,129 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="N",
             help=f"{what} (default {default})",
         )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=handler)
+
+
+def _add_endpoint_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--host", metavar="ADDR", default=None, help="address to bind (default 127.0.0.1)"
+    )
+    g.add_argument(
+        "--rpc-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="ROUTER request port (default 5750)",
+    )
+    g.add_argument(
+        "--events-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="PUB event port (default 5751)",
+    )
+    g.add_argument(
+        "--ingest-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="PULL deployment-sample port (default 5752)",
+    )
+    g.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="Prometheus /metrics port (default 9750)",
+    )
+    g.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        default=None,
+        help="address of /metrics (default 127.0.0.1)",
+    )
+
+
+def _add_access_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--allow-import",
+        action="append",
+        dest="allow_imports",
+        default=None,
+        metavar="PREFIX",
+        help="allow models/datasets under this import path (repeatable)",
+    )
+    g.add_argument(
+        "--model-dir",
+        action="append",
+        dest="model_dirs",
+        default=None,
+        metavar="DIR",
+        help="allow torch.export files under DIR (repeatable)",
+    )
+    g.add_argument(
+        "--path-root",
+        action="append",
+        dest="path_roots",
+        default=None,
+        metavar="DIR",
+        help="allow checkpoints/outputs under DIR (repeatable)",
+    )
+    g.add_argument(
+        "--server-secret-key",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="CurveZMQ: the daemon's .key_secret",
+    )
+    g.add_argument(
+        "--authorized-keys-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="CurveZMQ: directory of allowed client public keys (*.key)",
+    )
+    g.add_argument(
+        "--monitor-keys-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="CurveZMQ: directory of monitor public keys (*.key): they may only send samples",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without CurveZMQ, or --metrics-host without auth",
+    )
+    g.add_argument(
+        "--metrics-auth-file",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="file with one line user:password; /metrics then needs HTTP basic auth",
+    )
+
+
+def _add_rank_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--max-gpus",
+        type=int,
+        default=None,
+        metavar="K",
+        help="GPUs one job may use: a prune job with --gpus N runs N processes (ranks), one "
+        "GPU each (cuda:0..N-1 of those this daemon sees, NCCL); a job on cuda without --gpus "
+        "uses one. Default: the CUDA devices this daemon sees (0 without CUDA)",
+    )
+    g.add_argument(
+        "--max-procs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU processes one job may run as: a prune job with --procs N runs N ranks on "
+        "the CPU (gloo), for machines without a GPU, sharing its cores (one torch thread "
+        "each unless the job's threads option says more). Default 1 (every job one process)",
+    )
 
 
 def handler(args: argparse.Namespace) -> int:
