@@ -103,3 +103,16 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     x = torch.randn(result.plan.spec.input_shape(2))
     torch.testing.assert_close(replayed(x), result.model.eval()(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.pt"]  # it wrote nothing
+
+
+def test_the_documented_daemon_settings_load(tmp_path: Path) -> None:
+    """docs/service.md's TOML example is a settings file the daemon accepts, key for key."""
+    from service.config import load_settings
+
+    text = (ROOT / "docs" / "service.md").read_text()
+    (example,) = [body for lang, body in FENCE.findall(text) if lang == "toml"]
+    config = tmp_path / "prunerd.toml"
+    config.write_text(example)
+    settings = load_settings(config)
+    assert (settings.max_procs, settings.max_queued_per_client) == (2, 32)
+    assert settings.budgets == {"resnet56-pruned": 0.004}
