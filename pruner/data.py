@@ -351,24 +351,9 @@ def bundle_from_arrays(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-
-    def as_tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        return x.contiguous(), torch.as_tensor(np.asarray(labels, dtype=np.int64))
-
-    train_x, train_y = as_tensors(train_images, train_labels)
-    test_x, test_y = as_tensors(test_images, test_labels)
-    if (keep := _subset(len(train_y), limit, seed)) is not None:
-        train_x, train_y = train_x[keep], train_y[keep]
-    if (keep := _subset(len(test_y), limit, seed + 1)) is not None:
-        test_x, test_y = test_x[keep], test_y[keep]
-
-    n = len(train_y)
-    n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 else 0
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))
-    val_idx, fit_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    train_x, train_y = _as_tensors(train_images, train_labels, limit, seed)
+    test_x, test_y = _as_tensors(test_images, test_labels, limit, seed + 1)
+    val_idx, fit_idx = _val_split(len(train_y), val_fraction, seed + 2)
     fit_x, fit_y = train_x[fit_idx], train_y[fit_idx]
     # Normalise with the statistics of what the model trains on, never of val or test.
     mean, std = _channel_stats(fit_x)
@@ -383,20 +368,34 @@ def bundle_from_arrays(
         test_size=len(test_y),
         root=root,
     )
+    augment = {"augment_pad": augment_pad, "augment_flip": augment_flip}
     return DataBundle(
         info=info,
-        train=Batches(
-            fit_x,
-            fit_y,
-            shuffle=True,
-            seed=seed,
-            augment_pad=augment_pad,
-            augment_flip=augment_flip,
-            **common,
-        ),
+        train=Batches(fit_x, fit_y, shuffle=True, seed=seed, **augment, **common),
         val=Batches(train_x[val_idx], train_y[val_idx], **common),
         test=Batches(test_x, test_y, **common),
     )
+
+
+def _as_tensors(
+    images: Any, labels: Any, limit: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and int64 labels (N,), cut to a seeded ``limit``-subset."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    x, y = x.contiguous(), torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if (keep := _subset(len(y), limit, seed)) is not None:
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val indices, fit indices) of ``n`` training samples, each sorted; at least one
+    val sample when ``val_fraction`` > 0, and at least one left to fit on."""
+    n_val = min(n - 1, max(1, round(val_fraction * n))) if val_fraction > 0 else 0
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:n_val].sort().values, order[n_val:].sort().values
 
 
 # ---------------------------------------------------------------------------- module:callable
@@ -451,31 +450,38 @@ def load_callable(
         )
     # The rule models follow too: one name defined in the module, no attribute path.
     obj = resolve_callable(spec, "dataset")
-
     offered = {"batch_size": batch_size, "seed": seed, "root": root}
     params = inspect.signature(obj).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     result = obj(**{k: v for k, v in offered.items() if takes_any or k in params})
-
     if isinstance(result, DataBundle):
         return result
-    num_classes = None
+    return _bundle_from_splits(spec, root, *_returned_splits(spec, result))
+
+
+def _returned_splits(spec: str, result: Any) -> tuple[Any, Any, Any, int | None]:
+    """(train, val, test, num_classes or None) from what a dataset callable returned."""
     if isinstance(result, Mapping):
         if "train" not in result or "test" not in result:
             raise ValueError(
                 f"dataset {spec!r}: the returned mapping needs 'train' and 'test' keys"
             )
-        train, test = result["train"], result["test"]
-        val = result.get("val", test)
-        num_classes = result.get("num_classes")
-    elif isinstance(result, tuple | list) and len(result) in (2, 3):
+        test = result["test"]
+        return result["train"], result.get("val", test), test, result.get("num_classes")
+    if isinstance(result, tuple | list) and len(result) in (2, 3):
         train, *rest = result
         val, test = (rest[0], rest[0]) if len(rest) == 1 else rest
-    else:
-        raise ValueError(
-            f"dataset {spec!r}: the callable returned {type(result).__name__}; expected a "
-            "DataBundle, a mapping with 'train'/'test', or a tuple (train, [val,] test)"
-        )
+        return train, val, test, None
+    raise ValueError(
+        f"dataset {spec!r}: the callable returned {type(result).__name__}; expected a "
+        "DataBundle, a mapping with 'train'/'test', or a tuple (train, [val,] test)"
+    )
+
+
+def _bundle_from_splits(
+    spec: str, root: str | None, train: Any, val: Any, test: Any, num_classes: int | None
+) -> DataBundle:
+    """A DataBundle of re-iterable loaders; shapes read off the first training batch."""
     train, val, test = _Converted(train), _Converted(val), _Converted(test)
     first_x, _ = next(iter(train))
     if first_x.dim() != 4:
@@ -497,6 +503,21 @@ def load_callable(
 
 
 # ---------------------------------------------------------------------------- the public entry
+
+
+def _synthetic(options: dict[str, Any], seed: int, **split: Any) -> DataBundle:
+    """The synthetic dataset: ``count`` train images (1024) and a fifth as many test images."""
+    options = dict(options)
+    num_classes = int(options.get("num_classes", 4))
+    count = int(options.pop("count", 1024))
+    # Train and test come from different seeds of the same generator: no shared images.
+    tr_x, tr_y = make_synthetic_arrays(count=count, seed=seed, class_seed=seed, **options)
+    te_x, te_y = make_synthetic_arrays(
+        count=max(1, count // 5), seed=seed + 10_000, class_seed=seed, **options
+    )
+    return bundle_from_arrays(
+        "synthetic", tr_x, tr_y, te_x, te_y, num_classes=num_classes, seed=seed, **split
+    )
 
 
 def load_data(
@@ -544,15 +565,7 @@ def load_data(
         tr_x, tr_y, te_x, te_y = load_digits_arrays()
         return bundle_from_arrays(name, tr_x, tr_y, te_x, te_y, num_classes=10, **split)
     if name == "synthetic":
-        num_classes = int(options.get("num_classes", 4))
-        count = int(options.pop("count", 1024))
-        n_test = max(1, count // 5)
-        # Train and test come from different seeds of the same generator: no shared images.
-        tr_x, tr_y = make_synthetic_arrays(count=count, seed=seed, class_seed=seed, **options)
-        te_x, te_y = make_synthetic_arrays(
-            count=n_test, seed=seed + 10_000, class_seed=seed, **options
-        )
-        return bundle_from_arrays(name, tr_x, tr_y, te_x, te_y, num_classes=num_classes, **split)
+        return _synthetic(options, **split)
     if ":" in name:
         return load_callable(
             name, root=None if root is None else str(root), batch_size=batch_size, seed=seed

@@ -133,6 +133,16 @@ def dp_solve(
                 removed[i, c, 0] = removed[i, c, 1]
                 new[c, 1] = NEG
         dp = new
+    return _backtrack(dp, prev_c, prev_f, removed)
+
+
+@njit(cache=True)
+def _backtrack(
+    dp: np.ndarray, prev_c: np.ndarray, prev_f: np.ndarray, removed: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """The best final state of ``dp`` (buckets x flag) and, following the back-pointers
+    from it, which items it removed: (value, mask), mask all zeros when none is feasible."""
+    n, cap = removed.shape[0], dp.shape[0] - 1
     best = NEG
     bc, bf = -1, 0
     for c in range(cap + 1):

@@ -119,6 +119,26 @@ class GateRecord:
     open_channels: int
 
 
+def _task_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    teacher: nn.Module | None,
+) -> None:
+    """One SGD step on the task loss: KD from ``teacher`` when given, else cross-entropy."""
+    out = net(x)
+    if teacher is not None:
+        with torch.no_grad():
+            t = teacher(x)
+        loss = kd_loss(out, t, y)
+    else:
+        loss = nn.functional.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train_gates(
     model: nn.Module,
     gates: Gates,
@@ -161,17 +181,7 @@ def train_gates(
     with distributed.parallel(model, device, distributed.rank_batch_size(batches)) as net:
         for _ in range(epochs):
             for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                out = net(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t = teacher(x)
-                    loss = kd_loss(out, t, y)
-                else:
-                    loss = nn.functional.cross_entropy(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _task_step(net, opt, x.to(device), y.to(device), teacher)
                 steps += 1
                 frac = min(1.0, steps / ramp_steps)
                 closed += _close_to(gates, targets, frac, round_to)
