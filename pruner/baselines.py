@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from profiler import ModelSpec, build_model_for, builtin_models, save_checkpoint
+from profiler.files import writable_file
 
 from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
@@ -167,7 +168,7 @@ def train_model(
     """
     _check_model_name(config.model)
     state_path = state_path_for(config.out)
-    distributed.from_main(lambda: _check_no_interrupted_run(state_path, config.resume))
+    distributed.from_main(lambda: _check_out(config.out, state_path, config.resume))
     bundle = data if data is not None else load_training_data(config)
     info = bundle.info
     threads_before = torch.get_num_threads()
@@ -210,7 +211,10 @@ def train_model(
     )
 
 
-def _check_no_interrupted_run(state_path: Path, resume: bool) -> None:
+def _check_out(out: str | os.PathLike[str], state_path: Path, resume: bool) -> None:
+    """Fail before training, not after it: ``out`` must be a file its directory takes, and
+    an interrupted run there is resumed or refused, never overwritten."""
+    writable_file(out, "checkpoint")
     if state_path.is_file() and not resume:
         raise ValueError(
             f"{str(state_path)!r} holds an interrupted run: add --resume to continue it, "

@@ -37,7 +37,7 @@ from profiler import (
     save_checkpoint,
     torch_threads,
 )
-from profiler.files import write_text
+from profiler.files import writable_dir, write_text
 
 from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
@@ -313,6 +313,7 @@ def prune_checkpoint(
         progress, on_event = None, None
     emit = on_event or (lambda e: None)
     held: list[dict[str, Any]] = []
+    distributed.from_main(lambda: writable_dir(io.out))  # refused now, not after the work
     with torch_threads(run.threads):
         spec, teacher, data, inherited = load_inputs(config)
         with open_table(io.table if distributed.is_main() else "") as table:

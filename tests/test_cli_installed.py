@@ -184,6 +184,22 @@ def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
     assert not (work / "no-gpu").exists()
 
 
+def test_output_paths_are_refused_before_the_work(work: Path, baseline: Path) -> None:
+    taken = work / "taken"
+    taken.write_text("not a directory")
+    train = prunerd("train", "resnet20", "--data", "digits", "--epochs", "1", "--out", str(work))
+    assert train.returncode == 2 and "is a directory; name the file" in train.stderr
+    assert "epoch" not in train.stderr  # refused before training, not after it
+    prune = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                    "--budget", "0.5", *QUICK_TIMING, "--out", str(taken / "out"))  # fmt: skip
+    assert prune.returncode == 2 and "in its path), not a directory" in prune.stderr
+    assert "pruning resnet20" not in prune.stderr  # nothing measured
+    profile = prunerd("profile", "resnet20", *QUICK_TIMING, "--json", str(taken / "p.json"))
+    assert profile.returncode == 2 and "directory of the --json file" in profile.stderr
+    assert "profiling" not in profile.stderr
+    assert taken.read_text() == "not a directory"
+
+
 @pytest.mark.slow
 def test_quickstart(work: Path) -> None:
     out = work / "quickstart"

@@ -82,6 +82,11 @@ def test_missing_pretrained_names_what_exists_and_how_to_train() -> None:
     assert proc.returncode == 2
     assert "no pretrained 'vgg16' for dataset 'digits' is shipped (shipped:" in proc.stderr
     assert "prunerd train vgg16 --data digits --out vgg16-digits.pt" in proc.stderr
+    # a dataset prunerd has no loader for: no `--data cifar10` suggestion that would fail too
+    unknown = prunerd("eval", "resnet20", "--pretrained", "cifar10", check=False)
+    assert unknown.returncode == 2 and "--data cifar10" not in unknown.stderr
+    assert "'cifar10' is not a dataset prunerd knows (digits, fashion-mnist" in unknown.stderr
+    assert "shipped weights: resnet20 on fashion-mnist" in unknown.stderr
 
 
 @needs_script

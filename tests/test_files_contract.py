@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from profiler import ModelSpec, save_checkpoint
-from profiler.files import new_file, write_text
+from profiler.files import new_file, writable_dir, writable_file, write_text
 from service import protocol as p
 from service.client import Client, RequestError
 from service.commands import keys
@@ -51,6 +51,25 @@ def test_exclusive_write_refuses_any_existing_name(tmp_path: Path) -> None:
         f.write(b"x")
     assert link.is_symlink() and outside.read_text() == "precious"
     assert [f.name for f in link.parent.iterdir()] == ["pruned.pt"]  # no temp file left
+
+
+def test_output_paths_are_checked_before_the_work_and_leave_nothing(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "out"
+    assert writable_dir(deep) == deep and not (tmp_path / "a").exists()  # checked, not made
+    assert writable_file(deep / "model.pt") == deep / "model.pt"
+    assert list(tmp_path.iterdir()) == []
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"output directory .*taken': a file, not a directory"):
+        writable_dir(a_file)
+    with pytest.raises(ValueError, match=r"a file \('.*taken' in its path\)"):
+        writable_dir(a_file / "sub")
+    with pytest.raises(ValueError, match=r"checkpoint .* is a directory; name the file"):
+        writable_file(tmp_path, "checkpoint")
+    if Path("/proc/self").is_dir():  # a directory that takes no files, even for root
+        with pytest.raises(ValueError, match=r"cannot write into the output directory '/proc'"):
+            writable_dir("/proc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 def test_checkpoint_is_not_written_through_a_link(tmp_path: Path) -> None:

@@ -121,10 +121,14 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
 
 
 def handle(args: argparse.Namespace) -> int:
+    from profiler.files import writable_file, write_text
+
+    if args.json:
+        writable_file(args.json, "--json file")  # refused now, not after the timing
     profile = run_profile(args, quiet=args.quiet)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(profile.to_json())
+        write_text(args.json, profile.to_json())
     if not args.quiet:
         print_profile(profile)
         if args.json:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler.pretrained import pretrained_checkpoint, shipped
+from profiler.pretrained import PretrainedError, pretrained_checkpoint, shipped
+from pruner.config import DATASETS
 
 
 def add_weights_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -31,5 +32,14 @@ def resolve_weights(args: argparse.Namespace) -> None:
     A clear error (naming what is shipped and how to train one) when none is shipped.
     """
     dataset = getattr(args, "pretrained", None)
+    if dataset and dataset not in DATASETS:
+        # Only a known dataset can have shipped weights, and only for one can the error
+        # suggest a `prunerd train --data` that works.
+        have = ", ".join(f"{e.model} on {e.dataset}" for e in shipped()) or "none yet"
+        raise PretrainedError(
+            f"--pretrained {dataset!r} is not a dataset prunerd knows ({', '.join(DATASETS)}); "
+            f"shipped weights: {have}. For your own data train with `prunerd train "
+            f"{args.model} --data package.module:callable --out CKPT` and pass --checkpoint CKPT"
+        )
     if dataset:
         args.checkpoint = pretrained_checkpoint(args.model, dataset)
