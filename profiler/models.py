@@ -8,6 +8,8 @@ optionally a pruning plan as JSON text. No pickled modules anywhere.
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,22 +196,49 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        with warnings.catch_warnings():  # a plain pickle's protocol: the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own text goes on to suggest weights_only=False, which runs the file's
+        # code: prunerd never does that, so it does not pass the suggestion on.
         raise ModelSpecError(
-            f"checkpoint {str(path)!r} cannot be read as a prunerd checkpoint: {e}"
+            f"checkpoint {str(path)!r} is not a prunerd checkpoint: it is not a torch file of "
+            "tensors and plain values, the only kind prunerd loads (it never runs a pickle's "
+            "code); make one with `prunerd train`"
+        ) from e
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelSpecError(
+            f"checkpoint {str(path)!r} cannot be read as a prunerd checkpoint: {reason}"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelSpecError(
             f"{str(path)!r} is not a prunerd checkpoint (expected a dict with format={CHECKPOINT_FORMAT!r}); "
             "make one with `prunerd train`"
         )
-    return Checkpoint(
-        spec=ModelSpec.from_json(payload["spec"]),
-        state_dict=payload["state_dict"],
-        plan_json=payload.get("plan", ""),
-        meta=json.loads(payload.get("meta") or "{}"),
-    )
+    return _checkpoint_of(payload, path)
+
+
+def _checkpoint_of(payload: dict[str, Any], path: Path) -> Checkpoint:
+    """The checkpoint a loaded payload holds; a ``ModelSpecError`` naming the field that is
+    missing or malformed (a file edited or written by something else)."""
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelSpecError(f"checkpoint {str(path)!r}: 'state_dict' is not a dict of tensors")
+    try:
+        spec = ModelSpec.from_json(payload["spec"])
+        meta = json.loads(payload.get("meta") or "{}")
+        plan_json = payload.get("plan", "")
+        if not isinstance(meta, dict) or not isinstance(plan_json, str):
+            raise TypeError("'meta' is not a JSON object or 'plan' is not text")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelSpecError(
+            f"checkpoint {str(path)!r} has a missing or malformed field: {type(e).__name__}: {e}"
+        ) from e
+    return Checkpoint(spec=spec, state_dict=state, plan_json=plan_json, meta=meta)
 
 
 def resolve_spec(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from profiler import ModelSpec, save_checkpoint
+from profiler import ModelSpec, ModelSpecError, read_checkpoint, save_checkpoint
 from profiler.files import new_file, writable_dir, writable_file, write_text
 from service import protocol as p
 from service.client import Client, RequestError
 from service.commands import keys
 
 from .service_helpers import DaemonProcess
+from .test_export_safety import Payload
 
 BUILTINS = frozenset({"resnet20"})
 
@@ -70,6 +72,43 @@ def test_output_paths_are_checked_before_the_work_and_leave_nothing(tmp_path: Pa
         with pytest.raises(ValueError, match=r"cannot write into the output directory '/proc'"):
             writable_dir("/proc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
+    """Whatever a checkpoint path holds, the error names it and what is wrong; no traceback,
+    no code run, and no advice to load with ``weights_only=False``."""
+    marker = tmp_path / "MARKER"
+    ok_state = {"w": torch.zeros(1)}
+    spec_json = ModelSpec("resnet20", 1, 10, (8, 8)).to_json()
+    files = {
+        "text.pt": b"garbage\n",
+        "empty.pt": b"",
+        "pickle.pt": pickle.dumps({"x": Payload(marker)}),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    payloads = {
+        "no-spec.pt": {"format": "prunerd-checkpoint", "state_dict": ok_state},
+        "bad-state.pt": {"format": "prunerd-checkpoint", "state_dict": [1], "spec": spec_json},
+        "bad-spec.pt": {"format": "prunerd-checkpoint", "state_dict": ok_state, "spec": "{"},
+        "bad-meta.pt": {
+            "format": "prunerd-checkpoint",
+            "state_dict": ok_state,
+            "spec": spec_json,
+            "meta": "[1]",
+        },
+        "other.pt": {"weights": ok_state},
+    }
+    for name, payload in payloads.items():
+        torch.save(payload, tmp_path / name)
+    torch.save({"x": Payload(marker)}, tmp_path / "torch-pickle.pt")
+    for name in [*files, *payloads, "torch-pickle.pt"]:
+        with pytest.raises(ModelSpecError) as e:
+            read_checkpoint(tmp_path / name)
+        message = str(e.value)
+        assert name in message and "weights_only" not in message, message
+        assert len(message) < 300, message
+    assert not marker.exists()
 
 
 def test_checkpoint_is_not_written_through_a_link(tmp_path: Path) -> None:
