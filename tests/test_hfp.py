@@ -56,6 +56,38 @@ def test_cost_model_matches_an_independent_counter(name: str) -> None:
     assert 0.2 * macs < float(space.macs(half)) < 0.6 * macs
 
 
+class _Grouped(torch.nn.Module):
+    """A grouped (not depthwise) conv between two plain ones: terms that are not integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.BatchNorm2d(24))
+        self.b = torch.nn.Sequential(
+            torch.nn.Conv2d(24, 36, 3, padding=1, groups=3, bias=False), torch.nn.BatchNorm2d(36)
+        )
+        self.head = torch.nn.Linear(36, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", [*ZOO, "grouped"])
+def test_list_widths_cost_what_the_differentiable_costs_say(name: str) -> None:
+    """The fit's fast costs (numpy, list widths) against the layer-by-layer tensor costs."""
+    model, x = (_Grouped(), torch.randn(2, 3, 8, 8)) if name == "grouped" else zoo_model(name)
+    space = ChannelSpace(model, x)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        n = [float(torch.randint(1, g.size + 1, (1,), generator=gen)) for g in space.groups]
+        t = torch.tensor(n, dtype=torch.float64)
+        for cost in (space.macs, space.params):
+            fast, exact = cost(n), float(cost(t))
+            if name == "grouped":
+                assert fast == pytest.approx(exact, rel=1e-12)
+            else:  # integer terms: the same float whatever the order of the sum
+                assert fast == exact
+
+
 @pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize(
     ("macs", "params"),
