@@ -185,7 +185,7 @@ def test_prune_on_a_missing_gpu_says_so(work: Path, baseline: Path) -> None:
 
 
 def test_output_paths_are_refused_before_the_work(work: Path, baseline: Path) -> None:
-    taken = work / "taken"
+    taken = work / "a-file"  # where the outputs below would need a directory
     taken.write_text("not a directory")
     train = prunerd("train", "resnet20", "--data", "digits", "--epochs", "1", "--out", str(work))
     assert train.returncode == 2 and "is a directory; name the file" in train.stderr

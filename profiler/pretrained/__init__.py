@@ -87,6 +87,11 @@ def find_pretrained(
     return None
 
 
+def shipped_text(directory: str | os.PathLike[str] | None = None) -> str:
+    """What is shipped, for messages: "resnet20 on fashion-mnist, ..." or "none yet"."""
+    return ", ".join(f"{e.model} on {e.dataset}" for e in shipped(directory)) or "none yet"
+
+
 def pretrained_checkpoint(
     model: str, dataset: str, directory: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -94,7 +99,7 @@ def pretrained_checkpoint(
     entry = find_pretrained(model, dataset, directory)
     if entry is not None:
         return Path(directory or PRETRAINED_DIR) / entry.file
-    have = ", ".join(f"{e.model} on {e.dataset}" for e in shipped(directory)) or "none yet"
+    have = shipped_text(directory)
     out = pretrained_filename(model, dataset)
     raise PretrainedError(
         f"no pretrained {model!r} for dataset {dataset!r} is shipped (shipped: {have}). "

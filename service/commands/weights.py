@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler.pretrained import PretrainedError, pretrained_checkpoint, shipped
+from profiler.pretrained import PretrainedError, pretrained_checkpoint, shipped_text
 from pruner.config import DATASETS
 
 
 def add_weights_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     """``--checkpoint`` and ``--pretrained``, mutually exclusive (one of them when ``required``)."""
-    have = ", ".join(f"{e.model} on {e.dataset}" for e in shipped()) or "none yet"
     group = p.add_mutually_exclusive_group(required=required)
     group.add_argument(
         "--checkpoint",
@@ -22,7 +21,7 @@ def add_weights_arguments(p: argparse.ArgumentParser, required: bool = False) ->
     group.add_argument(
         "--pretrained",
         metavar="DATASET",
-        help=f"the shipped weights of MODEL trained on DATASET (shipped: {have})",
+        help=f"the shipped weights of MODEL trained on DATASET (shipped: {shipped_text()})",
     )
 
 
@@ -35,10 +34,9 @@ def resolve_weights(args: argparse.Namespace) -> None:
     if dataset and dataset not in DATASETS:
         # Only a known dataset can have shipped weights, and only for one can the error
         # suggest a `prunerd train --data` that works.
-        have = ", ".join(f"{e.model} on {e.dataset}" for e in shipped()) or "none yet"
         raise PretrainedError(
             f"--pretrained {dataset!r} is not a dataset prunerd knows ({', '.join(DATASETS)}); "
-            f"shipped weights: {have}. For your own data train with `prunerd train "
+            f"shipped weights: {shipped_text()}. For your own data train with `prunerd train "
             f"{args.model} --data package.module:callable --out CKPT` and pass --checkpoint CKPT"
         )
     if dataset:
