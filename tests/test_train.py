@@ -180,9 +180,11 @@ def test_cli_train_json(cli, tmp_path: Path, capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["checkpoint"] == str(out) and out.is_file()
     assert report["spec"]["input_size"] == [8, 8] and report["test"]["n"] == 200
-    rc = cli([*argv, "--out", str(tmp_path / "b.pt")])
-    text = capsys.readouterr().out
-    assert rc == 0 and "test accuracy:" in text and str(tmp_path / "b.pt") in text
+    rc = cli([*argv, "--out", str(tmp_path / "b.pt"), "--resume"])
+    printed = capsys.readouterr()
+    assert rc == 0 and "test accuracy:" in printed.out and str(tmp_path / "b.pt") in printed.out
+    # --resume with nothing to resume trains from the start, and says so
+    assert f"--resume: no interrupted run at '{tmp_path / 'b.pt.state'}'" in printed.err
 
 
 def test_cli_train_errors(cli, tmp_path: Path, capsys) -> None:

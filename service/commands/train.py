@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pruner.config import DATASETS
 from pruner.schedule import DECAYS, Schedule
@@ -186,6 +187,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _say_when_nothing_resumes(out: str) -> None:
+    """--resume with no resume file trains from the first epoch: say so, not silently."""
+    from pruner.train_state import state_path_for
+
+    state = state_path_for(out)
+    if not state.is_file():
+        print(
+            f"prunerd train: --resume: no interrupted run at {str(state)!r}; training from "
+            "the first epoch",
+            file=sys.stderr,
+        )
+
+
 def handler(args: argparse.Namespace) -> int:
     if (code := relaunch(args)) is not None:
         return code
@@ -193,6 +207,8 @@ def handler(args: argparse.Namespace) -> int:
     from pruner.baselines import train_model
 
     with distributed.session(args.device):
+        if args.resume and distributed.is_main():
+            _say_when_nothing_resumes(args.out)
         # progress on stderr: stdout stays clean for --json
         result = train_model(config_from_args(args), progress=True)
         if not distributed.is_main():  # rank 0 reports for all
