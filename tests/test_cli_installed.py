@@ -278,17 +278,28 @@ def test_submit_prune_is_refused_an_existing_output(
     """`submit prune` end to end up to the daemon's checks (prune jobs themselves run in
     test_daemon_prune): options travel as JSON, and an existing output is refused."""
     (work / "taken").mkdir()
-    args = ["submit", "prune", "resnet20", "--checkpoint", str(baseline), "--budget-ratio", "0.9",
-            "--dataset", "digits", "--option", "epochs=1", "--option", "limit=200", "--json",
+    # `prunerd prune`'s names for the budget, the data and the output
+    args = ["submit", "prune", "resnet20", "--checkpoint", str(baseline), "--budget-ms", "900",
+            "--data", "digits", "--option", "epochs=1", "--option", "limit=200", "--json",
             *daemon["connect"]]  # fmt: skip
-    taken = prunerd(*args, "--output", str(work / "taken"))
+    taken = prunerd(*args, "--out", str(work / "taken"))
     assert taken.returncode == 1
     error = json.loads(taken.stderr)["error"]
     assert (error["code"], error["field"]) == ("conflict", "params.output")
-    job = json.loads(ok(prunerd(*args, "--output", str(work / "fresh"))).stdout)
+    job = json.loads(ok(prunerd(*args, "--out", str(work / "fresh"))).stdout)
     assert job["params"]["options"] == {"epochs": 1, "limit": 200}
+    assert (job["params"]["budget_s"], job["params"]["dataset"]) == (0.9, "digits")
     assert (work / "fresh").is_dir()  # created by the daemon when it took the job
     ok(prunerd("cancel", job["id"], *daemon["connect"]))
+
+
+def test_submit_prune_refuses_budget_s_with_the_names_to_use() -> None:
+    """`--budget-s` was the latency budget of `submit prune` and is the timing budget of
+    `prunerd prune`: refused before any connection, naming both."""
+    moved = prunerd("submit", "prune", "resnet20", "--budget-s", "0.002")
+    assert moved.returncode == 2
+    assert "the latency budget is --budget-ms MS (or --budget FRACTION)" in moved.stderr
+    assert "--option timing_budget_s=S" in moved.stderr
 
 
 def test_submit_prune_with_an_option_of_the_wrong_type(daemon: dict, baseline: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 import pytest
@@ -15,6 +16,7 @@ from pruner import (
     DATASETS,
     METHODS,
     Budget,
+    BudgetError,
     DepthOptions,
     PruneConfig,
     PruneReport,
@@ -72,6 +74,20 @@ def test_prune_in_memory_writes_no_file(digits_model, tmp_path, monkeypatch):
     rebuilt.load_state_dict(result.model.state_dict())
     x = torch.randn(spec.input_shape(3))
     torch.testing.assert_close(rebuilt.eval()(x), result.model.eval()(x))
+
+
+def test_an_infeasible_budget_names_one_that_is_feasible(digits_model, table):
+    model, spec, data = digits_model
+    with pytest.raises(BudgetError) as e:
+        prune(model, spec, data, 0.01, method="l1", table=table, run=QUICK_RUN)
+    m = re.search(
+        r"below ([\d.]+) ms.*baseline ([\d.]+) ms\); the smallest feasible budget is "
+        r"([\d.]+) of the baseline, or ([\d.]+) ms",
+        str(e.value),
+    )
+    assert m, str(e.value)
+    floor_ms, base_ms, fraction, ms = map(float, m.groups())
+    assert ms >= floor_ms and fraction * base_ms >= floor_ms - 0.0005 * base_ms
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ seconds per batch of ``latency_batch_size`` in end-to-end units (see
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
@@ -180,7 +181,8 @@ class _BlockPass:
             raise BudgetError(
                 f"latency budget {budget_s * 1e3:.3f} ms is below {floor * 1e3:.3f} ms, what the "
                 f"unremovable part of {s.spec.name} costs on this device (baseline "
-                f"{base_s * 1e3:.3f} ms); the smallest feasible budget is {floor / base_s:.3f}"
+                f"{base_s * 1e3:.3f} ms); the smallest feasible budget is "
+                f"{_up(floor / base_s)} of the baseline, or {_up(floor * 1e3)} ms"
             )
         s.emit(
             {
@@ -316,3 +318,8 @@ class _BlockPass:
             check,
             removals=self.scores.removals,
         )
+
+
+def _up(x: float) -> str:
+    """``x`` rounded up to 3 decimals: a budget it names is never just under what it must meet."""
+    return f"{math.ceil(x * 1000 - 1e-9) / 1000:.3f}"

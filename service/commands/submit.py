@@ -12,7 +12,7 @@ from pruner.config import METHODS
 
 from ..client import Client, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
-from .argtypes import input_size, positive_int
+from .argtypes import fraction, input_size, positive_float, positive_int
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -39,6 +39,52 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (under a daemon path root)")
 
 
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    """The budget, data and output flags, named as `prunerd prune` names them (the names
+    before them still work: --budget-ratio, --dataset, --output)."""
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--budget",
+        "--budget-ratio",
+        dest="budget_ratio",
+        type=fraction,
+        metavar="FRACTION",
+        help="fraction of the baseline latency the job measures",
+    )
+    budget.add_argument(
+        "--budget-ms", type=positive_float, metavar="MS", help="latency budget in milliseconds"
+    )
+    # Once the latency budget in seconds here, the timing budget in `prunerd prune`: refused
+    # with the new names rather than read one way or the other.
+    p.add_argument("--budget-s", type=_moved_budget_s, help=argparse.SUPPRESS)
+    p.add_argument("--method", default=None, choices=METHODS)
+    p.add_argument("--data", "--dataset", dest="dataset", metavar="DATA", help="dataset name")
+    p.add_argument(
+        "--out",
+        "--output",
+        dest="output",
+        metavar="DIR",
+        help="where the pruned model goes (a new directory under a daemon path root)",
+    )
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other prune option by its name in a report's config (epochs, limit, "
+        "timing_budget_s: `prunerd prune --budget-s`, ...; repeatable)",
+    )
+
+
+def _moved_budget_s(text: str) -> float:
+    raise argparse.ArgumentTypeError(
+        "in `submit prune` the latency budget is --budget-ms MS (or --budget FRACTION), as in "
+        "`prunerd prune`, where --budget-s is the timing budget per measurement: give that "
+        "as --option timing_budget_s=S"
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("submit", help="queue a job on the daemon")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -52,19 +98,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--remeasure", action="store_true", default=None, help="ignore the latency table"
     )
 
-    prune = kinds.add_parser("prune", help="latency-budgeted pruning")
+    prune = kinds.add_parser(
+        "prune",
+        help="latency-budgeted pruning",
+        description="Queue what `prunerd prune` does: the budget, data and output as its flags "
+        "name them; any other option as --option NAME=VALUE (e.g. epochs=1).",
+    )
     _model_args(prune)
-    budget = prune.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-s", type=float, default=None, help="latency budget, seconds")
-    budget.add_argument(
-        "--budget-ratio", type=float, default=None, help="budget as a fraction of measured latency"
-    )
-    prune.add_argument("--method", default=None, choices=METHODS)
-    prune.add_argument("--dataset", default=None)
-    prune.add_argument(
-        "--output", default=None, help="where the pruned checkpoint goes (under a path root)"
-    )
-    prune.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
+    _prune_args(prune)
     ranks = prune.add_mutually_exclusive_group()
     ranks.add_argument(
         "--gpus",
@@ -109,6 +150,8 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """
     names = [f.name for f in msgspec.structs.fields(PARAMS_TYPES[args.kind]) if f.name != "options"]
     params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "budget_ms", None) is not None:
+        params["budget_s"] = args.budget_ms / 1e3
     if getattr(args, "option", None):
         params["options"] = dict(args.option)
     params.update(_ranks(args))
