@@ -351,6 +351,11 @@ def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert device["measurements"] == 15 and device["threads"] == 1
     assert main(["table", "clear", "--table", str(table)]) == 2
     assert "needs --device" in capsys.readouterr().err
+    # a clear's filter on a listing, and a fingerprint the table does not hold: said, not ignored
+    assert main(["table", "list", "--table", str(table), "--device", "x"]) == 2
+    assert "--device selects what `prunerd table clear` removes" in capsys.readouterr().err
+    assert main(["table", "clear", "--table", str(table), "--device", "nope"]) == 2
+    assert f"fingerprints there: {device['fingerprint']}" in capsys.readouterr().err
     assert main(["table", "clear", "--table", str(table), "--device", device["fingerprint"]]) == 0
     assert "removed 15" in capsys.readouterr().out
 

@@ -11,10 +11,27 @@ from profiler import LatencyTable, TableQuality
 from .argtypes import positive_float
 from .render import console
 
+CLEAR_ONLY = ("device", "older_than_days", "spread_above", "failed", "all")
+
 
 def handle(args: argparse.Namespace) -> int:
+    given = [
+        f"--{n.replace('_', '-')}" for n in CLEAR_ONLY if getattr(args, n) not in (None, False)
+    ]
+    if args.action == "list" and given:
+        raise ValueError(
+            f"{', '.join(given)} {'selects' if len(given) == 1 else 'select'} what `prunerd "
+            "table clear` removes; `list` shows every "
+            "device (add `clear` to remove)"
+        )
     with LatencyTable(args.table) as table:
         if args.action == "clear":
+            known = [d.fingerprint for d in table.devices()]
+            if args.device is not None and args.device not in known:
+                raise ValueError(
+                    f"--device {args.device!r}: no measurements of that fingerprint in "
+                    f"{table.path}; fingerprints there: {', '.join(known) or 'none'}"
+                )
             filters = (args.device, args.older_than_days, args.spread_above)
             if all(f is None for f in filters) and not (args.all or args.failed):
                 raise ValueError(
