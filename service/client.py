@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,23 +232,52 @@ class Client:
 # ---------------------------------------------------------------------- command-line helpers
 
 
+def endpoint(text: str) -> str:
+    """``tcp://HOST:PORT`` with a port in 1..65535: what the daemon binds (its endpoints are
+    written to STATE_DIR/daemon.json); anything else is refused before a socket is made."""
+    m = re.fullmatch(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):(\d{1,5})", text)
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected tcp://HOST:PORT with a port in 1..65535 (the daemon writes its "
+            f"endpoints to STATE_DIR/daemon.json), got {text!r}"
+        )
+    return text
+
+
+def seconds(text: str) -> float:
+    """A finite time > 0, in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 def add_client_args(parser: Any) -> None:
     """The options every client command shares."""
     default = os.environ.get("PRUNERD_CONNECT", f"tcp://{DEFAULT_HOST}:{DEFAULT_RPC_PORT}")
     parser.add_argument(
         "--connect",
+        type=endpoint,
         default=default,
         metavar="tcp://HOST:PORT",
         help=f"the daemon's request endpoint (default {default}; env PRUNERD_CONNECT)",
     )
     parser.add_argument(
         "--events",
+        type=endpoint,
         default=None,
         metavar="tcp://HOST:PORT",
         help="the daemon's event endpoint (default: request port + 1)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)"
+        "--timeout",
+        type=seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for a reply (default 10)",
     )
     parser.add_argument(
         "--server-key",

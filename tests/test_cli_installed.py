@@ -315,6 +315,25 @@ def test_submit_prune_with_an_option_of_the_wrong_type(daemon: dict, baseline: P
                *daemon["connect"]))  # fmt: skip
 
 
+def test_client_flags_are_checked_before_any_connection(tmp_path: Path) -> None:
+    """An endpoint, a timeout or a key name that cannot work: exit 2 at once, naming it
+    (a URL scheme once came back as a ZMQError traceback, a bad port as a 10 s wait)."""
+    for flags, said in [
+        (["--connect", "http://localhost:5750"], "expected tcp://HOST:PORT"),
+        (["--connect", "tcp://127.0.0.1:99999"], "a port in 1..65535"),
+        (["--events", "127.0.0.1:5751"], "argument --events: expected tcp://HOST:PORT"),
+        (["--timeout", "0"], "expected seconds > 0, got '0'"),
+        (["--timeout", "nan"], "expected seconds > 0, got 'nan'"),
+    ]:
+        done = prunerd("jobs", *flags)
+        assert done.returncode == 2 and said in done.stderr, (flags, done.stderr)
+        assert "Traceback" not in done.stderr
+    keys_dir = tmp_path / "keys"
+    outside = prunerd("keys", "../evil", "--dir", str(keys_dir))
+    assert outside.returncode == 2 and "no path: use --dir" in outside.stderr
+    assert not (tmp_path / "evil.key").exists() and not keys_dir.exists()
+
+
 def test_keys(work: Path) -> None:
     ok(prunerd("keys", "bob", "--dir", str(work / "keys")))
     assert (work / "keys" / "bob.key_secret").stat().st_mode & 0o777 == 0o600

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 
@@ -18,11 +19,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "allowed clients' .key files (authorized_keys_dir); clients use the daemon's .key and their own "
         ".key_secret.",
     )
-    p.add_argument("name", help="base name, e.g. server or alice")
+    p.add_argument("name", type=key_name, help="base name, e.g. server or alice")
     p.add_argument("--dir", type=Path, default=Path("."), help="where to write (default: .)")
     p.add_argument("--force", action="store_true", help="overwrite an existing pair")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=handler)
+
+
+def key_name(text: str) -> str:
+    """A plain file name: the pair is written into --dir, never beside or above it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
+        raise argparse.ArgumentTypeError(
+            f"a key name is letters, digits and . _ - (no path: use --dir), got {text!r}"
+        )
+    return text
 
 
 def handler(args: argparse.Namespace) -> int:

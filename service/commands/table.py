@@ -21,32 +21,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.action == "list" and given:
         raise ValueError(
             f"{', '.join(given)} {'selects' if len(given) == 1 else 'select'} what `prunerd "
-            "table clear` removes; `list` shows every "
-            "device (add `clear` to remove)"
+            "table clear` removes; `list` shows every device (add `clear` to remove)"
         )
     with LatencyTable(args.table) as table:
         if args.action == "clear":
-            known = [d.fingerprint for d in table.devices()]
-            if args.device is not None and args.device not in known:
-                raise ValueError(
-                    f"--device {args.device!r}: no measurements of that fingerprint in "
-                    f"{table.path}; fingerprints there: {', '.join(known) or 'none'}"
-                )
-            filters = (args.device, args.older_than_days, args.spread_above)
-            if all(f is None for f in filters) and not (args.all or args.failed):
-                raise ValueError(
-                    "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N, "
-                    "--failed, --spread-above RATIO or --all"
-                )
-            age = None if args.older_than_days is None else args.older_than_days * 86400.0
-            removed = table.invalidate(
-                fingerprint=args.device,
-                older_than_s=age,
-                failed_only=args.failed,
-                spread_above=args.spread_above,
-            )
-            print(f"removed {removed} measurements from {table.path}")
-            return 0
+            return _clear(table, args)
         devices = table.devices()
         quality = table.quality_summary()
     counts = {fp: q.measurements for fp, q in quality.items()}
@@ -81,6 +60,30 @@ def handle(args: argparse.Namespace) -> int:
             f"  {d.fingerprint}  {d.kind}  {d.name}  threads={d.threads}  torch {d.torch_version}"
             f"  measurements={counts.get(d.fingerprint, 0)}{checks}"
         )
+    return 0
+
+
+def _clear(table: LatencyTable, args: argparse.Namespace) -> int:
+    known = [d.fingerprint for d in table.devices()]
+    if args.device is not None and args.device not in known:
+        raise ValueError(
+            f"--device {args.device!r}: no measurements of that fingerprint in "
+            f"{table.path}; fingerprints there: {', '.join(known) or 'none'}"
+        )
+    filters = (args.device, args.older_than_days, args.spread_above)
+    if all(f is None for f in filters) and not (args.all or args.failed):
+        raise ValueError(
+            "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N, "
+            "--failed, --spread-above RATIO or --all"
+        )
+    age = None if args.older_than_days is None else args.older_than_days * 86400.0
+    removed = table.invalidate(
+        fingerprint=args.device,
+        older_than_s=age,
+        failed_only=args.failed,
+        spread_above=args.spread_above,
+    )
+    print(f"removed {removed} measurements from {table.path}")
     return 0
 
 
