@@ -343,7 +343,7 @@ def test_split_shares_the_cut_where_thinning_pays_as_well() -> None:
 
 
 def test_yields_are_measured_on_the_model() -> None:
-    from profiler import profile_model
+    from profiler import profile_model, torch_threads
     from pruner.depth import block_yield
     from pruner.width import measure_width_latency, width_yield
 
@@ -351,13 +351,16 @@ def test_yields_are_measured_on_the_model() -> None:
     torch.manual_seed(0)
     model = build_model(spec).eval()
     opts = TimingOptions(budget_s=0.2)
-    profile = profile_model(model, spec, options=opts, threads=1)
-    b = block_yield(profile)
-    assert 0.3 < b < 3.0  # most latency of a ResNet sits in its removable units
-    space = ChannelSpace(apply_plan(model, PrunePlan(spec)), torch.randn(spec.input_shape(1)))
-    predict = measure_width_latency(space, profile.end_to_end_s, options=opts, round_to=8)
+    with torch_threads(1):  # the convs timed as the whole model was: one thread, as a prune does
+        profile = profile_model(model, spec, options=opts, threads=1)
+        b = block_yield(profile)
+        assert 0.3 < b < 3.0  # most latency of a ResNet sits in its removable units
+        space = ChannelSpace(apply_plan(model, PrunePlan(spec)), torch.randn(spec.input_shape(1)))
+        predict = measure_width_latency(space, profile.end_to_end_s, options=opts, round_to=8)
     w = width_yield(space, predict, 8)
-    assert -0.5 < w < 1.5  # timed: small convs may save next to nothing at half width
+    # Timed: small convs may save next to nothing at half width. (With the convs timed on
+    # torch's default threads and the model on one, w reached 1.68 in 2 of 5 runs.)
+    assert -0.5 < w < 1.5
 
 
 def test_depth_then_width_splits_by_what_each_pass_saves(tmp_path, digits_resnet20) -> None:
