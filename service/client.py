@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
+from .commands.argtypes import positive_seconds
 from .config import DEFAULT_EVENTS_PORT, DEFAULT_HOST, DEFAULT_RPC_PORT
 
 
@@ -244,17 +244,6 @@ def endpoint(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    """A finite time > 0, in seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
-
-
 def add_client_args(parser: Any) -> None:
     """The options every client command shares."""
     default = os.environ.get("PRUNERD_CONNECT", f"tcp://{DEFAULT_HOST}:{DEFAULT_RPC_PORT}")
@@ -274,7 +263,7 @@ def add_client_args(parser: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=seconds,
+        type=positive_seconds,
         default=10.0,
         metavar="S",
         help="seconds to wait for a reply (default 10)",

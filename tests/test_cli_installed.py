@@ -322,8 +322,9 @@ def test_client_flags_are_checked_before_any_connection(tmp_path: Path) -> None:
         (["--connect", "http://localhost:5750"], "expected tcp://HOST:PORT"),
         (["--connect", "tcp://127.0.0.1:99999"], "a port in 1..65535"),
         (["--events", "127.0.0.1:5751"], "argument --events: expected tcp://HOST:PORT"),
-        (["--timeout", "0"], "expected seconds > 0, got '0'"),
-        (["--timeout", "nan"], "expected seconds > 0, got 'nan'"),
+        (["--timeout", "0"], "argument --timeout: must be finite and > 0, got 0.0"),
+        (["--timeout", "nan"], "argument --timeout: must be finite and > 0, got nan"),
+        (["--timeout", "inf"], "argument --timeout: must be finite and > 0, got inf"),
     ]:
         done = prunerd("jobs", *flags)
         assert done.returncode == 2 and said in done.stderr, (flags, done.stderr)

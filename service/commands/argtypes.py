@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
-def positive(kind: type) -> Callable[[str], float | int]:
-    """An int or float > 0."""
+def positive(kind: type, finite: bool = False) -> Callable[[str], float | int]:
+    """An int or float > 0 (and, with ``finite``, not infinite)."""
 
     def parse(text: str) -> float | int:
         try:
@@ -16,8 +17,10 @@ def positive(kind: type) -> Callable[[str], float | int]:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}"
             ) from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        if not value > 0 or (finite and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(
+                f"must be {'finite and ' if finite else ''}> 0, got {value}"
+            )
         return value
 
     parse.__name__ = f"positive {kind.__name__}"  # what argparse prints as the type
@@ -26,6 +29,7 @@ def positive(kind: type) -> Callable[[str], float | int]:
 
 positive_int = positive(int)
 positive_float = positive(float)
+positive_seconds = positive(float, finite=True)  # a wait: inf would never end
 
 
 def fraction(text: str) -> float:

@@ -18,6 +18,11 @@ def handle(args: argparse.Namespace) -> int:
     given = [
         f"--{n.replace('_', '-')}" for n in CLEAR_ONLY if getattr(args, n) not in (None, False)
     ]
+    if args.action == "clear" and not given:
+        raise ValueError(
+            "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N, "
+            "--failed, --spread-above RATIO or --all"
+        )
     if args.action == "list" and given:
         raise ValueError(
             f"{', '.join(given)} {'selects' if len(given) == 1 else 'select'} what `prunerd "
@@ -69,12 +74,6 @@ def _clear(table: LatencyTable, args: argparse.Namespace) -> int:
         raise ValueError(
             f"--device {args.device!r}: no measurements of that fingerprint in "
             f"{table.path}; fingerprints there: {', '.join(known) or 'none'}"
-        )
-    filters = (args.device, args.older_than_days, args.spread_above)
-    if all(f is None for f in filters) and not (args.all or args.failed):
-        raise ValueError(
-            "`prunerd table clear` needs --device FINGERPRINT, --older-than-days N, "
-            "--failed, --spread-above RATIO or --all"
         )
     age = None if args.older_than_days is None else args.older_than_days * 86400.0
     removed = table.invalidate(
