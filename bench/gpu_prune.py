@@ -60,7 +60,7 @@ def main() -> int:
                    "--out", str(base), "--json", *limit]),
         ("prune", ["prune", "resnet20", "--checkpoint", str(base), "--data", "digits",
                    "--budget", args.budget, "--epochs", "1", "--device", args.device, "--cuda-graph",
-                   "--budget-s", "1", "--no-table", "--out", str(pruned), "--json", *limit]),
+                   "--timing-budget-s", "1", "--no-table", "--out", str(pruned), "--json", *limit]),
     ]  # fmt: skip
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
     if gpus >= 2:

@@ -81,7 +81,7 @@ def profile_row(model: str, batch: int, threads: int, budget_s: float, work: Pat
     t0 = time.perf_counter()
     prunerd("profile", f"torchvision.models:{model}", "--input-size", "224",
             "--num-classes", "1000", "--batch-size", str(batch), "--threads", str(threads),
-            "--no-table", "--budget-s", str(budget_s), "--json", str(path), "--quiet")  # fmt: skip
+            "--no-table", "--timing-budget-s", str(budget_s), "--json", str(path), "--quiet")  # fmt: skip
     p = json.loads(path.read_text())
     q = p["quality"]
     return {
@@ -223,7 +223,7 @@ def main() -> int:
     ap.add_argument("--prune-models", nargs="+", default=list(PRUNE_MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--thread-counts", nargs="+", type=int, default=[1, os.cpu_count() or 1])
-    ap.add_argument("--budget-s", type=float, default=10.0, help="timing budget per profile")
+    ap.add_argument("--timing-budget-s", type=float, default=10.0, help="timing budget per profile")
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--skip-prune", action="store_true")
     ap.add_argument("--input-size", type=int, default=32, help="Fashion-MNIST resized to this")

@@ -106,7 +106,7 @@ def assess(
         hint = (
             f"{profile.from_table} pieces came from the latency table: --remeasure times them again"
             if profile.from_table
-            else "re-run on a quieter machine, with fewer --threads or a longer --budget-s"
+            else "re-run on a quieter machine, with fewer --threads or a longer --timing-budget-s"
         )
         problems.append(
             f"blocks + rest differ from end to end by {err:+.1%} (limit ±{add_limit:.0%}). "
@@ -115,7 +115,7 @@ def assess(
     if spr > limits.spread:
         problems.append(
             f"timings scatter: IQR is {spr:.0%} of the median over the timed pieces (limit "
-            f"{limits.spread:.0%}). Fix: a quieter machine, fewer --threads or a longer --budget-s"
+            f"{limits.spread:.0%}). Fix: a quieter machine, fewer --threads or a longer --timing-budget-s"
         )
     if abs(dft) > limits.drift:
         problems.append(

@@ -66,8 +66,11 @@ class TimingOptions:
             raise ValueError(
                 f"need 3 <= min_rounds <= max_rounds, got {self.min_rounds} and {self.max_rounds}"
             )
-        if self.budget_s <= 0 or self.min_sample_s <= 0:
-            raise ValueError("budget_s and min_sample_s must be positive seconds")
+        for name in ("budget_s", "min_sample_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(
+                    f"{name} must be finite and > 0 seconds, got {getattr(self, name)}"
+                )
 
 
 def _notch(samples: list[float]) -> float:

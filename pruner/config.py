@@ -9,7 +9,8 @@ daemon's ``options``, a report's ``config``); errors name that field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -82,6 +83,25 @@ class ConfigError(ValueError):
         return text
 
 
+# What a numeric option may be; NaN fails every rule, and only a closed range admits an end.
+_RULES: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: 0 <= v < math.inf,
+    ">= 1": lambda v: 1 <= v < math.inf,
+    "finite and > 0": lambda v: 0 < v < math.inf,
+    "finite and >= 0": lambda v: 0 <= v < math.inf,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+}
+
+
+def check_ranges(obj: object, rules: Mapping[str, str]) -> None:
+    """:class:`ConfigError` naming the first field of ``obj`` outside its rule in ``rules``
+    (field -> a key of ``_RULES``); a field left None is unset and passes."""
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if value is not None and not _RULES[rule](value):
+            raise ConfigError(f"{{{name}}} must be {rule}, got {value!r}", name)
+
+
 @dataclass(frozen=True)
 class Budget:
     """What the pruned model may cost: a ``fraction`` of the baseline's measured latency in
@@ -134,8 +154,10 @@ class Budget:
                 f"{{budget}} is a fraction of the baseline latency in (0, 1], got {self.fraction}",
                 "budget",
             )
-        if self.seconds is not None and not self.seconds > 0:
-            raise ConfigError(f"{{budget_s}} must be > 0 s, got {self.seconds}", "budget_s")
+        if self.seconds is not None and not 0 < self.seconds < math.inf:
+            raise ConfigError(
+                f"{{budget_s}} must be finite and > 0 s, got {self.seconds}", "budget_s"
+            )
 
 
 @dataclass(frozen=True)
@@ -160,8 +182,19 @@ class RunOptions:
     progress_bar: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"{{epochs}} must be >= 0, got {self.epochs}", "epochs")
+        check_ranges(
+            self,
+            {
+                "epochs": ">= 0",
+                "lr": "finite and > 0",
+                "threads": ">= 1",
+                "latency_threads": ">= 1",
+                "latency_batch_size": ">= 1",
+                "timing_budget_s": "finite and > 0",
+                "tolerance": "in [0, 1]",
+                "test_samples": ">= 1",
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -189,11 +222,17 @@ class DepthOptions:
     remove_count: int | None = None
 
     def __post_init__(self) -> None:
-        if self.iterative_rounds < 1:
-            raise ConfigError(
-                f"{{iterative_rounds}} must be >= 1, got {self.iterative_rounds}",
-                "iterative_rounds",
-            )
+        check_ranges(
+            self,
+            {
+                "iterative_rounds": ">= 1",
+                "calibration_samples": ">= 1",
+                "heldout_samples": ">= 1",
+                "max_rounds": ">= 1",
+                "buckets": ">= 1",
+                "remove_count": ">= 0",
+            },
+        )
         if not (self.iterative or self.iterative_finetune):
             raise ConfigError(
                 "{iterative_finetune}: fine-tuning only after the last round needs {iterative}",
@@ -219,14 +258,16 @@ class WidthOptions:
     max_fits: int = 4
 
     def __post_init__(self) -> None:
-        if self.round_to < 1:
-            raise ConfigError(f"{{round_to}} must be >= 1 channel, got {self.round_to}", "round_to")
-        if self.max_fits < 1:
-            raise ConfigError(f"{{max_fits}} must be >= 1, got {self.max_fits}", "max_fits")
-        if self.depth_share is not None and not 0.0 <= self.depth_share <= 1.0:
-            raise ConfigError(
-                f"{{depth_share}} must be in [0, 1], got {self.depth_share}", "depth_share"
-            )
+        check_ranges(
+            self,
+            {
+                "round_to": ">= 1",
+                "sparsity_epochs": ">= 0",
+                "depth_share": "in [0, 1]",
+                "width_tolerance": "finite and >= 0",
+                "max_fits": ">= 1",
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -266,6 +307,9 @@ class IOOptions:
     batch_size: int = 128
     table: str | None = None
     export: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"limit": ">= 1", "batch_size": ">= 1"})
 
 
 # Flat names that differ from their typed field: flat -> (part, field).

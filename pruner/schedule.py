@@ -36,8 +36,8 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.decay not in DECAYS:
             raise ValueError(f"schedule decay {self.decay!r} is not one of {', '.join(DECAYS)}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise ValueError(f"warmup_epochs must be finite and >= 0, got {self.warmup_epochs}")
         for name in ("warmup_start", "final"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -6,6 +6,7 @@ manifest of shipped weights store it, so a baseline says exactly how it was made
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -62,8 +63,8 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", 0 < self.lr < math.inf, "finite and > 0"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, "finite and >= 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("crop_pad", self.crop_pad >= 0, ">= 0"),

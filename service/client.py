@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
-from .commands.argtypes import positive_seconds
+from .commands.argtypes import positive_float
 from .config import DEFAULT_EVENTS_PORT, DEFAULT_HOST, DEFAULT_RPC_PORT
 
 
@@ -263,7 +263,7 @@ def add_client_args(parser: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=positive_seconds,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="seconds to wait for a reply (default 10)",

@@ -29,7 +29,15 @@ from . import protocol as p
 from .auth import OPERATOR, KeyRing, read_basic_auth, start_authenticator
 from .config import Settings
 from .connections import ConnectionCap, ConnectionGuard, raise_fd_limit
-from .jobs import JobStore, Worker, check_kind, describe_exit, start_worker
+from .jobs import (
+    JobStore,
+    ParamsError,
+    Worker,
+    check_kind,
+    check_params,
+    describe_exit,
+    start_worker,
+)
 from .limits import RequestBounds
 from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
 from .outputs import make_output_dir
@@ -351,6 +359,10 @@ class Daemon:
         reason = self.kinds[req.kind]
         if reason:
             raise p.ProtocolError("unavailable", reason, "kind")
+        try:  # what the worker would refuse, refused now rather than after its start
+            check_params(req.kind, params)
+        except ParamsError as e:
+            raise p.ProtocolError("bad_request", str(e), e.field) from None
         self.owners.check_queue(self._client())
         if params.get("output"):  # last: a refused request leaves no directory behind
             make_output_dir(params["output"], "params.output")

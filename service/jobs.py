@@ -238,11 +238,14 @@ class JobStore:
 @dataclass(frozen=True)
 class JobKind:
     """A kind of job: ``run(params, ctx) -> result dict`` runs in the worker process;
-    ``unavailable()`` returns why this build cannot run it (or None when it can)."""
+    ``unavailable()`` returns why this build cannot run it (or None when it can);
+    ``check(params)`` raises :class:`ParamsError` for what the worker would refuse, in the
+    daemon before the job is queued (it imports no torch)."""
 
     name: str
     run: Callable[[dict[str, Any], JobContext], dict[str, Any]]
     unavailable: Callable[[], str | None] = lambda: None
+    check: Callable[[dict[str, Any]], None] = lambda params: None  # raises ParamsError
 
 
 def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -289,7 +292,29 @@ def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 def prune_here(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """A prune job in this process (the worker, or one rank of a job run as several)."""
-    from pruner import ConfigError, PruneConfig, prune_checkpoint
+    from pruner import prune_checkpoint
+
+    config = prune_config(params, params.get("output") or default_output(ctx), ctx.state_dir)
+    report = prune_checkpoint(config, progress=ctx.progress, on_event=ctx.milestone)
+    return report.to_dict()
+
+
+class ParamsError(ValueError):
+    """Parameters a job would refuse; ``field`` is the dotted name of the first bad one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _check_prune(params: dict[str, Any]) -> None:
+    prune_config(params, params.get("output") or "", Path())
+
+
+def prune_config(params: dict[str, Any], out: str, state_dir: Path) -> Any:  # PruneConfig
+    """The checkpoint run a prune request asks for, writing to ``out``; ValueError names a
+    bad option as the request names it (``params.options.NAME``)."""
+    from pruner.config import ConfigError, PruneConfig  # no torch: the daemon checks with it
 
     options = dict(params.get("options") or {})
     # The request's own fields decide these; options may tune everything else.
@@ -307,10 +332,11 @@ def prune_here(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     }
     clash = sorted(fixed & set(options))
     if clash:
-        raise ValueError(f"params.options may not set {clash}: use the request's own fields")
-    out = params.get("output") or default_output(ctx)
+        raise ParamsError(
+            f"params.options may not set {clash}: use the request's own fields", "params.options"
+        )
     try:
-        config = PruneConfig.from_flat(
+        return PruneConfig.from_flat(
             {
                 "model": params["model"],
                 "checkpoint": params["checkpoint"],
@@ -321,16 +347,14 @@ def prune_here(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
                 "method": params["method"],
                 "device": params["device"] or "cpu",
                 "latency_batch_size": params["batch_size"],
-                "table": str(ctx.state_dir / "latency.sqlite"),
+                "table": str(state_dir / "latency.sqlite"),
                 **options,
             }
         )
     except ConfigError as e:  # named as the request names them
         names = {"budget": "params.budget_ratio", "budget_s": "params.budget_s"}
         names |= {f: f"params.options.{f}" for f in e.fields if f not in names}
-        raise ValueError(e.render(names)) from None
-    report = prune_checkpoint(config, progress=ctx.progress, on_event=ctx.milestone)
-    return report.to_dict()
+        raise ParamsError(e.render(names), names[e.fields[0]] if e.fields else None) from None
 
 
 def _prune_unavailable() -> str | None:
@@ -357,7 +381,7 @@ def _run_selftest(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 JOB_KINDS: dict[str, JobKind] = {
     "profile": JobKind("profile", _run_profile, _profile_unavailable),
-    "prune": JobKind("prune", _run_prune, _prune_unavailable),
+    "prune": JobKind("prune", _run_prune, _prune_unavailable, _check_prune),
     "selftest": JobKind("selftest", _run_selftest),
 }
 assert set(JOB_KINDS) == set(PARAMS_TYPES)
@@ -482,6 +506,11 @@ def start_worker(job: Job, state_dir: Path) -> Worker:
     return Worker(job, process, parent)
 
 
+def check_params(kind: str, params: dict[str, Any]) -> None:
+    """:class:`ParamsError` naming what a job of ``kind`` would refuse in ``params``."""
+    JOB_KINDS[kind].check(params)
+
+
 def check_kind(kind: str) -> str | None:
     """Why ``kind`` cannot run in this build, or None."""
     return JOB_KINDS[kind].unavailable()
@@ -495,6 +524,8 @@ __all__ = [
     "JobKind",
     "JobStore",
     "ModelPolicy",
+    "ParamsError",
     "Worker",
+    "check_params",
     "start_worker",
 ]

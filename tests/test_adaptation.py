@@ -98,7 +98,7 @@ def test_train_eval_prune_a_three_channel_model_on_one_channel_digits(tmp_path: 
     # benchmarks' business (bench/real_models.py); here the exit code must say the verdict.
     pruned_run = cli(PRUNERD, "prune", RGB_MODEL, "--checkpoint", str(ckpt), "--data", "digits",
                      "--budget", "0.8", "--epochs", "0", "--limit", "300", "--threads", "1",
-                     "--budget-s", "0.2", "--no-table", "--out", str(pruned),
+                     "--timing-budget-s", "0.2", "--no-table", "--out", str(pruned),
                      cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     report = json.loads((pruned / "report.json").read_text())
     assert pruned_run.returncode == (0 if report["budget_met"] else 1), pruned_run.stderr[-3000:]

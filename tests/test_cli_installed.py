@@ -21,7 +21,8 @@ from service.commands.prune import report_table
 from .cli_helpers import PRUNERD, ok, run
 from .service_helpers import wait_for
 
-QUICK_TIMING = ["--budget-s", "0.3", "--no-table"]  # timing budget per measurement, no LUT
+TRAIN = ["--data", "digits", "--out", "m.pt", "--epochs", "1"]  # relative: in the test's cwd
+QUICK_TIMING = ["--timing-budget-s", "0.3", "--no-table"]  # timing budget per measurement, no LUT
 
 
 def prunerd(
@@ -293,23 +294,66 @@ def test_submit_prune_is_refused_an_existing_output(
     ok(prunerd("cancel", job["id"], *daemon["connect"]))
 
 
-def test_submit_prune_refuses_budget_s_with_the_names_to_use() -> None:
-    """`--budget-s` was the latency budget of `submit prune` and is the timing budget of
-    `prunerd prune`: refused before any connection, naming both."""
-    moved = prunerd("submit", "prune", "resnet20", "--budget-s", "0.002")
+@pytest.mark.parametrize("command", [["submit", "prune", "resnet20"], ["prune", "resnet20"],
+                                     ["quickstart"]])  # fmt: skip
+def test_budget_s_is_refused_with_the_names_to_use(command: list[str]) -> None:
+    """`--budget-s` was the latency budget of `submit prune` and the timing budget of
+    `prunerd prune`, beside a latency budget in `--budget-ms`: refused before any work or
+    connection wherever a latency budget is taken, naming both."""
+    moved = prunerd(*command, "--budget-s", "0.002")
     assert moved.returncode == 2
-    assert "the latency budget is --budget-ms MS (or --budget FRACTION)" in moved.stderr
-    assert "--option timing_budget_s=S" in moved.stderr
+    assert (
+        "argument --budget-s: ambiguous: the latency budget is --budget-ms MS (or --budget "
+        "FRACTION), the timing budget per measurement --timing-budget-s S"
+    ) in moved.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["train", "resnet20", "--lr", "inf"], "--lr: must be finite and > 0, got inf"),
+        (
+            ["train", "resnet20", *TRAIN, "--weight-decay", "inf"],
+            "weight_decay must be finite and >= 0",
+        ),
+        (["train", "resnet20", *TRAIN, "--warmup-epochs", "inf"], "warmup_epochs must be finite"),
+        (["prune", "resnet20", "--budget-ms", "inf"], "--budget-ms: must be finite and > 0"),
+        (["prune", "resnet20", "--budget", "0.5", "--lr", "nan"], "--lr: must be finite and > 0"),
+        (["prune", "resnet20", "--timing-budget-s", "inf"], "must be finite and > 0, got inf"),
+        (["profile", "resnet20", "--budget-s", "nan"], "must be finite and > 0, got nan"),
+        (["profile", "resnet20", "--threads", "0"], "--threads: must be > 0, got 0"),
+        (["profile", "resnet20", "--batch-size", "0"], "--batch-size: must be > 0, got 0"),
+        (["quickstart", "--epochs", "-1"], "--epochs: must be > 0, got -1"),
+        (["quickstart", "--prune-epochs", "-2"], "--prune-epochs: must be >= 0, got -2"),
+        (["table", "clear", "--older-than-days", "nan"], "must be finite and >= 0, got nan"),
+        (["table", "clear", "--older-than-days", "-5"], "must be finite and >= 0, got -5"),
+        (["watch", "abc", "--timeout-job", "-1"], "--timeout-job: must be finite and > 0"),
+        (["jobs", "--limit", "0"], "--limit: must be > 0, got 0"),
+        (["submit", "selftest", "--seconds", "nan"], "--seconds: must be finite and > 0"),
+        (["submit", "prune", "resnet20", "--option", "lr=1e999"], "option lr must be a finite"),
+    ],
+)
+def test_numbers_that_mean_nothing_are_refused_before_the_work(
+    args: list[str], said: str, tmp_path: Path
+) -> None:
+    """NaN, infinity, zero or a negative count where none can work: exit 2 naming the flag
+    and the value, before any training, timing or connection (`--lr inf` once trained a
+    model to NaN weights and saved it; `--budget-ms inf` pruned nothing and reported it)."""
+    done = prunerd(*args, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and said in done.stderr, (args, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_submit_prune_with_an_option_of_the_wrong_type(daemon: dict, baseline: Path) -> None:
-    """`--option iterative=no` reaches the daemon as the string "no": the job fails naming
-    the option and the value, and the daemon serves the next job."""
+    """`--option iterative=no` reaches the daemon as the string "no": refused when submitted,
+    naming the option and the value, and the daemon serves the next job."""
     failed = prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
-                     "--budget-ratio", "0.9", "--dataset", "digits", "--option", "iterative=no",
+                     "--budget", "0.9", "--data", "digits", "--option", "iterative=no",
                      "--wait", *daemon["connect"], timeout=120)  # fmt: skip
-    assert failed.returncode == 1
-    assert "params.options.iterative must be true or false, got 'no'" in failed.stdout
+    assert failed.returncode == 1, failed
+    said = failed.stdout + failed.stderr
+    assert "bad_request: params.options.iterative must be true or false, got 'no'" in said
     assert daemon["proc"].poll() is None
     ok(prunerd("submit", "selftest", "--seconds", "0.2", "--steps", "2", "--wait",
                *daemon["connect"]))  # fmt: skip

@@ -91,17 +91,17 @@ def test_prune_job_errors(daemon: DaemonProcess) -> None:
         with pytest.raises(RequestError) as e:
             client.submit("prune", model="resnet20", checkpoint="/etc/passwd", budget_ratio=0.5)
         assert (e.value.code, e.value.field) == ("not_allowed", "params.checkpoint")
-        # Fields the request owns cannot be smuggled in through options: the job fails with the reason.
-        job = client.submit(
-            "prune",
-            model="resnet20",
-            checkpoint=str(daemon.root / "resnet20.pt"),
-            budget_ratio=0.5,
-            options={"out": "/"},
-        )
-        status = client.wait(job["id"], timeout_s=120)
-        assert status["status"] == "failed"
-        assert "may not set ['out']" in json.dumps(client.result(job["id"]))
+        # Fields the request owns cannot be smuggled in through options: refused at submit.
+        with pytest.raises(RequestError) as e:
+            client.submit(
+                "prune",
+                model="resnet20",
+                checkpoint=str(daemon.root / "resnet20.pt"),
+                budget_ratio=0.5,
+                options={"out": "/"},
+            )
+        assert (e.value.code, e.value.field) == ("bad_request", "params.options")
+        assert "may not set ['out']" in str(e.value)
 
 
 def _synthetic_prune(daemon: DaemonProcess) -> dict:
@@ -132,14 +132,31 @@ def test_removal_prune_job_and_an_unknown_method(daemon: DaemonProcess) -> None:
     assert daemon.proc.poll() is None
 
 
-def test_options_of_the_wrong_type_fail_the_job_by_name(daemon: DaemonProcess) -> None:
-    """A request's ``"iterative": "no"`` is not a truthy string that switches rounds on: the
-    job fails naming ``params.options.iterative``, and the daemon serves the next job."""
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("iterative", "no", "must be true or false, got 'no'"),
+        ("calibration_samples", 0, "must be >= 1, got 0"),
+        ("lr", -1, "must be finite and > 0, got -1"),
+        ("timing_budget_s", 0, "must be finite and > 0, got 0"),
+        ("tolerance", 2, "must be in [0, 1], got 2"),
+        ("depth_share", 1.5, "must be in [0, 1], got 1.5"),
+        ("buckets", 0, "must be >= 1, got 0"),
+        ("threads", 0, "must be >= 1, got 0"),
+    ],
+)
+def test_bad_options_are_refused_at_submit_by_name(
+    daemon: DaemonProcess, option: str, value: object, said: str
+) -> None:
+    """What the worker would refuse, the daemon refuses when the request arrives (a
+    ``bad_request`` naming ``params.options.NAME``): no job is queued, no worker started. A
+    request's ``"iterative": "no"`` is not a truthy string that switches rounds on."""
     params = _synthetic_prune(daemon)
     with daemon.client() as client:
-        job = client.submit("prune", **params, options={**QUICK, "iterative": "no"})
-        assert client.wait(job["id"], timeout_s=120)["status"] == "failed"
-        said = json.dumps(client.result(job["id"]))
-        assert "params.options.iterative must be true or false, got 'no'" in said
-        assert client.ping()
+        before = client.jobs()
+        with pytest.raises(RequestError) as e:
+            client.submit("prune", **params, options={**QUICK, option: value})
+        assert (e.value.code, e.value.field) == ("bad_request", f"params.options.{option}")
+        assert f"params.options.{option} {said}" in str(e.value)
+        assert client.jobs() == before
     assert daemon.proc.poll() is None

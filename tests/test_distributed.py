@@ -141,9 +141,9 @@ def test_two_processes_remove_the_same_blocks(work: Path, one: dict) -> None:
     table = str(work / "lut.sqlite")
     ckpt = one["checkpoint"]
     ok(run(PRUNERD, "profile", "resnet20", "--checkpoint", ckpt, "--threads", "1",
-           "--table", table, "--store-failed", "--budget-s", "0.3", "--quiet"))  # fmt: skip
+           "--table", table, "--store-failed", "--timing-budget-s", "0.3", "--quiet"))  # fmt: skip
     args = ["resnet20", "--checkpoint", ckpt, "--data", "digits", "--budget", "0.8",
-            "--epochs", "1", "--threads", "1", "--budget-s", "0.3", "--table", table, "--json"]  # fmt: skip
+            "--epochs", "1", "--threads", "1", "--timing-budget-s", "0.3", "--table", table, "--json"]  # fmt: skip
     alone = json.loads(ok(run(PRUNERD, "prune", *args, "--out", str(work / "p1"))).stdout)
     pair = json.loads(ok(run(*torchrun("prune", *args, "--out", str(work / "p2")))).stdout)
     assert alone["rounds"][0]["removed"] and pair["rounds"][0]["removed"]

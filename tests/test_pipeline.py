@@ -141,7 +141,7 @@ def test_cli_prune_random_baseline(checkpoint, tmp_path, capsys):
             "1",
             "--limit",
             "64",
-            "--budget-s",
+            "--timing-budget-s",
             "0.3",
             "--table",
             str(tmp_path / "lut.sqlite"),

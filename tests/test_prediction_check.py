@@ -138,7 +138,7 @@ def test_a_prune_without_a_profile_warns_when_the_budget_moved() -> None:
 
 def test_the_command_prints_the_check(tmp_path: Path) -> None:
     common = (PRUNERD, "profile", "resnet20", "--in-channels", "1", "--input-size", "8x8",
-              "--budget-s", "0.3", "--no-table", "--threads", "1")  # fmt: skip
+              "--timing-budget-s", "0.3", "--no-table", "--threads", "1")  # fmt: skip
     out = ok(run(*common, "--json", str(tmp_path / "p.json"))).stdout
     (line,) = [ln for ln in out.splitlines() if ln.startswith("prediction check:")]
     assert "without 5 of 10 blocks" in line and "error" in line

@@ -294,7 +294,16 @@ def test_cli_profile_pieces_option(tmp_path, capsys) -> None:
     from service.cli import main
 
     out = tmp_path / "p.json"
-    argv = ["profile", "resnet20", "--input-size", "8,8", "--threads", "1", "--budget-s", "0.2"]
+    argv = [
+        "profile",
+        "resnet20",
+        "--input-size",
+        "8,8",
+        "--threads",
+        "1",
+        "--timing-budget-s",
+        "0.2",
+    ]
     argv += ["--no-table", "--json", str(out), "--pieces", "chained"]
     assert main(argv) == 0
     assert "launch overhead" in capsys.readouterr().out

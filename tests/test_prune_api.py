@@ -4,6 +4,7 @@ round-trips JSON; one flat config for the CLI, the quickstart and the daemon."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -17,6 +18,7 @@ from pruner import (
     METHODS,
     Budget,
     BudgetError,
+    ConfigError,
     DepthOptions,
     PruneConfig,
     PruneReport,
@@ -154,3 +156,35 @@ def test_one_flat_config_round_trips():
     assert config.options.budget == Budget(seconds=0.005, macs=0.5)
     assert config.options.run.epochs == 3 and config.io.out == "o"
     assert PruneConfig.from_flat(config.to_flat()) == config
+
+
+# Numeric options any value of which is meaningful.
+UNBOUNDED = {"seed"}
+
+
+def _numeric_options() -> list[tuple[str, str]]:
+    from pruner.config import FLAT_FIELDS, _annotation
+
+    out = []
+    for key in sorted(FLAT_FIELDS):
+        kinds = {k.strip() for k in _annotation(key).split("|")} - {"None"}
+        if kinds in ({"int"}, {"float"}) and key not in UNBOUNDED:
+            out.append((key, kinds.pop()))
+    return out
+
+
+@pytest.mark.parametrize(("key", "kind"), _numeric_options())
+def test_every_numeric_option_refuses_what_cannot_work(key: str, kind: str) -> None:
+    """Each count and rate has a range, checked whichever way the config is built (flags,
+    a daemon request, a TOML file, Python): -1 everywhere, and NaN and infinity for every
+    rate (an unchecked ``lr`` once took ``inf`` and fine-tuned a model to NaN weights)."""
+    base = dict(model="resnet20", checkpoint="c.pt", data="digits", out="o", budget=0.5)
+    if key in ("budget", "budget_s", "target_macs", "target_params"):
+        base = {**{k: v for k, v in base.items() if k != "budget"}, "method": "hfp"}
+        base |= {"target_macs": 0.5} if key != "target_macs" else {"target_params": 0.5}
+    bad = [-1] + ([math.nan, math.inf] if kind == "float" else [])
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            PruneConfig.from_flat({**base, key: value})
+        assert key in e.value.fields, (key, value, e.value)
+        assert repr(value) in str(e.value) or str(value) in str(e.value)

@@ -187,7 +187,7 @@ def test_cli_table_lists_quality_and_clears_failed(tmp_path: Path) -> None:
     cleared = prunerd("clear", "--spread-above", "0.5")  # "c": IQR 1.0 / median 1.5
     assert cleared.returncode == 0 and "removed 1 " in cleared.stdout
     refused = prunerd("clear", "--spread-above", "-1")
-    assert refused.returncode != 0 and "must be > 0, got -1.0" in refused.stderr
+    assert refused.returncode != 0 and "must be finite and > 0, got -1.0" in refused.stderr
     with LatencyTable(path) as table:
         assert len(table) == 1 and table.get("fp0", "a") is not None
 

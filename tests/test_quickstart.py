@@ -22,7 +22,7 @@ def test_quickstart_trains_profiles_and_prunes(
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    argv += ["--threads", "1", "--budget-s", "0.3", "--table", str(tmp_path / "lut.sqlite")]
+    argv += ["--threads", "1", "--timing-budget-s", "0.3", "--table", str(tmp_path / "lut.sqlite")]
     argv += [
         "--json",
         str(tmp_path / "profile.json"),

@@ -42,7 +42,7 @@ def shipped_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def quickstart(tmp_path: Path, *extra: str) -> int:
     argv = ["quickstart", "--data", "digits", "--limit", "300", "--no-prune"]
-    argv += ["--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--budget-s", "0.3"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--timing-budget-s", "0.3"]
     return main([*argv, "--table", str(tmp_path / "lut.sqlite"), *extra])
 
 

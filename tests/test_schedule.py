@@ -58,7 +58,7 @@ def test_round_trip_and_errors() -> None:
     assert Schedule.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(ValueError, match="schedule decay 'step' is not one of cosine"):
         Schedule(decay="step")
-    with pytest.raises(ValueError, match="warmup_epochs must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="warmup_epochs must be finite and >= 0, got -1"):
         Schedule(warmup_epochs=-1)
     with pytest.raises(ValueError, match=r"final must be in \[0, 1\], got 2"):
         Schedule(final=2)

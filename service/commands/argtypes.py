@@ -5,31 +5,54 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 
-def positive(kind: type, finite: bool = False) -> Callable[[str], float | int]:
-    """An int or float > 0 (and, with ``finite``, not infinite)."""
+def _number(kind: type, text: str) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
+def _bounded(kind: type, zero: bool) -> Callable[[str], float | int]:
+    """An int, or a finite float, > 0 (or >= 0 with ``zero``): an infinite rate, budget or
+    wait means nothing here, and NaN fails every comparison."""
+    rule = ("finite and " if kind is float else "") + (">= 0" if zero else "> 0")
 
     def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-            ) from None
-        if not value > 0 or (finite and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(
-                f"must be {'finite and ' if finite else ''}> 0, got {value}"
-            )
+        value = _number(kind, text)
+        if not ((value >= 0) if zero else (value > 0)) or not value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"  # what argparse prints as the type
+    parse.__name__ = f"{'non-negative' if zero else 'positive'} {kind.__name__}"  # argparse's name
     return parse
 
 
-positive_int = positive(int)
-positive_float = positive(float)
-positive_seconds = positive(float, finite=True)  # a wait: inf would never end
+positive_int = _bounded(int, zero=False)
+positive_float = _bounded(float, zero=False)
+non_negative_int = _bounded(int, zero=True)
+non_negative_float = _bounded(float, zero=True)
+
+
+def refused(message: str) -> Callable[[str], Any]:
+    """The type of a flag no value passes (one whose meaning moved): argparse prints
+    ``argument --FLAG: message``."""
+
+    def parse(text: str) -> Any:
+        raise argparse.ArgumentTypeError(message)
+
+    return parse
+
+
+# `--budget-s` read as the latency budget in seconds by some, the timing budget by others.
+BUDGET_S_REFUSED = (
+    "ambiguous: the latency budget is --budget-ms MS (or --budget FRACTION), the timing "
+    "budget per measurement --timing-budget-s S"
+)
 
 
 def fraction(text: str) -> float:

@@ -8,12 +8,15 @@ from typing import Any
 
 from ..client import Client, add_client_args, run_command
 from ..protocol import JOB_STATUSES
+from .argtypes import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("jobs", help="list jobs")
     p.add_argument("--status", choices=JOB_STATUSES, default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--limit", type=positive_int, default=50, help="list at most this many jobs (default 50)"
+    )
     add_client_args(p)
     p.set_defaults(func=handler)
 

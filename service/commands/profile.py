@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .argtypes import input_size
+from .argtypes import BUDGET_S_REFUSED, input_size, positive_float, positive_int, refused
 from .progress import progress_bar
 from .render import print_profile
 from .weights import add_weights_arguments
@@ -18,20 +18,26 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "(e.g. torchvision.models:resnet50 --input-size 224) or timm:NAME (needs timm)",
     )
     add_weights_arguments(p)
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
-    p.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
+    p.add_argument(
+        "--in-channels", type=positive_int, default=3, help="input channels (default: 3)"
+    )
+    p.add_argument(
+        "--num-classes", type=positive_int, default=10, help="output classes (default: 10)"
+    )
     p.add_argument("--input-size", type=input_size, default=(32, 32), help="H,W (default: 32,32)")
 
 
-def add_timing_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=1, help="batch size (default: 1)")
+def add_timing_arguments(p: argparse.ArgumentParser, latency_budget: bool = False) -> None:
+    """How a model is timed; with ``latency_budget`` (the command also takes one)
+    ``--budget-s`` is refused as ambiguous, else it is another name for the timing budget."""
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch size (default: 1)")
     p.add_argument(
         "--device", default=None, help="cpu or cuda (default: the GPU when there is one)"
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="CPU threads (default: torch's choice, one per physical core, as a deployed model "
         "runs; recorded). On a shared machine use no more than the cores left free",
@@ -57,9 +63,7 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
         help="store the measurements in the table even when the profile fails its checks "
         "(additivity, spread, drift, other processes' CPU use)",
     )
-    p.add_argument(
-        "--budget-s", type=float, default=10.0, help="time budget for timing, seconds (default: 10)"
-    )
+    _add_timing_budget(p, latency_budget)
     p.add_argument(
         "--l2-flush", action="store_true", help="CUDA: flush L2 before each sample (cold cache)"
     )
@@ -83,6 +87,20 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_timing_budget(p: argparse.ArgumentParser, latency_budget: bool) -> None:
+    p.add_argument(
+        "--timing-budget-s",
+        *(() if latency_budget else ("--budget-s",)),
+        dest="timing_budget_s",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="timing budget per measurement, seconds (default: 10)",
+    )
+    if latency_budget:
+        p.add_argument("--budget-s", type=refused(BUDGET_S_REFUSED), help=argparse.SUPPRESS)
+
+
 def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 - returns BlockProfile
     """Resolve the model and profile it as the command-line arguments say."""
     from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
@@ -93,7 +111,7 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
     model = load_model(spec, checkpoint=args.checkpoint)
     table = None if args.no_table else LatencyTable(args.table)
     options = TimingOptions(
-        budget_s=args.budget_s,
+        budget_s=args.timing_budget_s,
         l2_flush=args.l2_flush,
         cuda_graph=args.cuda_graph,
         pieces=args.pieces,

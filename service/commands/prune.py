@@ -20,7 +20,14 @@ from pruner.config import (
     WidthOptions,
 )
 
-from .argtypes import fraction, positive_float, positive_int
+from .argtypes import (
+    BUDGET_S_REFUSED,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    refused,
+)
 from .processes import add_process_arguments, relaunch
 from .progress import progress_bar
 from .render import _ms, _si, console
@@ -173,7 +180,11 @@ def _add_width_arguments(g: argparse._ArgumentGroup) -> None:
 
 def _add_training_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
-        "--epochs", type=int, default=2, metavar="E", help="fine-tuning epochs per round (2)"
+        "--epochs",
+        type=non_negative_int,
+        default=2,
+        metavar="E",
+        help="fine-tuning epochs per round (2)",
     )
     g.add_argument(
         "--batch-size",
@@ -216,12 +227,13 @@ def _add_measurement_arguments(g: argparse._ArgumentGroup) -> None:
         "--no-table", action="store_true", help="neither read nor write the latency table"
     )
     g.add_argument(
-        "--budget-s",
+        "--timing-budget-s",
         type=positive_float,
         default=10.0,
         metavar="S",
         help="timing budget per measurement, seconds (10)",
     )
+    g.add_argument("--budget-s", type=refused(BUDGET_S_REFUSED), help=argparse.SUPPRESS)
 
 
 def report_table(r: PruneReport) -> Table:
@@ -285,7 +297,6 @@ def print_report(r: PruneReport) -> None:
 # Config fields whose flag is not --field-name.
 FLAGS = {
     "budget_s": "--budget-ms",
-    "timing_budget_s": "--budget-s",
     "table": "--table/--no-table",
     "iterative_finetune": "--finetune-last",
 }
@@ -334,7 +345,7 @@ def handle(args: argparse.Namespace) -> int:
                 "limit": args.limit,
                 "seed": args.seed,
                 "table": "" if args.no_table else args.table,
-                "timing_budget_s": args.budget_s,
+                "timing_budget_s": args.timing_budget_s,
                 "progress_bar": not args.json,
             }
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .argtypes import fraction
+from .argtypes import fraction, non_negative_int, positive_int
 from .baseline import choose_baseline
 from .profile import add_timing_arguments, run_profile
 from .render import console, print_profile
@@ -50,7 +50,7 @@ def handle(args: argparse.Namespace) -> int:
             "latency_batch_size": args.batch_size,
             "threads": args.threads,
             "table": "" if args.no_table else (None if args.table is None else str(args.table)),
-            "timing_budget_s": args.budget_s,
+            "timing_budget_s": args.timing_budget_s,
             "progress_bar": True,
         }
     )
@@ -80,13 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=1,
         help="training epochs when the baseline is trained here (default: 1)",
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=20000,
         help="training images used to train (when trained here) and fine-tune (default: 20000)",
     )
@@ -101,7 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latency budget, fraction of the baseline (default: 0.5)",
     )
     p.add_argument(
-        "--prune-epochs", type=int, default=1, help="fine-tuning epochs after pruning (default: 1)"
+        "--prune-epochs",
+        type=non_negative_int,
+        default=1,
+        help="fine-tuning epochs after pruning (default: 1)",
     )
     p.add_argument(
         "--out",
@@ -110,5 +113,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where the pruned model goes (default: beside the baseline)",
     )
     p.add_argument("--no-prune", action="store_true", help="stop after the profile")
-    add_timing_arguments(p)
+    add_timing_arguments(p, latency_budget=True)
     p.set_defaults(func=handle)

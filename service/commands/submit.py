@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 import msgspec
@@ -12,7 +13,7 @@ from pruner.config import METHODS
 
 from ..client import Client, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
-from .argtypes import fraction, input_size, positive_float, positive_int
+from .argtypes import BUDGET_S_REFUSED, fraction, input_size, positive_float, positive_int, refused
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -20,21 +21,24 @@ def _option(text: str) -> tuple[str, Any]:
     if not sep:
         raise argparse.ArgumentTypeError(f"option must be KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)  # numbers, true/false, null
+        parsed = json.loads(value)  # numbers, true/false, null
     except json.JSONDecodeError:
         return key, value
+    if isinstance(parsed, float) and not math.isfinite(parsed):  # NaN, Infinity, 1e999
+        raise argparse.ArgumentTypeError(f"option {key} must be a finite number, got {value!r}")
+    return key, parsed
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model", help="built-in name, allowed module:callable, or .pt2 file in a model dir"
     )
-    p.add_argument("--in-channels", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-channels", type=positive_int, default=None)
+    p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument(
         "--input-size", type=input_size, default=None, metavar="HxW", help="input size, e.g. 32x32"
     )
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (under a daemon path root)")
 
@@ -54,9 +58,14 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--budget-ms", type=positive_float, metavar="MS", help="latency budget in milliseconds"
     )
-    # Once the latency budget in seconds here, the timing budget in `prunerd prune`: refused
-    # with the new names rather than read one way or the other.
-    p.add_argument("--budget-s", type=_moved_budget_s, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--timing-budget-s",
+        type=positive_float,
+        metavar="S",
+        help="timing budget per measurement, seconds (10)",
+    )
+    # Once the latency budget in seconds here: refused rather than read one way or the other.
+    p.add_argument("--budget-s", type=refused(BUDGET_S_REFUSED), help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, choices=METHODS)
     p.add_argument("--data", "--dataset", dest="dataset", metavar="DATA", help="dataset name")
     p.add_argument(
@@ -73,15 +82,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="any other prune option by its name in a report's config (epochs, limit, "
-        "timing_budget_s: `prunerd prune --budget-s`, ...; repeatable)",
-    )
-
-
-def _moved_budget_s(text: str) -> float:
-    raise argparse.ArgumentTypeError(
-        "in `submit prune` the latency budget is --budget-ms MS (or --budget FRACTION), as in "
-        "`prunerd prune`, where --budget-s is the timing budget per measurement: give that "
-        "as --option timing_budget_s=S"
+        "iterative, ...; repeatable)",
     )
 
 
@@ -130,8 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     self_test = kinds.add_parser(
         "selftest", help="a job that only reports progress (checks the daemon's workers)"
     )
-    self_test.add_argument("--seconds", type=float, default=None)
-    self_test.add_argument("--steps", type=int, default=None)
+    self_test.add_argument("--seconds", type=positive_float, default=None)
+    self_test.add_argument("--steps", type=positive_int, default=None)
     self_test.add_argument("--fail", action="store_true", default=None)
 
     for sub in (prof, prune, self_test):
@@ -152,8 +153,11 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "budget_ms", None) is not None:
         params["budget_s"] = args.budget_ms / 1e3
-    if getattr(args, "option", None):
-        params["options"] = dict(args.option)
+    options = dict(getattr(args, "option", None) or [])
+    if getattr(args, "timing_budget_s", None) is not None:
+        options["timing_budget_s"] = args.timing_budget_s
+    if options:
+        params["options"] = options
     params.update(_ranks(args))
     return params
 

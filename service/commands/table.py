@@ -8,7 +8,7 @@ from pathlib import Path
 
 from profiler import LatencyTable, TableQuality
 
-from .argtypes import positive_float
+from .argtypes import non_negative_float, positive_float
 from .render import console
 
 CLEAR_ONLY = ("device", "older_than_days", "spread_above", "failed", "all")
@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="clear: only this device fingerprint")
     p.add_argument(
         "--older-than-days",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="clear: only measurements older than this",
     )

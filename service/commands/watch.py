@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..client import Client, add_client_args, format_event, run_command
+from .argtypes import positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job_id")
     p.add_argument(
         "--timeout-job",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="give up after this long (default: wait for the job)",
