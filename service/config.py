@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,20 +156,13 @@ class Settings:
                 f"metrics_host {self.metrics_host!r} is not loopback: set metrics_auth_file "
                 "(basic auth) or pass --insecure"
             )
-        for name in LIMIT_FIELDS:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        _check_ranges({name: getattr(self, name) for name in (*_RANGED, "budgets")})
         if self.max_gpus is not None and not 0 <= self.max_gpus <= MAX_RANKS:
             raise ValueError(f"max_gpus must be in 0..{MAX_RANKS}, got {self.max_gpus}")
         if not 1 <= self.max_procs <= MAX_RANKS:
             raise ValueError(f"max_procs must be in 1..{MAX_RANKS}, got {self.max_procs}")
         if self.max_sample_bytes > self.max_frame_bytes:
             raise ValueError("max_sample_bytes must not exceed max_frame_bytes")
-        for name, seconds in self.budgets.items():
-            if not seconds > 0:
-                raise ValueError(
-                    f"budget for deployment {name!r} must be > 0 seconds, got {seconds}"
-                )
 
 
 # Each [limits] setting and what it bounds; `prunerd serve` makes a flag of each.
@@ -195,6 +189,35 @@ LIMIT_FIELDS = {
     "deployment_idle_s": "seconds without samples before a deployment may be evicted",
 }
 
+# Every number but the ports, max_gpus and max_procs (their own ranges): > 0, finite;
+# worker_grace_s may be 0 (no grace), and a NaN one would never escalate to SIGKILL.
+_RANGED = (
+    *LIMIT_FIELDS,
+    "max_request_bytes",
+    "max_frame_bytes",
+    "ingest_hwm",
+    "max_deployments",
+    "worker_grace_s",
+)
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    """ValueError for the first setting in ``values`` out of its range."""
+    for name, value in values.items():
+        if name == "budgets":
+            for deployment, seconds in value.items():
+                if not 0 < seconds < math.inf:
+                    raise ValueError(
+                        f"budget for deployment {deployment!r} must be finite and > 0 seconds, "
+                        f"got {seconds}"
+                    )
+        elif name in _RANGED:
+            zero = name == "worker_grace_s"
+            if not ((value >= 0) if zero else (value > 0)) or not value < math.inf:
+                rule = ">= 0" if zero else "> 0"
+                raise ValueError(f"{name} must be finite and {rule}, got {value}")
+
+
 _PATH_FIELDS = {
     "state_dir",
     "server_secret_key",
@@ -211,15 +234,57 @@ def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
     for table in ("models", "curve", "limits"):
         flat.update(doc.get(table, {}))
     if "budgets" in doc:
-        flat["budgets"] = {str(k): float(v) for k, v in doc["budgets"].items()}
+        flat["budgets"] = dict(doc["budgets"])
     return flat
 
 
-def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+def _admits(value: Any, annotation: str) -> bool:
+    """Whether a setting's ``value`` (from TOML or a flag) fits its field's ``annotation``:
+    ``"3"`` is not a count, ``true`` not a number, a string not a list of import prefixes."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        return "None" in kinds
+    kind = kinds[0]
+    if kind.startswith("tuple["):
+        item = kind[len("tuple[") : -len(", ...]")]
+        return isinstance(value, list | tuple) and all(_admits(v, item) for v in value)
+    if kind.startswith("dict["):  # budgets: deployment name -> seconds
+        return isinstance(value, dict) and all(_admits(v, "float") for v in value.values())
+    if isinstance(value, bool):
+        return kind == "bool"
+    admitted = {"int": int, "float": int | float, "str": str, "bool": bool, "Path": str | Path}
+    return isinstance(value, admitted[kind])
+
+
+_KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "Path": "a path (a string)",
+    "tuple[str, ...]": "a list of strings",
+    "tuple[Path, ...]": "a list of paths",
+    "dict[str, float]": "a table of deployment name = seconds",
+}
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    for f in dataclasses.fields(Settings):
+        if f.name in values and not _admits(values[f.name], str(f.type)):
+            want = _KIND_NAMES[str(f.type).split("|")[0].strip()]
+            raise ValueError(f"setting {f.name} must be {want}, got {values[f.name]!r}")
+
+
+def _check_known(values: dict[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown settings {unknown}; known: {sorted(known)}")
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    _check_known(values)
+    _check_types(values)
     out: dict[str, Any] = {}
     for k, v in values.items():
         if k in _PATH_FIELDS:
@@ -227,9 +292,27 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         elif k in _PATH_TUPLES:
             v = tuple(Path(p).expanduser().resolve() for p in v)
         elif k == "allow_imports":
-            v = tuple(str(p) for p in v)
+            v = tuple(v)
+        elif k == "budgets":
+            v = {str(name): float(seconds) for name, seconds in v.items()}
         out[k] = v
     return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The flat settings of TOML file ``path``; errors name the file."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"config file {str(path)!r} {what}")
+    try:
+        with path.open("rb") as f:
+            values = _flatten(tomllib.load(f))
+        _check_known(values)
+        _check_types(values)
+        _check_ranges(values)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"config file {str(path)!r}: {e}") from None
+    return values
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -238,10 +321,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if config_file is not None:
         if tomllib is None:
             raise RuntimeError("reading a TOML config file needs Python >= 3.11 (tomllib)")
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        with path.open("rb") as f:
-            values.update(_flatten(tomllib.load(f)))
+        values.update(_read_toml(Path(config_file)))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**_coerce(values))

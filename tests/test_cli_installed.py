@@ -392,3 +392,34 @@ def test_serve_stops_cleanly(daemon: dict) -> None:
     assert daemon["proc"].wait(60) == 0
     down = prunerd("jobs", "--timeout", "0.5", "--json", *daemon["connect"])
     assert down.returncode == 2 and json.loads(down.stderr)["error"]["code"] == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('max_workers = "3"', "setting max_workers must be an integer, got '3'"),
+        ("[limits]\nmax_epochs = 1.5", "setting max_epochs must be an integer, got 1.5"),
+        ('allow_imports = "torchvision"', "setting allow_imports must be a list of strings"),
+        ("[budgets]\nresnet = true", "must be a table of deployment name = seconds"),
+        ("worker_grace_s = nan", "worker_grace_s must be finite and >= 0, got nan"),
+        ("ingest_slice_ms = inf", "ingest_slice_ms must be finite and > 0, got inf"),
+        ("ingest_hwm = 0", "ingest_hwm must be finite and > 0, got 0"),
+        ("[budgets]\nresnet = -1", "budget for deployment 'resnet' must be finite and > 0"),
+        ("max_workers = ", "Invalid value (at line 1"),
+        ("nope = 1", "unknown settings ['nope']"),
+    ],
+)
+def test_serve_refuses_a_config_file_it_cannot_honour(toml: str, said: str, tmp_path: Path) -> None:
+    """A settings file with a wrong type, a value no daemon can run with (a NaN grace period
+    never escalates a stuck worker to SIGKILL) or bad TOML: exit 2 naming the file and the
+    setting, before anything binds or is written (`"3"` once died in a TypeError traceback)."""
+    config = tmp_path / "prunerd.toml"
+    config.write_text(toml + "\n")
+    state = tmp_path / "state"
+    done = prunerd("serve", "--config", str(config), "--state-dir", str(state),
+                   "--rpc-port", "0", "--events-port", "0", "--ingest-port", "0",
+                   "--metrics-port", "0", timeout=30)  # fmt: skip
+    assert done.returncode == 2, done
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert f"config file {str(config)!r}: " in done.stderr
+    assert not state.exists()
