@@ -314,7 +314,8 @@ def _check_prune(params: dict[str, Any]) -> None:
 def prune_config(params: dict[str, Any], out: str, state_dir: Path) -> Any:  # PruneConfig
     """The checkpoint run a prune request asks for, writing to ``out``; ValueError names a
     bad option as the request names it (``params.options.NAME``)."""
-    from pruner.config import ConfigError, PruneConfig  # no torch: the daemon checks with it
+    # No torch: the daemon checks requests with it.
+    from pruner.config import FLAT_FIELDS, ConfigError, PruneConfig
 
     options = dict(params.get("options") or {})
     # The request's own fields decide these; options may tune everything else.
@@ -334,6 +335,13 @@ def prune_config(params: dict[str, Any], out: str, state_dir: Path) -> Any:  # P
     if clash:
         raise ParamsError(
             f"params.options may not set {clash}: use the request's own fields", "params.options"
+        )
+    unknown = sorted(set(options) - set(FLAT_FIELDS))
+    if unknown:
+        raise ParamsError(
+            f"params.options: unknown option(s) {unknown}; a request may set "
+            f"{sorted(set(FLAT_FIELDS) - fixed)}",
+            "params.options",
         )
     try:
         return PruneConfig.from_flat(

@@ -102,6 +102,13 @@ def test_prune_job_errors(daemon: DaemonProcess) -> None:
             )
         assert (e.value.code, e.value.field) == ("bad_request", "params.options")
         assert "may not set ['out']" in str(e.value)
+        # A misspelt option is named with the ones a request may set (not the fixed ones).
+        with pytest.raises(RequestError) as e:
+            client.submit("prune", **_synthetic_prune(daemon), options={"epoch": 1})
+        assert (e.value.code, e.value.field) == ("bad_request", "params.options")
+        said = str(e.value)
+        assert "unknown option(s) ['epoch']; a request may set [" in said
+        assert "'epochs'" in said and "'checkpoint'" not in said and "'out'" not in said
 
 
 def _synthetic_prune(daemon: DaemonProcess) -> dict:
