@@ -13,23 +13,28 @@ Samples are buffered and sent in batches (one JSON message per ``batch_size`` sa
 every ``flush_interval_s``) over a ZeroMQ PUSH socket with a send high-water mark. Sends
 never block: when the daemon is away or behind and the queue is full, the batch is dropped
 and counted (``Monitor.dropped``, also reported to the daemon with the next batch that gets
-through). Environment: ``PRUNERD_INGEST`` (endpoint, default ``tcp://127.0.0.1:5752``) and
+through). A latency that is not a number of seconds in [0, 3600] (NaN, a negative
+difference of wall-clock times) is left out and counted (``Monitor.invalid``, with one
+warning), so that it cannot cost the daemon's refusal of the whole batch it would have
+gone in. Environment: ``PRUNERD_INGEST`` (endpoint, default ``tcp://127.0.0.1:5752``) and
 ``PRUNERD_DEPLOYMENT`` (default deployment name).
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import zmq
 
 from .config import DEFAULT_HOST, DEFAULT_INGEST_PORT
-from .protocol import DEPLOYMENT_RE, encode_samples
+from .protocol import DEPLOYMENT_RE, MAX_SAMPLE_S, MAX_SAMPLES_PER_MESSAGE, encode_samples
 
 
 class Monitor:
@@ -49,6 +54,7 @@ class Monitor:
         """``hwm`` is in messages (batches) queued for the daemon; ``budget_s`` in seconds."""
         self.deployment = deployment or os.environ.get("PRUNERD_DEPLOYMENT", "default")
         self._check_name(self.deployment)
+        _check_settings(budget_s, batch_size, flush_interval_s, hwm)
         self.endpoint = connect or os.environ.get(
             "PRUNERD_INGEST", f"tcp://{DEFAULT_HOST}:{DEFAULT_INGEST_PORT}"
         )
@@ -57,6 +63,7 @@ class Monitor:
         self.flush_interval_s = flush_interval_s
         self.sent = 0  # samples handed to ZeroMQ
         self.dropped = 0  # samples dropped because the queue to the daemon was full
+        self.invalid = 0  # latencies left out: not a number of seconds in [0, MAX_SAMPLE_S]
         self._lock = threading.Lock()
         self._buffers: dict[str, list[float]] = {}
         self._last_flush = time.monotonic()
@@ -81,17 +88,33 @@ class Monitor:
     def observe(self, seconds: float, deployment: str | None = None) -> None:
         """Record one inference latency in seconds."""
         name = deployment or self.deployment
+        value = float(seconds)
+        if not 0.0 <= value <= MAX_SAMPLE_S:  # also NaN: the daemon refuses the batch for it
+            self._left_out(value)
+            return
         with self._lock:
             buf = self._buffers.get(name)
             if buf is None:
                 self._check_name(name)
                 buf = self._buffers[name] = []
-            buf.append(float(seconds))
+            buf.append(value)
             if (
                 len(buf) >= self.batch_size
                 or time.monotonic() - self._last_flush >= self.flush_interval_s
             ):
                 self._flush_locked()
+
+    def _left_out(self, value: float) -> None:
+        with self._lock:
+            self.invalid += 1
+            first = self.invalid == 1
+        if first:
+            warnings.warn(
+                f"prunerd monitor: latency {value!r} s left out: not in [0, {MAX_SAMPLE_S:g}] "
+                "seconds (Monitor.invalid counts these; this warning is shown once)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @contextmanager
     def track(self, deployment: str | None = None) -> Iterator[None]:
@@ -130,6 +153,20 @@ class Monitor:
             self._flush_locked()
             self._closed = True
             self._sock.close()
+
+
+def _check_settings(
+    budget_s: float | None, batch_size: int, flush_interval_s: float, hwm: int
+) -> None:
+    """ValueError naming a setting with which no batch would be sent or accepted."""
+    if budget_s is not None and not 1e-9 <= budget_s <= MAX_SAMPLE_S:
+        raise ValueError(f"budget_s must be seconds in [1e-9, {MAX_SAMPLE_S:g}], got {budget_s}")
+    if not 1 <= batch_size <= MAX_SAMPLES_PER_MESSAGE:
+        raise ValueError(f"batch_size must be in 1..{MAX_SAMPLES_PER_MESSAGE}, got {batch_size}")
+    if not 0 < flush_interval_s < math.inf:
+        raise ValueError(f"flush_interval_s must be finite and > 0, got {flush_interval_s}")
+    if hwm < 1:  # 0 is libzmq's "no limit": an absent daemon would cost unbounded memory
+        raise ValueError(f"hwm must be >= 1 batch, got {hwm}")
 
 
 _default: Monitor | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 import time
 import urllib.request
@@ -168,6 +170,46 @@ def test_deployment_samples(client: Client, daemon: DaemonProcess) -> None:
         'prunerd_inference_latency_seconds_bucket{deployment="resnet20-deployed",le="0.001"} 4000.0'
         in text
     )
+
+
+def test_latencies_no_daemon_accepts_are_left_out_not_their_batch(
+    daemon: DaemonProcess,
+) -> None:
+    """A NaN or a negative latency (a wall-clock difference across a clock step) once made
+    the daemon refuse the whole batch it went in, 1000 good samples with it: the monitor
+    leaves such values out, counts them and warns once; every good sample arrives."""
+    m = Monitor("clock-steps", daemon.info["ingest"], batch_size=1000)
+    with pytest.warns(RuntimeWarning, match=r"latency nan s left out") as warned:
+        for i in range(3000):
+            m.observe(0.001)
+            if i % 100 == 0:
+                m.observe((math.nan, -0.002, 7200.0)[i % 3])
+    m.close()
+    assert len(warned) == 1 and m.invalid == 30 and m.sent == 3000
+
+    def scraped() -> str | None:
+        text = urllib.request.urlopen(daemon.info["metrics"], timeout=10).read().decode()
+        done = 'prunerd_inference_latency_seconds_count{deployment="clock-steps"} 3000.0'
+        return text if done in text else None
+
+    assert wait_for(scraped, 10)
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"budget_s": math.nan}, "budget_s must be seconds in [1e-9, 3600], got nan"),
+        ({"budget_s": -1.0}, "budget_s must be seconds"),
+        ({"batch_size": 0}, "batch_size must be in 1..65536, got 0"),
+        ({"flush_interval_s": math.inf}, "flush_interval_s must be finite and > 0, got inf"),
+        ({"hwm": 0}, "hwm must be >= 1 batch, got 0"),
+    ],
+)
+def test_a_monitor_no_batch_of_which_could_arrive_is_refused(setting: dict, said: str) -> None:
+    """A budget the daemon refuses would have cost every batch; a zero high-water mark is
+    libzmq's "no limit" (an absent daemon would cost unbounded memory): refused at once."""
+    with pytest.raises(ValueError, match=re.escape(said)):
+        Monitor("dep", "tcp://127.0.0.1:9", **setting)
 
 
 frames = st.lists(st.binary(max_size=200), min_size=0, max_size=3) | st.builds(
