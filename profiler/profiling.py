@@ -27,9 +27,17 @@ from torch import nn
 from .blocks import BlockGraph, count_ops, discover
 from .cut import graph_pass
 from .device import device_info, resolve_device, throttle_warning
-from .graph import extract, signature, tensor_meta
+from .graph import extract, propagate_shapes, signature, tensor_meta, trace
 from .interference import InterferenceWatch
 from .lookups import direct_lookups
+from .memory import (
+    ActivationEstimate,
+    available_memory,
+    bytes_of,
+    check_fits,
+    estimate_activations,
+    fits,
+)
 from .models import ModelSpec, eval_mode
 from .quality import QualityLimits, assess
 from .records import (
@@ -213,16 +221,41 @@ def _traced(
         from kernels import fuse  # the deploy-time form of the model
 
         model = fuse(model)
-    if example is None:
-        gen = torch.Generator().manual_seed(0)
-        example = torch.randn(spec.input_shape(run.batch_size), generator=gen)
-    x = example.to(device=run.dev, dtype=DTYPES[run.dtype])
     if run.progress:
         run.progress("tracing", 0, 1)
+    gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        bg = discover(model, x)
+        gm = trace(model)
+        if run.dev.type == "cpu" and run.batch_size > 1:  # before the batch is made
+            one = example[:1] if example is not None else torch.randn(spec.input_shape(1))
+            _check_memory(gm, model, spec, run, one.to(dtype=DTYPES[run.dtype]))
+        if example is None:
+            example = torch.randn(spec.input_shape(run.batch_size), generator=gen)
+        x = example.to(device=run.dev, dtype=DTYPES[run.dtype])
+        bg = discover(gm, x)
     direct_lookups(bg.gm)  # the traced graph as fast as the model it came from
     return model, bg, x
+
+
+def _check_memory(
+    gm: fx.GraphModule, model: nn.Module, spec: ModelSpec, run: _Run, x1: torch.Tensor
+) -> None:
+    """:class:`BatchTooLarge` before a batch that cannot fit in this machine's memory is
+    made: on a CPU it would swap for minutes and die of the OOM killer without a word. The
+    rough bound (batch 1 shapes: one small forward) clears ordinary profiles; past it, the
+    pieces' real inputs are counted."""
+    available = available_memory()
+    if available is None:
+        return
+    propagate_shapes(gm, x1)
+    rough = estimate_activations(gm)
+    if fits(rough, run.batch_size, available):
+        return
+    bg1 = discover(gm, x1)
+    items, _ = _plan_items(bg1, model, x1, run.dtype, run.fused)
+    kept = bytes_of(n for it in items for n in (it.inputs or []))
+    estimate = ActivationEstimate(kept=kept, live=rough.live)
+    check_fits(estimate, run.batch_size, f"{spec.name} {tuple(x1.shape[1:])}", available)
 
 
 def _to_time(
