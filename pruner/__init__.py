@@ -46,6 +46,7 @@ _LAZY = {
     "EpochStats": "train",
     "EvalResult": "train",
     "FitResult": "train",
+    "TrainingDiverged": "train",
     "TrainResult": "baselines",
     "cached_baseline": "baselines",
     "evaluate": "train",

@@ -402,15 +402,37 @@ def _val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, to
 
 
 class _Converted:
-    """Re-iterable view of a user's loader that yields (float32 x, int64 y)."""
+    """Re-iterable view of a user's loader that yields (float32 x, int64 y), checked: a
+    label outside 0..num_classes-1 would stop training in an IndexError deep in the loss.
+    (Images are not scanned for NaN, a pass over every batch: the training loss is
+    checked instead, see ``pruner.train``.)"""
 
-    def __init__(self, source: Iterable[Any]) -> None:
-        self.source = source
+    def __init__(
+        self, source: Iterable[Any], where: str, num_classes: int, classes_from: str = ""
+    ) -> None:
+        self.source, self.where, self.num_classes = source, where, num_classes
+        self.classes_from = classes_from  # how num_classes was found, when not given
 
     def __iter__(self) -> Iterator[Batch]:
-        for item in self.source:
-            x, y = item[0], item[1]
-            yield torch.as_tensor(x).float(), torch.as_tensor(y).long()
+        for i, item in enumerate(self.source):
+            x, y = torch.as_tensor(item[0]).float(), torch.as_tensor(item[1]).long()
+            self._check(i, x, y)
+            yield x, y
+
+    def _check(self, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        def bad(what: str) -> ValueError:
+            return ValueError(f"{self.where}, batch {i}: {what}")
+
+        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+            raise bad(
+                f"expected x (B, C, H, W) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        n = self.num_classes
+        if len(y) and not (int(y.min()) >= 0 and int(y.max()) < n):
+            raise bad(
+                f"labels must be in 0..{n - 1} ({n} classes{self.classes_from}), got "
+                f"{int(y.min())}..{int(y.max())}"
+            )
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
@@ -420,7 +442,7 @@ def _count(loader: Iterable[Any]) -> int:
     dataset = getattr(loader, "dataset", None)
     if dataset is not None and hasattr(dataset, "__len__"):
         return len(dataset)
-    return sum(len(y) for _, y in _Converted(loader))
+    return sum(len(item[1]) for item in loader)
 
 
 def load_callable(
@@ -482,14 +504,35 @@ def _bundle_from_splits(
     spec: str, root: str | None, train: Any, val: Any, test: Any, num_classes: int | None
 ) -> DataBundle:
     """A DataBundle of re-iterable loaders; shapes read off the first training batch."""
-    train, val, test = _Converted(train), _Converted(val), _Converted(test)
-    first_x, _ = next(iter(train))
+    for split, name in ((train, "train"), (val, "val"), (test, "test")):
+        if isinstance(split, Iterator):  # a generator: empty from its second pass on
+            raise ValueError(
+                f"dataset {spec!r}: the {name} split is a one-pass iterator "
+                f"({type(split).__name__}); return something iterable again each epoch, "
+                "such as a DataLoader or a list of batches"
+            )
+    first = next(iter(train), None)
+    if first is None:
+        raise ValueError(f"dataset {spec!r}: the train split yielded no batches")
+    first_x = torch.as_tensor(first[0])
     if first_x.dim() != 4:
         raise ValueError(
             f"dataset {spec!r}: batches must be (B, C, H, W), got {tuple(first_x.shape)}"
         )
+    classes_from = ""
     if num_classes is None:
-        num_classes = 1 + max(int(y.max()) for _, y in test)
+        highest = [int(torch.as_tensor(item[1]).max()) for item in test if len(item[1])]
+        if not highest:
+            raise ValueError(f"dataset {spec!r}: the test split yielded no labels")
+        num_classes = 1 + max(highest)
+        classes_from = (
+            ", the test split's highest label + 1: return num_classes with the splits if "
+            "the test split lacks a class"
+        )
+    train, val, test = (
+        _Converted(split, f"dataset {spec!r}, {name} split", int(num_classes), classes_from)
+        for split, name in ((train, "train"), (val, "val"), (test, "test"))
+    )
     info = DatasetInfo(
         name=spec,
         in_channels=int(first_x.shape[1]),

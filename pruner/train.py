@@ -271,14 +271,33 @@ def _train_epoch(
             bar.advance(task)
             continue
         last_draw = time.perf_counter()
-        stats = (
-            f"loss {float(loss_sum) / seen:.4f} acc {int(correct) / seen:.4f} lr {current_lr:.4g}"
-        )
+        mean_loss = _finite_loss(float(loss_sum) / seen, run.step, current_lr)
+        stats = f"loss {mean_loss:.4f} acc {int(correct) / seen:.4f} lr {current_lr:.4g}"
         bar.update(task, advance=1, stats=stats)
     loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
     if not seen:
         return math.nan, math.nan, current_lr
-    return float(loss_sum) / seen, int(correct) / seen, current_lr
+    return (
+        _finite_loss(float(loss_sum) / seen, run.step, current_lr),
+        int(correct) / seen,
+        current_lr,
+    )
+
+
+class TrainingDiverged(ValueError):
+    """The training loss is NaN or infinite: the weights are lost, nothing more is saved."""
+
+
+def _finite_loss(loss: float, step: int, lr: float) -> float:
+    """``loss``, or :class:`TrainingDiverged` naming the step and the likely causes. Read
+    where the loss is synchronised anyway (the progress line, the epoch's end)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the training loss became {loss} by step {step} (lr {lr:.4g}): lower the "
+            "learning rate (--lr), or look for NaN or infinite values in the data; no "
+            "checkpoint of the diverged weights was written"
+        )
+    return loss
 
 
 def _fit_settings(

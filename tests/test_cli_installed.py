@@ -394,6 +394,18 @@ def test_serve_stops_cleanly(daemon: dict) -> None:
     assert down.returncode == 2 and json.loads(down.stderr)["error"]["code"] == "unavailable"
 
 
+def test_training_that_diverges_stops_and_saves_nothing(tmp_path: Path) -> None:
+    """At --lr 1e6 the loss is NaN within the first epoch: once trained on and saved as a
+    checkpoint of NaN weights (test accuracy 0.08); now exit 2 naming the step and the lr,
+    and no checkpoint."""
+    done = prunerd("train", "resnet20", "--data", "digits", "--epochs", "1", "--lr", "1e6",
+                   "--threads", "1", "--out", str(tmp_path / "m.pt"), timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "prunerd train: error: the training loss became nan by step" in done.stderr
+    assert "lower the learning rate (--lr)" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
 @pytest.mark.parametrize(
     ("toml", "said"),
     [

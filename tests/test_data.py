@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import textwrap
 from pathlib import Path
@@ -253,3 +254,52 @@ def test_module_callable_loaders(tmp_path: Path, monkeypatch) -> None:
         load_data("userdata:missing")
     with pytest.raises(ValueError, match="cannot import"):
         load_data("no_such_module_xyz:fn")
+
+
+def test_a_callable_dataset_that_cannot_train_is_named(tmp_path: Path, monkeypatch) -> None:
+    """Labels outside the classes stopped training in an IndexError deep in the loss; an
+    empty train split in a bare StopIteration; a generator trained one epoch and then
+    nothing. Each is now a ValueError naming the dataset, the split and the batch."""
+    (tmp_path / "hostiledata.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            def _batch(lo, hi):  # one image of each label lo..hi-1
+                return torch.rand(hi - lo, 1, 4, 4), torch.arange(lo, hi)
+
+            def labels_past_classes():
+                return {"train": [_batch(0, 12)], "test": [_batch(0, 10)], "num_classes": 10}
+
+            def negative_labels():
+                return [_batch(-2, 5)], [_batch(0, 5)]
+
+            def lengths_differ():
+                x, y = _batch(0, 8)
+                return [(x, y[:5])], [_batch(0, 3)]
+
+            def empty_train():
+                return [], [_batch(0, 3)]
+
+            def generator():
+                return (b for b in [_batch(0, 3)]), [_batch(0, 3)]
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, said in [
+        (
+            "labels_past_classes",
+            "train split, batch 0: labels must be in 0..9 (10 classes), got 0..11",
+        ),
+        ("negative_labels", "labels must be in 0..4 (5 classes, the test split's highest label"),
+        ("lengths_differ", "expected x (B, C, H, W) and y (B,), got (8, 1, 4, 4) and (5,)"),
+    ]:
+        bundle = load_data(f"hostiledata:{name}")
+        with pytest.raises(ValueError, match=re.escape(f"dataset 'hostiledata:{name}', ")) as e:
+            collect(bundle.train)
+        assert said in str(e.value)
+    with pytest.raises(ValueError, match="the train split yielded no batches"):
+        load_data("hostiledata:empty_train")
+    with pytest.raises(ValueError, match="the train split is a one-pass iterator"):
+        load_data("hostiledata:generator")
