@@ -165,7 +165,10 @@ def removal_scores(
     batches = iter(eval_batches)
     first = next(batches, None)
     if first is None:
-        raise ValueError("no held-out batches: the held-out split is empty")
+        raise ValueError(
+            "no held-out batches to score blocks on: the held-out split is empty (too few "
+            "training samples to hold any out: raise --limit, or give a dataset with a val split)"
+        )
     batches = itertools.chain([first], batches)  # the first batch traced the model: read once
     gm, variants = _variants(model, [b.name for b in blocks], first[0].to(device), calibration)
     names = list(variants)
