@@ -13,8 +13,8 @@ the process without a word (resnet20 at batch 100,000 on a 24 GiB machine: kille
   in a plain chain every value is one); where that bound does not fit, the bytes of the
   pieces' actual inputs (:func:`bytes_of`).
 
-A batch of B needs about B x (kept + live) bytes. On resnet20 that is 0.55 MB per sample
-(0.36 kept, 0.2 live) where the process grew by 0.78 MB per sample from batch 512 to 2048:
+A batch of B needs about B x (kept + live) bytes. On resnet20 that is 0.62 MB per sample
+(0.42 kept, 0.20 live) where the process grew by 0.78 MB per sample from batch 512 to 2048:
 an estimate from below, so a batch it refuses cannot fit.
 """
 

@@ -227,7 +227,11 @@ def _traced(
     with torch.inference_mode():
         gm = trace(model)
         if run.dev.type == "cpu" and run.batch_size > 1:  # before the batch is made
-            one = example[:1] if example is not None else torch.randn(spec.input_shape(1))
+            one = (  # from a generator of its own: the process's random state is left alone
+                example[:1]
+                if example is not None
+                else torch.randn(spec.input_shape(1), generator=torch.Generator().manual_seed(0))
+            )
             _check_memory(gm, model, spec, run, one.to(dtype=DTYPES[run.dtype]))
         if example is None:
             example = torch.randn(spec.input_shape(run.batch_size), generator=gen)

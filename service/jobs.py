@@ -312,8 +312,8 @@ def _check_prune(params: dict[str, Any]) -> None:
 
 
 def prune_config(params: dict[str, Any], out: str, state_dir: Path) -> Any:  # PruneConfig
-    """The checkpoint run a prune request asks for, writing to ``out``; ValueError names a
-    bad option as the request names it (``params.options.NAME``)."""
+    """The checkpoint run a prune request asks for, writing to ``out``; :class:`ParamsError`
+    names a bad option as the request names it (``params.options.NAME``)."""
     # No torch: the daemon checks requests with it.
     from pruner.config import FLAT_FIELDS, ConfigError, PruneConfig
 
