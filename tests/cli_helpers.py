@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# A profile of resnet20 on 8x8 inputs, one thread, 0.2 s per measurement: seconds, not minutes.
+QUICK_PROFILE = ["profile", "resnet20", "--input-size", "8,8", "--threads", "1",
+                 "--timing-budget-s", "0.2"]  # fmt: skip
 PRUNERD = shutil.which("prunerd") or str(BIN / "prunerd")
 
 

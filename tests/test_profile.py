@@ -23,6 +23,8 @@ from profiler import (
 )
 from service.cli import main
 
+from .cli_helpers import QUICK_PROFILE
+
 QUICK = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20)
 SPEC = ModelSpec("resnet20", input_size=(8, 8))
 
@@ -231,16 +233,7 @@ def test_bad_arguments_are_clear() -> None:
 
 def test_cli_profile_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p.json"
-    argv = [
-        "profile",
-        "resnet20",
-        "--input-size",
-        "8,8",
-        "--threads",
-        "1",
-        "--timing-budget-s",
-        "0.2",
-    ]
+    argv = list(QUICK_PROFILE)
     # --store-failed: what is tested is the table's reuse, whatever the machine's load.
     argv += ["--table", str(tmp_path / "t.sqlite"), "--json", str(out), "--store-failed"]
     assert main(argv) == 0
@@ -338,14 +331,7 @@ def test_fused_profile_finds_the_same_blocks() -> None:
 def test_cli_table_list_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = tmp_path / "t.sqlite"
     argv = [
-        "profile",
-        "resnet20",
-        "--input-size",
-        "8,8",
-        "--threads",
-        "1",
-        "--timing-budget-s",
-        "0.2",
+        *QUICK_PROFILE,
         "--table",
         str(table),
         "--quiet",

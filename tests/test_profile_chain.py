@@ -23,6 +23,8 @@ from profiler.chain import (
 from profiler.records import Measurement
 from profiler.timing import measure_pieces, piece_mode
 
+from .cli_helpers import QUICK_PROFILE
+
 SPEC = ModelSpec("resnet20", input_size=(8, 8))
 QUICK = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=20)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none present")
@@ -294,16 +296,7 @@ def test_cli_profile_pieces_option(tmp_path, capsys) -> None:
     from service.cli import main
 
     out = tmp_path / "p.json"
-    argv = [
-        "profile",
-        "resnet20",
-        "--input-size",
-        "8,8",
-        "--threads",
-        "1",
-        "--timing-budget-s",
-        "0.2",
-    ]
+    argv = list(QUICK_PROFILE)
     argv += ["--no-table", "--json", str(out), "--pieces", "chained"]
     assert main(argv) == 0
     assert "launch overhead" in capsys.readouterr().out
