@@ -27,6 +27,8 @@ _LAZY = {
     "example_input": "cost",
     "model_cost": "cost",
     "graph_pass": "cut",
+    "DatabaseUnusable": "database",
+    "open_database": "database",
     "cpu_model": "device",
     "device_info": "device",
     "gpu_telemetry": "device",

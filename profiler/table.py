@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .database import open_database
 from .plain import to_plain
 from .records import DeviceInfo, Measurement, ProfileQuality
 
@@ -62,6 +63,18 @@ def _relative_iqr(m: Measurement) -> float:
     return m.iqr_s / m.median_s if m.median_s > 0 else 0.0
 
 
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+    if row is None:
+        db.execute("INSERT INTO meta VALUES ('version', ?)", (str(TABLE_VERSION),))
+    elif row[0] != str(TABLE_VERSION):
+        # An older layout's signatures mean something else: start afresh rather than mislead.
+        db.execute("DROP TABLE IF EXISTS latency")
+        db.executescript(_SCHEMA)
+        db.execute("UPDATE meta SET value=? WHERE key='version'", (str(TABLE_VERSION),))
+
+
 def default_table_path() -> Path:
     import os
 
@@ -74,22 +87,16 @@ class LatencyTable:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_table_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(TABLE_VERSION),))
-            elif int(row[0]) != TABLE_VERSION:
-                # An older layout's signatures mean something else: start afresh rather than mislead.
-                self._db.execute("DROP TABLE IF EXISTS latency")
-                self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "UPDATE meta SET value=? WHERE key='version'", (str(TABLE_VERSION),)
-                )
+        self._db = open_database(
+            self.path,
+            "latency table",
+            "move it aside (an empty table is made in its place) or name another with --table",
+            timeout_s=30.0,
+            setup=_create_schema,
+            tables=frozenset({"meta", "devices", "latency"}),
+            check_same_thread=False,
+        )
 
     def close(self) -> None:
         with self._lock:

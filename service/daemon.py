@@ -25,6 +25,8 @@ from typing import Any
 
 import zmq
 
+from profiler.files import writable_dir
+
 from . import protocol as p
 from .auth import OPERATOR, KeyRing, read_basic_auth, start_authenticator
 from .config import Settings
@@ -639,6 +641,7 @@ def private_state_dir(path: Path) -> Path:
     private to its user (umask 077), SQLite's -wal and -shm files included.
     """
     os.umask(0o077)
+    writable_dir(path, "state dir")  # a ValueError naming the path: a file in its way, no rights
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.geteuid():

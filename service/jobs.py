@@ -26,6 +26,8 @@ from typing import Any
 
 import msgspec
 
+from profiler import open_database
+
 from .job_context import JobContext, JobFailed, default_output
 from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
 
@@ -79,18 +81,19 @@ _ADDED_COLUMNS = (
 _COLUMNS = "id, kind, params, status, created_at, started_at, finished_at, error"
 
 
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """A connection in WAL mode: readers (the /metrics thread) never block the writer."""
-    if readonly:
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
-        )
-    else:
-        conn = sqlite3.connect(path, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode is still crash-safe for the database; a power cut may lose the last commit.
-        conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection (the /metrics thread): in WAL mode it never blocks the writer."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    # NORMAL in WAL mode is still crash-safe for the database; a power cut may lose the last commit.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class JobStore:
@@ -98,14 +101,15 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = connect(path)
-        self.db.executescript(_SCHEMA)
-        for table, column, kind in _ADDED_COLUMNS:
-            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self.db.commit()
+        self.db = open_database(
+            path,
+            "job store",
+            "move it aside (an empty store is made in its place; its jobs are lost to the "
+            "daemon) or give the daemon another --state-dir",
+            timeout_s=10.0,
+            setup=_create_schema,
+            tables=frozenset({"jobs", "results", "block_latency", "model_latency"}),
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -31,7 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .jobs import connect
+from .jobs import connect_readonly
 from .protocol import FINISHED_STATUSES, SampleBatch
 from .ranks import RankTracker
 
@@ -223,7 +223,7 @@ class PrunerdCollector(Collector):
         self.ranks = ranks
 
     def collect(self) -> Iterator[Metric]:
-        db = connect(self.store_path, readonly=True)
+        db = connect_readonly(self.store_path)
         try:
             yield from self._latency(db)
             yield from self._jobs(db)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -435,3 +436,50 @@ def test_serve_refuses_a_config_file_it_cannot_honour(toml: str, said: str, tmp_
     assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert f"config file {str(config)!r}: " in done.stderr
     assert not state.exists()
+
+
+def _unusable_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Files in the place of a database, each with what the error must say about it."""
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"\x8f\x01" * 2000)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    folder = tmp_path / "folder.sqlite"
+    folder.mkdir()
+    return {
+        "damaged": (damaged, "not an SQLite database (damaged, or another kind of file)"),
+        "foreign": (foreign, "an SQLite database of something else (tables: users)"),
+        "folder": (folder, "is a directory, not a file"),
+    }
+
+
+@pytest.mark.parametrize("case", ["damaged", "foreign", "folder"])
+def test_a_latency_table_that_is_not_one_is_named_and_left_alone(case: str, tmp_path: Path) -> None:
+    """A damaged file, another program's database or a directory given as --table was an
+    sqlite3 traceback (`file is not a database`); now exit 2 naming the file, and the file is
+    neither changed nor replaced (it may be someone's only copy)."""
+    path, said = _unusable_databases(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    data = path.read_bytes() if path.is_file() else None
+    done = prunerd("table", "list", "--table", str(path), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"prunerd table: error: latency table {str(path)!r}" in done.stderr
+    assert said in done.stderr and "--table" in done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert data is None or path.read_bytes() == data
+
+
+@pytest.mark.parametrize("case", ["damaged", "foreign", "folder"])
+def test_serve_names_a_job_store_it_cannot_use(case: str, tmp_path: Path) -> None:
+    """The same three in the place of the daemon's jobs.sqlite: exit 2 naming the store,
+    nothing bound, the file untouched."""
+    path, said = _unusable_databases(tmp_path)[case]
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path.rename(state / "jobs.sqlite")
+    done = prunerd("serve", "--state-dir", str(state), "--rpc-port", "0", "--events-port", "0",
+                   "--ingest-port", "0", "--metrics-port", "0", timeout=30)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"job store {str(state / 'jobs.sqlite')!r}" in done.stderr
+    assert said in done.stderr and "--state-dir" in done.stderr
