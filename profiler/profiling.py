@@ -253,13 +253,14 @@ def _check_memory(
         return
     propagate_shapes(gm, x1)
     rough = estimate_activations(gm)
-    if fits(rough, run.batch_size, available):
+    if fits(rough.per_sample, run.batch_size, available):
         return
     bg1 = discover(gm, x1)
     items, _ = _plan_items(bg1, model, x1, run.dtype, run.fused)
     kept = bytes_of(n for it in items for n in (it.inputs or []))
     estimate = ActivationEstimate(kept=kept, live=rough.live)
-    check_fits(estimate, run.batch_size, f"{spec.name} {tuple(x1.shape[1:])}", available)
+    doing = f"profiling {spec.name} {tuple(x1.shape[1:])}"
+    check_fits(estimate.per_sample, run.batch_size, doing, available)
 
 
 def _to_time(

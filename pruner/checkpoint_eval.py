@@ -20,6 +20,7 @@ import torch
 from profiler import load_model, read_checkpoint
 
 from .adapt import recorded_adaptation
+from .batch_memory import check_batch_fits
 from .data import Batches, DataBundle, load_data
 from .train import evaluate
 
@@ -114,6 +115,7 @@ def evaluate_checkpoint(
         )
     fed, _ = bundle.for_model(spec.in_channels, spec.input_size, recorded_adaptation(meta))
     model = _load(path, ckpt.plan_json).to(device)
+    check_batch_fits(model, fed.test, device, training=False, doing=f"evaluating {spec.name}")
     t0 = time.perf_counter()
     result = evaluate(model, fed.test, device)
     return CheckpointEval(

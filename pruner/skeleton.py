@@ -42,6 +42,7 @@ from profiler.files import writable_dir, write_text
 from . import distributed
 from .adapt import META_KEY as ADAPTATION_META
 from .adapt import recorded_adaptation
+from .batch_memory import check_batch_fits
 from .config import (
     DEFAULT_METHOD,
     Budget,
@@ -371,6 +372,8 @@ def load_inputs(
         )
     meta = ckpt.meta or {}
     fed, adaptation = data.for_model(spec.in_channels, spec.input_size, recorded_adaptation(meta))
+    # The unpruned model is evaluated at this batch; the fine-tuning step is checked in fit().
+    check_batch_fits(teacher, fed.test, config.options.run.device, False, f"pruning {spec.name}")
     inherited = {k: meta[k] for k in ("normalisation",) if k in meta}
     return spec, teacher, fed, {**inherited, ADAPTATION_META: adaptation.to_dict()}
 

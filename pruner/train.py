@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from . import distributed
+from .batch_memory import check_batch_fits
 from .schedule import Schedule
 from .train_state import TrainState, check_settings, load_state, save_state
 
@@ -420,6 +421,7 @@ def fit(
         _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0
     )
     train = distributed.shard(train)  # with a process group, this rank's share of each batch
+    check_batch_fits(model, train, device, training=True, doing=f"training {type(model).__name__}")
     steps_per_epoch = _steps_per_epoch(train)
     all_settings = _fit_settings(
         epochs, lr, weight_decay, momentum, patience, schedule, label_smoothing,
