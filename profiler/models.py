@@ -191,6 +191,12 @@ class Checkpoint:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.glob("*.pt"))[:3]
+        raise ValueError(
+            f"checkpoint {str(path)!r} is a directory; name the checkpoint file"
+            + (f", e.g. {' or '.join(repr(p) for p in inside)}" if inside else " in it")
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"

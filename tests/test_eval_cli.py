@@ -153,3 +153,12 @@ def test_every_command_that_names_a_model_takes_pretrained(
             resolve_weights(args)
     with pytest.raises(SystemExit):  # one or the other, never both
         parser.parse_args(["eval", "resnet20", "--pretrained", "x", "--checkpoint", "y"])
+
+
+def test_a_directory_given_as_the_checkpoint_names_the_file_in_it(tmp_path: Path) -> None:
+    """A prune's output directory given where its checkpoint belongs was 'does not exist'."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    done = prunerd("eval", "resnet20", "--checkpoint", str(tmp_path), check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    said = f"checkpoint {str(tmp_path)!r} is a directory; name the checkpoint file, e.g. "
+    assert said + repr(str(tmp_path / "checkpoint.pt")) in done.stderr
