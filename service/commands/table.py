@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from profiler import LatencyTable, TableQuality
+from profiler import LatencyTable, TableQuality, default_table_path
 
 from .argtypes import non_negative_float, positive_float
 from .render import console
@@ -28,7 +28,10 @@ def handle(args: argparse.Namespace) -> int:
             f"{', '.join(given)} {'selects' if len(given) == 1 else 'select'} what `prunerd "
             "table clear` removes; `list` shows every device (add `clear` to remove)"
         )
-    with LatencyTable(args.table) as table:
+    path = args.table if args.table is not None else default_table_path()
+    if not path.exists():  # looking must not leave an empty table (and its folders) behind
+        return _no_table(path, args)
+    with LatencyTable(path) as table:
         if args.action == "clear":
             return _clear(table, args)
         devices = table.devices()
@@ -39,6 +42,7 @@ def handle(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "path": str(table.path),
+                    "exists": True,
                     "devices": [
                         {
                             **d.to_dict(),
@@ -83,6 +87,22 @@ def _clear(table: LatencyTable, args: argparse.Namespace) -> int:
         spread_above=args.spread_above,
     )
     print(f"removed {removed} measurements from {table.path}")
+    return 0
+
+
+def _no_table(path: Path, args: argparse.Namespace) -> int:
+    """``list`` or ``clear`` of a table no measurement has been stored in yet."""
+    if args.action == "clear" and args.device is not None:
+        raise ValueError(
+            f"--device {args.device!r}: latency table {str(path)!r} does not exist, so it holds "
+            "no measurements; name the table that does with --table"
+        )
+    if args.action == "clear":
+        print(f"removed 0 measurements: latency table {path} does not exist")
+    elif args.json:
+        print(json.dumps({"path": str(path), "exists": False, "devices": []}))
+    else:
+        print(f"latency table {path}: does not exist yet (`prunerd profile` makes it)")
     return 0
 
 
