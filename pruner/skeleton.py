@@ -54,7 +54,7 @@ from .config import (
     options_flat,
 )
 from .data import DataBundle, load_data
-from .methods import EventFn, ProgressFn, PruneState, first_samples, method
+from .methods import REGISTRY, EventFn, ProgressFn, PruneState, first_samples, method
 from .plan import PrunePlan
 from .rebuild import export_pruned
 from .report import ModelStats, PruneReport
@@ -133,6 +133,8 @@ def run_method(
         emit=on_event or (lambda e: None),
         step=progress or (lambda what, done, total: None),
     )
+    if steps.needs_heldout:
+        check_heldout(data.val, options.method)
     with torch_threads(options.run.threads):
         if steps.needs_profile:
             s.profile = profile_baseline(s)
@@ -140,6 +142,22 @@ def run_method(
         for step in steps.steps:
             step(s)
         return finish(s, t_start)
+
+
+def check_heldout(val: Any, method_name: str) -> None:
+    """Refuse an empty held-out split now, not after the baseline profile (minutes on a
+    large model). A source that cannot tell its length is left to the scorer."""
+    try:
+        empty = len(val) == 0
+    except TypeError:
+        return
+    if empty:
+        raise ValueError(
+            f"method {method_name!r} scores blocks on the held-out split, which is empty: too "
+            "few training samples to hold any out (raise --limit), or give a dataset with a "
+            f"val split; methods {', '.join(n for n, m in REGISTRY.items() if not m.needs_heldout)} "
+            "need none"
+        )
 
 
 def profile_baseline(s: PruneState) -> BlockProfile:

@@ -202,6 +202,17 @@ def test_output_paths_are_refused_before_the_work(work: Path, baseline: Path) ->
     assert taken.read_text() == "not a directory"
 
 
+def test_an_empty_held_out_split_is_refused_before_profiling(work: Path, baseline: Path) -> None:
+    """--limit 1 leaves one training sample and none held out: the block scorers were told
+    so only after the baseline profile; now at once, naming the methods that need none."""
+    prune = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                    "--limit", "1", "--method", "removal", "--budget", "0.5", *QUICK_TIMING,
+                    "--out", str(work / "empty-val"))  # fmt: skip
+    assert prune.returncode == 2 and "Traceback" not in prune.stderr, prune.stderr
+    assert "method 'removal' scores blocks on the held-out split, which is empty" in prune.stderr
+    assert "l1" in prune.stderr and "profiling" not in prune.stderr
+
+
 @pytest.mark.slow
 def test_quickstart(work: Path) -> None:
     out = work / "quickstart"
@@ -468,6 +479,22 @@ def test_a_latency_table_that_is_not_one_is_named_and_left_alone(case: str, tmp_
     assert said in done.stderr and "--table" in done.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert data is None or path.read_bytes() == data
+
+
+def test_looking_at_a_table_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    """`table list` and `table clear` of a path never written once made an empty table and
+    its folders there; now they say it does not exist and leave the disk as it was."""
+    path = tmp_path / "not" / "yet" / "latency.sqlite"
+    listed = prunerd("table", "list", "--table", str(path), timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert f"latency table {path}: does not exist yet" in listed.stdout
+    as_json = prunerd("table", "--json", "--table", str(path), timeout=30)
+    assert json.loads(as_json.stdout) == {"path": str(path), "exists": False, "devices": []}
+    cleared = prunerd("table", "clear", "--all", "--table", str(path), timeout=30)
+    assert cleared.returncode == 0 and "removed 0 measurements" in cleared.stdout
+    named = prunerd("table", "clear", "--device", "abc", "--table", str(path), timeout=30)
+    assert named.returncode == 2 and "does not exist" in named.stderr, named.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["damaged", "foreign", "folder"])

@@ -1,7 +1,8 @@
 """The methods: each a registered list of steps over one :class:`PruneState`.
 
 A step is a callable on the state; ``needs_profile`` says whether it reads the
-baseline's block profile (the skeleton takes it once, before the first step).
+baseline's block profile (the skeleton takes it once, before the first step),
+``needs_heldout`` whether it scores on the held-out split (checked before the profile).
 Adding a method is a :class:`pruner.config.MethodInfo` line (its name and what
 its options may be) and a :func:`register` call here.
 """
@@ -21,7 +22,11 @@ from .widths import WidthStep
 
 
 class Step(Protocol):
-    needs_profile: bool
+    @property
+    def needs_profile(self) -> bool: ...
+
+    @property
+    def needs_heldout(self) -> bool: ...
 
     def __call__(self, state: PruneState) -> None: ...
 
@@ -34,6 +39,10 @@ class Method:
     @property
     def needs_profile(self) -> bool:
         return any(step.needs_profile for step in self.steps)
+
+    @property
+    def needs_heldout(self) -> bool:
+        return any(step.needs_heldout for step in self.steps)
 
 
 REGISTRY: dict[str, Method] = {}

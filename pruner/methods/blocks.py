@@ -125,6 +125,10 @@ def seeded_random(s: PruneState) -> Scorer:
     return RandomScorer(s.options.run.seed)
 
 
+# Scorers that read the held-out (val) split; the others score weights or draw at random.
+_SCORE_ON_HELDOUT = (probes, removals)
+
+
 @dataclass(frozen=True)
 class BlockStep:
     """Remove blocks: ``scorer`` says what each is worth, ``select`` what goes."""
@@ -132,6 +136,10 @@ class BlockStep:
     scorer: Callable[[PruneState], Scorer]
     select: Selector
     needs_profile: ClassVar[bool] = True
+
+    @property
+    def needs_heldout(self) -> bool:
+        return self.scorer in _SCORE_ON_HELDOUT
 
     def __call__(self, s: PruneState) -> None:
         _BlockPass(self, s).run()

@@ -22,6 +22,7 @@ class SplitStep:
     multiplication removed on this device (see :func:`pruner.width.split_budget`)."""
 
     needs_profile: ClassVar[bool] = True
+    needs_heldout: ClassVar[bool] = False
 
     def __call__(self, s: PruneState) -> None:
         profile, round_to = s.profile, s.options.width.round_to

@@ -71,6 +71,7 @@ class WidthStep:
     """Thin the channel groups of the student (the unpruned model when no step ran before)."""
 
     needs_profile: ClassVar[bool] = False
+    needs_heldout: ClassVar[bool] = False
 
     def __call__(self, s: PruneState) -> None:
         after_blocks = s.depth is not None
