@@ -27,8 +27,7 @@ from .adapt import META_KEY as ADAPTATION_META
 from .data import Batches, DataBundle, DatasetInfo, load_data
 from .schedule import Schedule
 from .train import EvalResult, FitResult, evaluate, fit
-from .train_config import TrainConfig
-from .train_state import state_path_for
+from .train_config import TrainConfig, state_path_for
 
 CACHE_ENV = "PRUNERD_CACHE"
 

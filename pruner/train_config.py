@@ -7,13 +7,22 @@ manifest of shipped weights store it, so a baseline says exactly how it was made
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .schedule import Schedule
 
 TRAIN_CONFIG_VERSION = 1
+STATE_SUFFIX = ".state"
+
+
+def state_path_for(out: str | os.PathLike[str]) -> Path:
+    """Where the resume file of a run writing checkpoint ``out`` lives: ``<out>.state`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + STATE_SUFFIX)
 
 
 def default_schedule() -> Schedule:

@@ -23,13 +23,6 @@ from profiler.files import write_with
 
 STATE_FORMAT = "prunerd-train-state"
 STATE_VERSION = 1
-STATE_SUFFIX = ".state"
-
-
-def state_path_for(out: str | os.PathLike[str]) -> Path:
-    """Where the resume file of a run writing checkpoint ``out`` lives: ``<out>.state`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + STATE_SUFFIX)
 
 
 @dataclass

@@ -205,12 +205,39 @@ def test_output_paths_are_refused_before_the_work(work: Path, baseline: Path) ->
 def test_an_empty_held_out_split_is_refused_before_profiling(work: Path, baseline: Path) -> None:
     """--limit 1 leaves one training sample and none held out: the block scorers were told
     so only after the baseline profile; now at once, naming the methods that need none."""
+    out = work / "empty-val"
+    out.mkdir()
+    (out / "report.json").write_text("{}")  # a run before: --overwrite lets this one go on
     prune = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
                     "--limit", "1", "--method", "removal", "--budget", "0.5", *QUICK_TIMING,
-                    "--out", str(work / "empty-val"))  # fmt: skip
+                    "--out", str(out), "--overwrite")  # fmt: skip
     assert prune.returncode == 2 and "Traceback" not in prune.stderr, prune.stderr
     assert "method 'removal' scores blocks on the held-out split, which is empty" in prune.stderr
     assert "l1" in prune.stderr and "profiling" not in prune.stderr
+
+
+def test_a_second_run_does_not_write_over_the_first(work: Path, baseline: Path) -> None:
+    """The same train or prune command line run twice replaced the first checkpoint or
+    pruned model without a word; now it is refused until --overwrite says so."""
+    trained = baseline.read_bytes()
+    again = ["train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "50"]
+    refused = prunerd(*again, "--out", str(baseline))
+    assert refused.returncode == 2, refused.stderr
+    assert f"--out {str(baseline)!r} already holds a checkpoint; --overwrite" in refused.stderr
+    finished = prunerd(*again, "--out", str(baseline), "--resume")
+    assert finished.returncode == 2 and "is a finished run (no resume file" in finished.stderr
+    assert baseline.read_bytes() == trained
+    copy = work / "copy.pt"
+    copy.write_bytes(trained)
+    ok(prunerd(*again, "--out", str(copy), "--overwrite"))
+    assert copy.read_bytes() != trained
+    pruned = work / "pruned-before"
+    pruned.mkdir()
+    (pruned / "report.json").write_text("{}")
+    prune = prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                    "--budget", "0.5", "--out", str(pruned))  # fmt: skip
+    assert prune.returncode == 2 and "already holds report.json; --overwrite" in prune.stderr
+    assert (pruned / "report.json").read_text() == "{}"
 
 
 @pytest.mark.slow

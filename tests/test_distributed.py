@@ -21,7 +21,8 @@ import torch
 
 from pruner import distributed
 from pruner.data import load_data
-from pruner.train_state import load_state, state_path_for
+from pruner.train_config import state_path_for
+from pruner.train_state import load_state
 
 from .cli_helpers import BIN, PRUNERD, ok, run
 from .service_helpers import children, pid_alive

@@ -216,8 +216,8 @@ def test_fit_steps_per_epoch_without_len() -> None:
 
 def test_train_model_resumes_an_interrupted_run(tmp_path: Path, monkeypatch, cli, capsys) -> None:
     from pruner.baselines import train_model
-    from pruner.train_config import TrainConfig
-    from pruner.train_state import load_state, state_path_for
+    from pruner.train_config import TrainConfig, state_path_for
+    from pruner.train_state import load_state
 
     out = tmp_path / "r20.pt"
     config = TrainConfig("resnet20", "digits", str(out), epochs=2, batch_size=64, limit=300)

@@ -11,7 +11,8 @@ from torch import nn
 from pruner.data import load_data
 from pruner.schedule import Schedule
 from pruner.train import fit, smoothed_cross_entropy
-from pruner.train_state import load_state, state_path_for
+from pruner.train_config import state_path_for
+from pruner.train_state import load_state
 
 EPOCHS = 4
 SCHEDULE = Schedule(decay="cosine", warmup_epochs=1.0)

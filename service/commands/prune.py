@@ -28,6 +28,7 @@ from .argtypes import (
     positive_int,
     refused,
 )
+from .existing import check_output_dir
 from .processes import add_process_arguments, relaunch
 from .progress import progress_bar
 from .render import _ms, _si, console
@@ -66,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_measurement_arguments(p.add_argument_group("latency measurement"))
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out directory that already holds files (replacing them)",
+    )
     out.add_argument("--json", action="store_true", help="print report.json on stdout")
     add_process_arguments(p)
     p.set_defaults(func=handle)
@@ -308,6 +314,7 @@ def flag_names(e: ConfigError) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, args.overwrite)  # once, before any rank starts
     from pruner import distributed, prune_checkpoint
 
     if (code := relaunch(args)) is not None:

@@ -8,9 +8,10 @@ import sys
 
 from pruner.config import DATASETS
 from pruner.schedule import DECAYS, Schedule
-from pruner.train_config import TrainConfig
+from pruner.train_config import TrainConfig, state_path_for
 
 from .argtypes import input_size, positive_float, positive_int
+from .existing import check_checkpoint
 from .processes import add_process_arguments, relaunch
 
 DEFAULTS = TrainConfig(model="", data="", out="")
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="directory of the dataset files (fashion-mnist: the four idx files; default "
         "$PRUNERD_FASHION_MNIST or /usr/share/datasets/fashion-mnist)",
     )
-    p.add_argument("--out", required=True, metavar="CKPT", help="where to write the checkpoint")
+    _add_output_arguments(p)
     _add_optimiser_arguments(p)
     _add_data_arguments(p)
     p.add_argument(
@@ -65,15 +66,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="CPU intra-op threads (default: torch's choice)",
     )
+    add_process_arguments(p)
+    p.set_defaults(func=handler)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="CKPT", help="where to write the checkpoint")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run whose resume file CKPT.state is there (same settings); "
         "start fresh when there is none",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoint at CKPT (without it an existing one is refused)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    add_process_arguments(p)
-    p.set_defaults(func=handler)
 
 
 def _add_optimiser_arguments(p: argparse.ArgumentParser) -> None:
@@ -189,8 +199,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _say_when_nothing_resumes(out: str) -> None:
     """--resume with no resume file trains from the first epoch: say so, not silently."""
-    from pruner.train_state import state_path_for
-
     state = state_path_for(out)
     if not state.is_file():
         print(
@@ -201,6 +209,7 @@ def _say_when_nothing_resumes(out: str) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    check_checkpoint(args.out, args.resume, args.overwrite)  # once, before any rank starts
     if (code := relaunch(args)) is not None:
         return code
     from pruner import distributed  # torch: only once a command runs
