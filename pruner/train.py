@@ -176,15 +176,18 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def _progress(enabled: bool) -> Progress:
+    """The bar on a terminal; piped, none (a log gets one line per epoch, see _report_epoch,
+    where the bar's last frame came out cut to 80 columns)."""
     # stderr, so that `--json` output on stdout stays machine-readable.
+    console = Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
+        console=console,
+        disable=not (enabled and console.is_terminal),
         transient=False,
     )
 
@@ -515,7 +518,9 @@ def _report_epoch(bar: Any, task: Any, stats: EpochStats, epochs: int, log_lines
     bar.update(task, stats=summary)
     if log_lines and not bar.console.is_terminal:
         bar.console.print(
-            f"epoch {stats.epoch}/{epochs} {summary} lr {stats.lr:.4g} {stats.seconds:.1f} s"
+            f"epoch {stats.epoch}/{epochs} {summary} lr {stats.lr:.4g} {stats.seconds:.1f} s",
+            soft_wrap=True,  # one line, however long: logs are read by grep
+            highlight=False,
         )
 
 

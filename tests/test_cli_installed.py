@@ -57,6 +57,18 @@ def baseline(work: Path) -> Path:
     return ckpt
 
 
+def test_piped_training_logs_one_whole_line_per_epoch(work: Path) -> None:
+    """Piped, the bar's last frame came out after the epoch lines, cut to 80 columns with
+    `…`, and an epoch line over 80 columns wrapped; now only the lines, each whole."""
+    done = ok(prunerd("train", "resnet20", "--data", "digits", "--epochs", "2", "--limit", "100",
+                      "--val-fraction", "0.2", "--out", str(work / "logged.pt")))  # fmt: skip
+    lines = done.stderr.splitlines()
+    epochs = [ln for ln in lines if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in epochs] == ["1/2", "2/2"], done.stderr
+    assert all(re.search(r"val acc [0-9.]+ loss [0-9.]+ lr \S+ [0-9.]+ s$", ln) for ln in epochs)
+    assert "━" not in done.stderr and "…" not in done.stderr and len(lines) == 2
+
+
 def test_profile(work: Path, baseline: Path) -> None:
     out = work / "profile.json"
     result = ok(prunerd("profile", "resnet20", "--checkpoint", str(baseline), *QUICK_TIMING,
