@@ -67,7 +67,7 @@ class Client:
     ) -> None:
         """``server_key``: the daemon's public certificate file; ``client_key``: our secret one (CurveZMQ)."""
         self.endpoint = connect
-        self.events_endpoint = events or events_endpoint_for(connect)
+        self._events = events  # None: asked of the daemon when first needed
         self.timeout_s = timeout_s
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if server_key is not None:
@@ -83,6 +83,23 @@ class Client:
         self.ctx = zmq.Context.instance()
         self._ids = itertools.count(1)
         self._sock = self._connect(zmq.DEALER, self.endpoint)
+
+    @property
+    def events_endpoint(self) -> str:
+        """Where the daemon publishes job events: as given, else the port its ping names, at the
+        host this client reaches it by (a daemon on port 0 picks its ports; request port + 1
+        would subscribe to nothing, and a watch would see only its final status)."""
+        if self._events is None:
+            named = self.ping().get("endpoints")
+            said = named.get("events") if isinstance(named, dict) else None
+            port = str(said).rpartition(":")[2]
+            head = self.endpoint.rpartition(":")[0]
+            self._events = (
+                f"{head}:{port}"
+                if port.isdigit() and 0 < int(port) < 65536 and head
+                else events_endpoint_for(self.endpoint)
+            )
+        return self._events
 
     def _connect(self, kind: int, endpoint: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
@@ -259,7 +276,7 @@ def add_client_args(parser: Any) -> None:
         type=endpoint,
         default=None,
         metavar="tcp://HOST:PORT",
-        help="the daemon's event endpoint (default: request port + 1)",
+        help="the daemon's event endpoint (default: the one the daemon names, at --connect's host)",
     )
     parser.add_argument(
         "--timeout",

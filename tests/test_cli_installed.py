@@ -291,7 +291,8 @@ def daemon(work: Path, baseline: Path):
         return info if info.get("pid") == proc.pid else None
 
     info = wait_for(started, timeout_s=60)
-    yield {"proc": proc, "connect": ["--connect", info["rpc"], "--events", info["events"]]}
+    # No --events: the client asks the daemon where its events are, as a user's would.
+    yield {"proc": proc, "connect": ["--connect", info["rpc"]], "events": info["events"]}
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
@@ -302,6 +303,10 @@ def test_submit_profile_waits_for_the_result(daemon: dict) -> None:
     result = ok(prunerd("submit", "profile", "resnet20", "--in-channels", "1",
                         "--input-size", "8x8", "--wait", *daemon["connect"]))  # fmt: skip
     assert "done" in result.stdout
+    # Every event, not only the final status: with the daemon on port 0, the events port was
+    # taken to be the request port + 1, nothing arrived, and the watch printed "done" alone.
+    assert re.search(r"started +profile in pid \d+", result.stdout), result.stdout
+    assert re.search(r"block +layer3\.2 +[0-9.]+ ms", result.stdout)
     # The global flag, given before the command, is for this process, not for the job.
     ok(prunerd("--system-malloc", "submit", "selftest", "--seconds", "0.2", "--steps", "2",
                "--wait", *daemon["connect"]))  # fmt: skip
@@ -317,7 +322,8 @@ def test_jobs_watch_cancel(daemon: dict) -> None:
     assert job["id"] in ok(prunerd("jobs", *daemon["connect"])).stdout  # the table
     cancelled = json.loads(ok(prunerd("cancel", job["id"], "--json", *daemon["connect"])).stdout)
     assert cancelled["job"]["id"] == job["id"]
-    watched = prunerd("watch", job["id"], "--json", *daemon["connect"], timeout=120)
+    watched = prunerd("watch", job["id"], "--json", *daemon["connect"],
+                      "--events", daemon["events"], timeout=120)  # fmt: skip
     assert watched.returncode == 1  # the job ended, but not "done"
     assert json.loads(watched.stdout.splitlines()[-1])["event"] == "cancelled"
     again = prunerd("cancel", job["id"], "--json", *daemon["connect"])
