@@ -101,11 +101,15 @@ class Client:
             )
         return self._events
 
-    def _connect(self, kind: int, endpoint: str) -> zmq.Socket:
+    def _socket(self, kind: int) -> zmq.Socket:
         s = self.ctx.socket(kind)
         s.linger = 0
         if self._curve is not None:
             s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self._curve
+        return s
+
+    def _connect(self, kind: int, endpoint: str) -> zmq.Socket:
+        s = self._socket(kind)
         s.connect(endpoint)
         return s
 
@@ -189,9 +193,24 @@ class Client:
     # ------------------------------------------------------------------ events
 
     def subscribe(self, job_id: str | None = None) -> zmq.Socket:
-        """A SUB socket on one job's events (or every job's, with None)."""
-        sub = self._connect(zmq.SUB, self.events_endpoint)
+        """A SUB socket on one job's events (or every job's, with None), returned once connected.
+
+        A PUB socket drops what it publishes before our subscription reaches it (ZeroMQ's
+        slow joiner): a job submitted right after a plain connect lost its ``queued`` and
+        ``started`` events. The subscription goes out as soon as the handshake is done, so
+        this waits for that (at most 3 s; an unreachable endpoint leaves the watch to the
+        status it polls).
+        """
+        sub = self._socket(zmq.SUB)
         sub.subscribe(p.event_topic(job_id) if job_id else b"job.")
+        monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            sub.connect(self.events_endpoint)
+            if monitor.poll(int(1000 * min(self.timeout_s, 3.0))):
+                monitor.recv_multipart()
+        finally:
+            sub.disable_monitor()
+            monitor.close()
         return sub
 
     def watch(
@@ -337,6 +356,62 @@ def run_command(args: Any, fn: Any) -> int:
     return status
 
 
+class ProgressFilter:
+    """Which events a person is shown: all but most ``progress`` ones, of which a profile
+    sends one per timed piece (400 lines for resnet20). Kept: the first and last of each
+    phase and at most one per ``interval_s`` between."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._phase: object = None
+        self._next = 0.0
+
+    def shows(self, event: p.Event) -> bool:
+        if event.event != "progress":
+            self._phase = None
+            return True
+        d, now = event.data, time.monotonic()
+        if d.get("what") != self._phase or d.get("done") == d.get("total") or now >= self._next:
+            self._phase, self._next = d.get("what"), now + self.interval_s
+            return True
+        return False
+
+
+def _ms(seconds: Any) -> str:
+    return f"{1e3 * float(seconds):.3f} ms"
+
+
+_MILESTONES = {
+    "profiled": lambda d: (
+        f"end to end {_ms(d['end_to_end_s'])}, budget {_ms(d['budget_s'])}, "
+        f"additivity {float(d['additivity_error']):+.1%}"
+    ),
+    "scored": lambda d: f"round {d['round']}: every block scored",
+    "selected": lambda d: (
+        f"round {d['round']}: remove {', '.join(map(str, d['removed']))} "
+        f"(predicted {_ms(d['predicted_latency_s'])})"
+    ),
+    "finetuned": lambda d: (
+        f"accuracy {float(d['accuracy_before']):.4f} -> {float(d['accuracy_after']):.4f}"
+    ),
+    "measured": lambda d: f"{_ms(d['latency_s'])} against the baseline's {_ms(d['baseline_s'])}",
+    "fit": lambda d: f"width fit {d['fit']}: {_ms(d['latency_s'])} for {_ms(d['budget_s'])}",
+    "done": lambda d: (
+        f"speed-up {float(d['speedup']):.2f}x, budget {'met' if d['budget_met'] else 'missed'}"
+    ),
+}
+
+
+def milestone_text(d: dict[str, Any]) -> str:
+    """A prune milestone (see ``pruner.prune``'s ``on_event``) as a few words; the name alone
+    where its figures are missing or not what this client knows."""
+    name = str(d.get("event", ""))
+    try:
+        return f"{name}: {_MILESTONES[name](d)}"
+    except (KeyError, TypeError, ValueError):
+        return name
+
+
 def format_event(event: p.Event) -> str:
     """One human-readable line per job event."""
     d = event.data
@@ -349,6 +424,8 @@ def format_event(event: p.Event) -> str:
         what = f"{d.get('kind', '')} in pid {d.get('pid')}"
     elif event.event == "queued":
         what = f"{d.get('kind', '')} {(d.get('params') or {}).get('model', '')}"
+    elif event.event == "milestone":
+        what = milestone_text(d)
     elif event.event == "ranks":
         alive, world = len(d.get("alive") or []), d.get("world_size", "?")
         each = ", ".join(

@@ -307,6 +307,12 @@ def test_submit_profile_waits_for_the_result(daemon: dict) -> None:
     # taken to be the request port + 1, nothing arrived, and the watch printed "done" alone.
     assert re.search(r"started +profile in pid \d+", result.stdout), result.stdout
     assert re.search(r"block +layer3\.2 +[0-9.]+ ms", result.stdout)
+    # One progress line per timed piece was 400 lines; each phase's first and last remain.
+    timing = re.findall(r"progress +timing (\d+)/(\d+)", result.stdout)
+    assert timing[0][0] == "1" and timing[-1][0] == timing[-1][1] and len(timing) < 20
+    # Then the table `prunerd profile` prints: a bare "done" was all a waiting user saw.
+    table = result.stdout.split(" done\n", 1)[1]
+    assert "│ layer3.2 │ residual" in table and "additivity error" in table
     # The global flag, given before the command, is for this process, not for the job.
     ok(prunerd("--system-malloc", "submit", "selftest", "--seconds", "0.2", "--steps", "2",
                "--wait", *daemon["connect"]))  # fmt: skip
@@ -349,6 +355,23 @@ def test_submit_prune_is_refused_an_existing_output(
     assert (job["params"]["budget_s"], job["params"]["dataset"]) == (0.9, "digits")
     assert (work / "fresh").is_dir()  # created by the daemon when it took the job
     ok(prunerd("cancel", job["id"], *daemon["connect"]))
+
+
+def test_submit_prune_wait_shows_milestones_and_the_report(
+    daemon: dict, work: Path, baseline: Path
+) -> None:
+    """A waiting user saw a bare `milestone` line per step and then `done`; now each says
+    what happened, and the before/after table `prunerd prune` prints follows."""
+    done = ok(prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
+                      "--budget", "0.5", "--data", "digits", "--option", "epochs=1",
+                      "--option", "limit=200", "--timing-budget-s", "0.2",
+                      "--out", str(work / "waited"), "--wait", *daemon["connect"]))  # fmt: skip
+    said = done.stdout
+    assert re.search(r"milestone +profiled: end to end [0-9.]+ ms, budget [0-9.]+ ms", said)
+    assert re.search(r"milestone +selected: round 0: remove layer", said), said
+    assert re.search(r"milestone +done: speed-up [0-9.]+x, budget (met|missed)", said)
+    report = said.split(" done\n", 1)[1]
+    assert "│ baseline " in report and "│ pruned " in report and "speed-up" in report
 
 
 @pytest.mark.parametrize("command", [["submit", "prune", "resnet20"], ["prune", "resnet20"],

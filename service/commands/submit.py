@@ -11,9 +11,10 @@ import msgspec
 
 from pruner.config import METHODS
 
-from ..client import Client, add_client_args, format_event, run_command
+from ..client import Client, ProgressFilter, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
 from .argtypes import BUDGET_S_REFUSED, fraction, input_size, positive_float, positive_int, refused
+from .job_result import print_result
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -186,7 +187,7 @@ def handler(args: argparse.Namespace) -> int:
         job = c.submit(args.kind, **params)
         if not args.wait:
             return 0, job, job["id"]
-        lines = []
+        lines, shown = [], ProgressFilter()
         for event in c.watch(job["id"], sub=sub):
             if args.json:
                 lines.append(
@@ -197,10 +198,12 @@ def handler(args: argparse.Namespace) -> int:
                         "data": event.data,
                     }
                 )
-            else:
+            elif shown.shows(event):
                 print(format_event(event), flush=True)
         final = c.status(job["id"])["job"]
         status = 0 if final["status"] == "done" else 1
+        if status == 0 and not args.json:
+            print_result(c, job["id"], args.kind)
         return status, {"job": final, "events": lines}, ""
 
     return run_command(args, go)

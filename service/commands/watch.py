@@ -6,8 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from ..client import Client, add_client_args, format_event, run_command
+from ..client import Client, ProgressFilter, add_client_args, format_event, run_command
 from .argtypes import positive_float
+from .job_result import print_result
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     def go(c: Client) -> tuple[int, Any, str]:
         job = c.status(args.job_id)["job"]  # unknown ids fail here, with the daemon's message
-        last = job["status"]
+        last, shown = job["status"], ProgressFilter()
         for event in c.watch(args.job_id, args.timeout_job):
             last = event.event
             if args.json:
@@ -43,8 +44,10 @@ def handler(args: argparse.Namespace) -> int:
                     ),
                     flush=True,
                 )
-            else:
+            elif shown.shows(event):
                 print(format_event(event), flush=True)
+        if last == "done" and not args.json:
+            print_result(c, args.job_id, job["kind"])
         args.json = False  # already printed, one line per event
         return (0 if last == "done" else 1), None, ""
 
