@@ -68,9 +68,24 @@ def read_export(path: str | Path) -> bytes:
     return data
 
 
+def _load_program(path: str | Path) -> torch.export.ExportedProgram:
+    return torch.export.load(io.BytesIO(read_export(path)))
+
+
 def load_export(path: str | Path) -> nn.Module:
     """The module of a checked ``.pt2`` file (see the module docstring for what is refused)."""
-    return torch.export.load(io.BytesIO(read_export(path))).module()
+    return _load_program(path).module()
+
+
+def export_input_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The shape of the one tensor a checked ``.pt2`` program takes, as it was exported
+    (static: ``prunerd prune`` exports at (1, C, H, W)); None when it takes anything else."""
+    ep = _load_program(path)
+    user = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    if len(vals) != 1 or not isinstance(vals[0], torch.Tensor):
+        return None
+    return tuple(int(d) for d in vals[0].shape)
 
 
 def check_export(data: bytes, name: str) -> None:

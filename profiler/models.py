@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .exported import UnsafeExportError, load_export
+from .exported import UnsafeExportError, export_input_shape, load_export
 from .files import write_with
 from .imports import resolve_callable
 from .zoo import ZOO
@@ -201,6 +201,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"
         )
+    if path.suffix in (".pt2", ".pt2e"):
+        beside = path.with_suffix(".pt")
+        raise ModelSpecError(
+            f"{str(path)!r} is a torch.export program, not a checkpoint: give it as the model "
+            f"(`prunerd profile {path}`)"
+            + (f"; the checkpoint of the same model is {str(beside)!r}" if beside.is_file() else "")
+        )
     try:
         with warnings.catch_warnings():  # a plain pickle's protocol: the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -249,17 +256,43 @@ def _checkpoint_of(payload: dict[str, Any], path: Path) -> Checkpoint:
 
 def resolve_spec(
     spec: str | ModelSpec,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    input_size: tuple[int, int] = (32, 32),
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
     checkpoint: str | Path | None = None,
 ) -> ModelSpec:
-    """The spec a command works with: the checkpoint's own when one is given."""
+    """The spec a command works with: the checkpoint's own when one is given.
+
+    What is left None comes from the model where it says (a ``.pt2`` program's input was
+    fixed when it was exported), else 3 channels, 10 classes, 32x32.
+    """
     if checkpoint is not None:
         return _stored_spec(spec, read_checkpoint(checkpoint), checkpoint)
     if isinstance(spec, ModelSpec):
         return spec
-    return ModelSpec(spec, in_channels, num_classes, tuple(input_size))
+    if spec.endswith((".pt2", ".pt2e")) and (in_channels is None or input_size is None):
+        shape = _export_shape(spec)
+        if shape is not None:
+            in_channels = shape[1] if in_channels is None else in_channels
+            input_size = shape[2:] if input_size is None else input_size
+    return ModelSpec(
+        spec,
+        3 if in_channels is None else in_channels,
+        10 if num_classes is None else num_classes,
+        (32, 32) if input_size is None else tuple(input_size),
+    )
+
+
+def _export_shape(path: str) -> tuple[int, ...] | None:
+    """(N, C, H, W) of the image a ``.pt2`` program takes; None for another input, or a file
+    :func:`build_model` will refuse with its own message (missing, unsafe)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        shape = export_input_shape(path)
+    except (UnsafeExportError, RuntimeError, ValueError):  # said again when it is loaded
+        return None
+    return shape if shape is not None and len(shape) == 4 else None
 
 
 def _stored_spec(spec: str | ModelSpec, ckpt: Checkpoint, path: str | Path) -> ModelSpec:
@@ -274,9 +307,9 @@ def _stored_spec(spec: str | ModelSpec, ckpt: Checkpoint, path: str | Path) -> M
 
 def load_model(
     spec: str | ModelSpec,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    input_size: tuple[int, int] = (32, 32),
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
     checkpoint: str | Path | None = None,
     pretrained: str | None = None,
 ) -> nn.Module:
@@ -284,7 +317,7 @@ def load_model(
 
     With ``checkpoint``, the spec stored in it wins over the keyword arguments
     (see :func:`resolve_spec`), and its weights are loaded strictly. Checkpoints
-    of pruned models carry a plan; those are loaded with ``pruner.load_pruned``.
+    of pruned models carry a plan; those are loaded with ``pruner.load_checkpoint_model``.
     ``pretrained`` names a dataset: the shipped weights of this model trained
     on it (see :mod:`profiler.pretrained`).
     """
@@ -302,7 +335,8 @@ def load_model(
     resolved = _stored_spec(spec, ckpt, checkpoint)
     if ckpt.plan_json:
         raise ModelSpecError(
-            f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with pruner.load_pruned"
+            f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with "
+            "pruner.load_checkpoint_model"
         )
     model = build_model(resolved)
     try:

@@ -36,6 +36,7 @@ _LAZY = {
     "apply_plan": "rebuild",
     "export_pruned": "rebuild",
     "load_pruned": "rebuild",
+    "load_checkpoint_model": "rebuild",
     "first_samples": "methods",
     # data, training, fine-tuning
     "Batches": "data",

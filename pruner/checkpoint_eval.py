@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from profiler import load_model, read_checkpoint
+from profiler import read_checkpoint
 
 from .adapt import recorded_adaptation
 from .batch_memory import check_batch_fits
 from .data import Batches, DataBundle, load_data
+from .rebuild import load_checkpoint_model
 from .train import evaluate
 
 CHECKPOINT_EVAL_VERSION = 1
@@ -78,14 +77,6 @@ def test_data(
     return dataclasses.replace(bundle, test=test)
 
 
-def _load(checkpoint: Path, plan_json: str) -> torch.nn.Module:
-    if plan_json:
-        from .rebuild import load_pruned  # a pruned model: rebuilt from its plan
-
-        return load_pruned(checkpoint)
-    return load_model("", checkpoint=checkpoint)
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str],
     data: str | None = None,
@@ -114,7 +105,7 @@ def evaluate_checkpoint(
             f"dataset {data!r} has {info.num_classes} classes: give the dataset it was trained on"
         )
     fed, _ = bundle.for_model(spec.in_channels, spec.input_size, recorded_adaptation(meta))
-    model = _load(path, ckpt.plan_json).to(device)
+    model = load_checkpoint_model(path).to(device)
     check_batch_fits(model, fed.test, device, training=False, doing=f"evaluating {spec.name}")
     t0 = time.perf_counter()
     result = evaluate(model, fed.test, device)

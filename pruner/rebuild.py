@@ -21,6 +21,7 @@ from profiler import (
     direct_lookups,
     discover,
     example_input,
+    load_model,
     read_checkpoint,
 )
 from profiler.files import write_with
@@ -90,6 +91,14 @@ def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
             f"checkpoint {str(checkpoint)!r}: weights do not match the pruned {plan.spec.name!r}: {e}"
         ) from e
     return gm.eval()
+
+
+def load_checkpoint_model(checkpoint: str | Path) -> nn.Module:
+    """The eval-mode model a checkpoint holds: rebuilt from its plan when it is a pruned one
+    (``prunerd prune``'s ``pruned.pt``), else built from its spec with its weights."""
+    if read_checkpoint(checkpoint).plan_json:
+        return load_pruned(checkpoint)
+    return load_model("", checkpoint=checkpoint)
 
 
 def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = (
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # torch's own deprecation inside its pytree code, printed whenever a torch.export
+    # program is copied (every profile of a .pt2): nothing a user of prunerd can act on.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
     if args.system_malloc:
         os.environ["PRUNERD_SYSTEM_MALLOC"] = (
             "1"  # profiler.allocator.OPT_OUT_ENV; workers inherit it

@@ -262,7 +262,12 @@ def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         tuple(params["input_size"]),
         params["checkpoint"],
     )
-    model = profiler.load_model(spec, checkpoint=params["checkpoint"])
+    if params["checkpoint"] is None:
+        model = profiler.load_model(spec)
+    else:  # a pruned one (prunerd prune's pruned.pt) is rebuilt from its plan
+        from pruner import load_checkpoint_model
+
+        model = load_checkpoint_model(params["checkpoint"])
     table = profiler.LatencyTable(ctx.state_dir / "latency.sqlite")
     profile = profiler.profile_model(
         model,

@@ -97,9 +97,22 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     # Every probe gain comes with its standard error over the 40 held-out images.
     scores = report["depth"]["scores"]
     assert scores and all(s["loss_gain_se"] >= 0 for s in scores)
-    # The exported program passes the .pt2 inspection and profiles like any model.
-    ok(prunerd("profile", str(out / "pruned.pt2"), "--in-channels", "1", "--input-size", "8x8",
-               *QUICK_TIMING, "--quiet", "--json", str(work / "pruned-profile.json")))  # fmt: skip
+    # The exported program passes the .pt2 inspection and profiles like any model, at the
+    # input it was exported with (it took --in-channels 1 --input-size 8x8 to say so).
+    ok(prunerd("profile", str(out / "pruned.pt2"), *QUICK_TIMING, "--quiet",
+               "--json", str(work / "pruned-profile.json")))  # fmt: skip
+    exported = json.loads((work / "pruned-profile.json").read_text())
+    assert exported["input_shape"] == [1, 1, 8, 8]
+    # The pruned checkpoint profiles too ("load it with pruner.load_pruned" before): the blocks
+    # it kept, checkable on another device without Python.
+    ok(prunerd("profile", "resnet20", "--checkpoint", str(out / "pruned.pt"), *QUICK_TIMING,
+               "--quiet", "--json", str(work / "pruned-ckpt.json")))  # fmt: skip
+    kept = {b["name"] for b in json.loads((work / "pruned-ckpt.json").read_text())["blocks"]}
+    assert kept and not kept & set(report["removed_blocks"])
+    # The program given where a checkpoint goes is named for what it is, with the way out.
+    mixed = prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt2"))
+    assert mixed.returncode == 2 and "is a torch.export program, not a checkpoint" in mixed.stderr
+    assert f"the checkpoint of the same model is {str(out / 'pruned.pt')!r}" in mixed.stderr
 
 
 def test_prune_by_removal_loss(work: Path, baseline: Path) -> None:

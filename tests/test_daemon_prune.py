@@ -86,6 +86,24 @@ def test_prune_job_feeds_an_adapted_model_as_its_checkpoint_says(daemon: DaemonP
     assert recorded_adaptation(pruned.meta) == InputAdaptation(1, (16, 16), 3, (24, 24))
 
 
+def test_a_profile_job_times_a_pruned_checkpoint(daemon: DaemonProcess) -> None:
+    """A prune job's pruned.pt given to a profile job: it failed ("load it with
+    pruner.load_pruned"); now the model is rebuilt from its plan and its kept blocks timed."""
+    params = {**_synthetic_prune(daemon), "output": str(daemon.root / "for-profile")}
+    with daemon.client() as client:
+        job = client.submit("prune", **params, method="l1", options=QUICK)
+        assert client.wait(job["id"], timeout_s=600)["status"] == "done"
+        report = client.result(job["id"])["result"]
+        ckpt = report["checkpoint_path"]
+        timed = client.submit("profile", model="resnet20", checkpoint=ckpt)
+        status = client.wait(timed["id"], timeout_s=600)
+        profile = client.result(timed["id"])["result"]
+    assert status["status"] == "done", status
+    kept = {b["name"] for b in profile["blocks"]}
+    assert kept and not kept & set(report["removed_blocks"])
+    assert profile["input_shape"] == [1, *SPEC.input_shape(1)[1:]]  # the checkpoint's own
+
+
 def test_prune_job_errors(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         with pytest.raises(RequestError) as e:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .argtypes import BUDGET_S_REFUSED, input_size, positive_float, positive_int, refused
 from .progress import progress_bar
 from .render import print_profile
 from .weights import add_weights_arguments
+
+if TYPE_CHECKING:  # torch only once a command runs
+    from torch import nn
+
+    from profiler import ModelSpec
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,13 +24,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "(e.g. torchvision.models:resnet50 --input-size 224) or timm:NAME (needs timm)",
     )
     add_weights_arguments(p)
+    # None: the checkpoint's, or a .pt2 program's own input, else the defaults named.
     p.add_argument(
-        "--in-channels", type=positive_int, default=3, help="input channels (default: 3)"
+        "--in-channels",
+        type=positive_int,
+        default=None,
+        help="input channels (default: the checkpoint's or .pt2 program's, else 3)",
     )
     p.add_argument(
-        "--num-classes", type=positive_int, default=10, help="output classes (default: 10)"
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="output classes (default: the checkpoint's, else 10)",
     )
-    p.add_argument("--input-size", type=input_size, default=(32, 32), help="H,W (default: 32,32)")
+    p.add_argument(
+        "--input-size",
+        type=input_size,
+        default=None,
+        help="H,W (default: the checkpoint's or .pt2 program's, else 32,32)",
+    )
 
 
 def add_timing_arguments(p: argparse.ArgumentParser, latency_budget: bool = False) -> None:
@@ -103,12 +121,12 @@ def _add_timing_budget(p: argparse.ArgumentParser, latency_budget: bool) -> None
 
 def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 - returns BlockProfile
     """Resolve the model and profile it as the command-line arguments say."""
-    from profiler import LatencyTable, TimingOptions, load_model, profile_model, resolve_spec
+    from profiler import LatencyTable, TimingOptions, profile_model, resolve_spec
 
     spec = resolve_spec(
         args.model, args.in_channels, args.num_classes, args.input_size, args.checkpoint
     )
-    model = load_model(spec, checkpoint=args.checkpoint)
+    model = _load(spec, args.checkpoint)
     table = None if args.no_table else LatencyTable(args.table)
     options = TimingOptions(
         budget_s=args.timing_budget_s,
@@ -136,6 +154,18 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
     finally:
         if table is not None:
             table.close()
+
+
+def _load(spec: ModelSpec, checkpoint: Path | None) -> nn.Module:
+    """The model to time: a pruned checkpoint (one with a plan) rebuilt as ``prunerd prune``
+    wrote it, so its latency can be checked on another device, any other as it is."""
+    if checkpoint is None:
+        from profiler import load_model
+
+        return load_model(spec)
+    from pruner import load_checkpoint_model
+
+    return load_checkpoint_model(checkpoint)
 
 
 def handle(args: argparse.Namespace) -> int:
