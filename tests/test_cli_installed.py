@@ -331,6 +331,27 @@ def test_submit_profile_waits_for_the_result(daemon: dict) -> None:
                "--wait", *daemon["connect"]))  # fmt: skip
 
 
+def test_ctrl_c_on_a_waiting_submit_names_the_job_that_goes_on(daemon: dict) -> None:
+    """Ctrl-C while `submit --wait` follows a job printed `interrupted`: the job runs on in
+    the daemon, and now the user is told which, and how to follow or stop it."""
+    waiting = subprocess.Popen(
+        [PRUNERD, "submit", "selftest", "--seconds", "60", "--steps", "60", "--wait",
+         *daemon["connect"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert waiting.stdout is not None
+    started = wait_for(lambda: "started" in (line := waiting.stdout.readline()) and line, 60)
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=30)
+    job_id = started.split()[1]
+    assert waiting.returncode == 130, err
+    assert f"stopped waiting; job {job_id} goes on in the daemon" in err
+    assert f"`prunerd cancel {job_id}` stops it" in err and "Traceback" not in err
+    status = json.loads(ok(prunerd("jobs", "--json", *daemon["connect"])).stdout)
+    assert {j["id"]: j["status"] for j in status["jobs"]}[job_id] == "running"
+    ok(prunerd("cancel", job_id, *daemon["connect"]))
+
+
 def test_jobs_watch_cancel(daemon: dict) -> None:
     job = json.loads(
         ok(prunerd("submit", "selftest", "--seconds", "60", "--steps", "60", "--json",
@@ -375,11 +396,13 @@ def test_submit_prune_wait_shows_milestones_and_the_report(
 ) -> None:
     """A waiting user saw a bare `milestone` line per step and then `done`; now each says
     what happened, and the before/after table `prunerd prune` prints follows."""
-    done = ok(prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
-                      "--budget", "0.5", "--data", "digits", "--option", "epochs=1",
-                      "--option", "limit=200", "--timing-budget-s", "0.2",
-                      "--out", str(work / "waited"), "--wait", *daemon["connect"]))  # fmt: skip
+    done = prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
+                   "--budget", "0.8", "--data", "digits", "--option", "epochs=1",
+                   "--option", "limit=200", "--timing-budget-s", "0.2",
+                   "--out", str(work / "waited"), "--wait", *daemon["connect"])  # fmt: skip
     said = done.stdout
+    # 1: the job ended without meeting the budget (a timing on a loaded machine can miss it)
+    assert done.returncode in (0, 1), f"{said[-2000:]}\n{done.stderr[-2000:]}"
     assert re.search(r"milestone +profiled: end to end [0-9.]+ ms, budget [0-9.]+ ms", said)
     assert re.search(r"milestone +selected: round 0: remove layer", said), said
     assert re.search(r"milestone +done: speed-up [0-9.]+x, budget (met|missed)", said)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 import msgspec
@@ -187,23 +188,36 @@ def handler(args: argparse.Namespace) -> int:
         job = c.submit(args.kind, **params)
         if not args.wait:
             return 0, job, job["id"]
-        lines, shown = [], ProgressFilter()
-        for event in c.watch(job["id"], sub=sub):
-            if args.json:
-                lines.append(
-                    {
-                        "job_id": event.job_id,
-                        "event": event.event,
-                        "time": event.time,
-                        "data": event.data,
-                    }
-                )
-            elif shown.shows(event):
-                print(format_event(event), flush=True)
-        final = c.status(job["id"])["job"]
-        status = 0 if final["status"] == "done" else 1
-        if status == 0 and not args.json:
-            print_result(c, job["id"], args.kind)
-        return status, {"job": final, "events": lines}, ""
+        try:
+            return _wait(c, job["id"], sub, args)
+        except KeyboardInterrupt:  # the job is the daemon's now: say how to find it again
+            print(
+                f"prunerd: stopped waiting; job {job['id']} goes on in the daemon (`prunerd "
+                f"watch {job['id']}` follows it again, `prunerd cancel {job['id']}` stops it)",
+                file=sys.stderr,
+            )
+            return 130, {"job": job, "events": []}, ""
 
     return run_command(args, go)
+
+
+def _wait(c: Client, job_id: str, sub: Any, args: argparse.Namespace) -> tuple[int, Any, str]:
+    """Follow the job to its end: its events (all of them with --json), then its result."""
+    lines, shown = [], ProgressFilter()
+    for event in c.watch(job_id, sub=sub):
+        if args.json:
+            lines.append(
+                {
+                    "job_id": event.job_id,
+                    "event": event.event,
+                    "time": event.time,
+                    "data": event.data,
+                }
+            )
+        elif shown.shows(event):
+            print(format_event(event), flush=True)
+    final = c.status(job_id)["job"]
+    status = 0 if final["status"] == "done" else 1
+    if status == 0 and not args.json:
+        print_result(c, job_id, args.kind)
+    return status, {"job": final, "events": lines}, ""
