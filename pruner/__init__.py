@@ -37,6 +37,7 @@ _LAZY = {
     "export_pruned": "rebuild",
     "load_pruned": "rebuild",
     "load_checkpoint_model": "rebuild",
+    "load_to_profile": "rebuild",
     "first_samples": "methods",
     # data, training, fine-tuning
     "Batches": "data",

@@ -8,6 +8,7 @@ fills the weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,6 +100,17 @@ def load_checkpoint_model(checkpoint: str | Path) -> nn.Module:
     if read_checkpoint(checkpoint).plan_json:
         return load_pruned(checkpoint)
     return load_model("", checkpoint=checkpoint)
+
+
+def load_to_profile(spec: ModelSpec, checkpoint: str | Path | None) -> tuple[ModelSpec, nn.Module]:
+    """The model to time and the spec that names it in the profile: a pruned checkpoint is
+    rebuilt from its plan and named ``MODEL@CHECKPOINT``, since its blocks and latency are
+    not the architecture's; any other model keeps its name."""
+    if checkpoint is None:
+        return spec, load_model(spec)
+    if read_checkpoint(checkpoint).plan_json:
+        return dataclasses.replace(spec, name=f"{spec.name}@{checkpoint}"), load_pruned(checkpoint)
+    return spec, load_model(spec, checkpoint=checkpoint)
 
 
 def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:

@@ -262,12 +262,9 @@ def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         tuple(params["input_size"]),
         params["checkpoint"],
     )
-    if params["checkpoint"] is None:
-        model = profiler.load_model(spec)
-    else:  # a pruned one (prunerd prune's pruned.pt) is rebuilt from its plan
-        from pruner import load_checkpoint_model
+    from pruner import load_to_profile  # a pruned checkpoint is rebuilt from its plan
 
-        model = load_checkpoint_model(params["checkpoint"])
+    spec, model = load_to_profile(spec, params["checkpoint"])
     table = profiler.LatencyTable(ctx.state_dir / "latency.sqlite")
     profile = profiler.profile_model(
         model,

@@ -107,8 +107,10 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     # it kept, checkable on another device without Python.
     ok(prunerd("profile", "resnet20", "--checkpoint", str(out / "pruned.pt"), *QUICK_TIMING,
                "--quiet", "--json", str(work / "pruned-ckpt.json")))  # fmt: skip
-    kept = {b["name"] for b in json.loads((work / "pruned-ckpt.json").read_text())["blocks"]}
+    timed = json.loads((work / "pruned-ckpt.json").read_text())
+    kept = {b["name"] for b in timed["blocks"]}
     assert kept and not kept & set(report["removed_blocks"])
+    assert timed["model"] == f"resnet20@{out / 'pruned.pt'}"  # not the architecture's name
     # The program given where a checkpoint goes is named for what it is, with the way out.
     mixed = prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt2"))
     assert mixed.returncode == 2 and "is a torch.export program, not a checkpoint" in mixed.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,16 @@ def test_a_profile_job_times_a_pruned_checkpoint(daemon: DaemonProcess) -> None:
     kept = {b["name"] for b in profile["blocks"]}
     assert kept and not kept & set(report["removed_blocks"])
     assert profile["input_shape"] == [1, *SPEC.input_shape(1)[1:]]  # the checkpoint's own
+    # Named apart from the architecture it was cut from, in the profile and in the metrics:
+    # the same label as the unpruned resnet20 would have overwritten its gauges.
+    assert profile["model"] == f"resnet20@{ckpt}"
+    text = urllib.request.urlopen(daemon.info["metrics"], timeout=30).read().decode()
+    label = f'model="resnet20@{ckpt}"'
+    assert f'prunerd_model_latency_seconds{{batch="1",device="cpu",{label}}}' in text
+    assert re.search(
+        rf'prunerd_block_latency_seconds{{batch="1",block="[^"]+",device="cpu",{re.escape(label)}}}',
+        text,
+    )
 
 
 def test_prune_job_errors(daemon: DaemonProcess) -> None:

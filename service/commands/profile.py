@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .argtypes import BUDGET_S_REFUSED, input_size, positive_float, positive_int, refused
 from .progress import progress_bar
 from .render import print_profile
 from .weights import add_weights_arguments
-
-if TYPE_CHECKING:  # torch only once a command runs
-    from torch import nn
-
-    from profiler import ModelSpec
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,7 +120,9 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
     spec = resolve_spec(
         args.model, args.in_channels, args.num_classes, args.input_size, args.checkpoint
     )
-    model = _load(spec, args.checkpoint)
+    from pruner import load_to_profile
+
+    spec, model = load_to_profile(spec, args.checkpoint)
     table = None if args.no_table else LatencyTable(args.table)
     options = TimingOptions(
         budget_s=args.timing_budget_s,
@@ -154,18 +150,6 @@ def run_profile(args: argparse.Namespace, quiet: bool = False):  # noqa: ANN201 
     finally:
         if table is not None:
             table.close()
-
-
-def _load(spec: ModelSpec, checkpoint: Path | None) -> nn.Module:
-    """The model to time: a pruned checkpoint (one with a plan) rebuilt as ``prunerd prune``
-    wrote it, so its latency can be checked on another device, any other as it is."""
-    if checkpoint is None:
-        from profiler import load_model
-
-        return load_model(spec)
-    from pruner import load_checkpoint_model
-
-    return load_checkpoint_model(checkpoint)
 
 
 def handle(args: argparse.Namespace) -> int:
