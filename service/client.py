@@ -358,23 +358,29 @@ def run_command(args: Any, fn: Any) -> int:
 
 class ProgressFilter:
     """Which events a person is shown: all but most ``progress`` ones, of which a profile
-    sends one per timed piece (400 lines for resnet20). Kept: the first and last of each
-    phase and at most one per ``interval_s`` between."""
+    sends one per timed piece (400 lines for resnet20). Kept: the first and the last of
+    each phase (held back until the next event shows it was the last) and at most one per
+    ``interval_s`` between."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
         self._phase: object = None
         self._next = 0.0
+        self._held: p.Event | None = None
 
-    def shows(self, event: p.Event) -> bool:
-        if event.event != "progress":
-            self._phase = None
-            return True
-        d, now = event.data, time.monotonic()
-        if d.get("what") != self._phase or d.get("done") == d.get("total") or now >= self._next:
-            self._phase, self._next = d.get("what"), now + self.interval_s
-            return True
-        return False
+    def feed(self, event: p.Event) -> list[p.Event]:
+        """The events to show now, in order: none, ``event``, or the held one and it."""
+        d = event.data
+        same_phase = event.event == "progress" and d.get("what") == self._phase
+        if same_phase and d.get("done") != d.get("total") and time.monotonic() < self._next:
+            self._held = event
+            return []
+        # The held line is news only when this event ends its phase; else this one is newer.
+        shown = [] if self._held is None or same_phase else [self._held]
+        self._held = None
+        self._phase = event.data.get("what") if event.event == "progress" else None
+        self._next = time.monotonic() + self.interval_s
+        return [*shown, event]
 
 
 def _ms(seconds: Any) -> str:

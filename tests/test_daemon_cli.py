@@ -93,3 +93,26 @@ def test_curve_allows_only_listed_keys(tmp_path: Path, capsys: pytest.CaptureFix
             plain.ping()
     finally:
         assert d.stop() == 0
+
+
+def test_progress_lines_keep_each_phases_first_and_last() -> None:
+    """A phase that ends short of its total (a profile served partly from the latency table
+    stops at 35/400) still shows its last line, once the next event says it has ended; a
+    burst inside one second shows its first line only, and nothing is shown twice."""
+    from service.client import ProgressFilter
+    from service.protocol import Event
+
+    def progress(what: str, done: int, total: int) -> Event:
+        return Event("j", "progress", 0.0, {"what": what, "done": done, "total": total})
+
+    shown = ProgressFilter(interval_s=60.0)
+    fed = [progress("timing", i, 400) for i in range(1, 36)]
+    fed += [progress("measuring", 0, 1), Event("j", "failed", 0.0, {"error": None})]
+    lines = [e for event in fed for e in shown.feed(event)]
+    said = [(e.event, e.data.get("what"), e.data.get("done")) for e in lines]
+    assert said == [
+        ("progress", "timing", 1),
+        ("progress", "timing", 35),
+        ("progress", "measuring", 0),
+        ("failed", None, None),
+    ]

@@ -214,8 +214,9 @@ def _wait(c: Client, job_id: str, sub: Any, args: argparse.Namespace) -> tuple[i
                     "data": event.data,
                 }
             )
-        elif shown.shows(event):
-            print(format_event(event), flush=True)
+        else:
+            for line in shown.feed(event):
+                print(format_event(line), flush=True)
     final = c.status(job_id)["job"]
     status = 0 if final["status"] == "done" else 1
     if status == 0 and not args.json:

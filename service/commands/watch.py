@@ -44,8 +44,9 @@ def handler(args: argparse.Namespace) -> int:
                     ),
                     flush=True,
                 )
-            elif shown.shows(event):
-                print(format_event(event), flush=True)
+            else:
+                for line in shown.feed(event):
+                    print(format_event(line), flush=True)
         if last == "done" and not args.json:
             print_result(c, args.job_id, job["kind"])
         args.json = False  # already printed, one line per event
