@@ -392,7 +392,9 @@ _MILESTONES = {
         f"end to end {_ms(d['end_to_end_s'])}, budget {_ms(d['budget_s'])}, "
         f"additivity {float(d['additivity_error']):+.1%}"
     ),
-    "scored": lambda d: f"round {d['round']}: every block scored",
+    "scored": lambda d: (
+        f"round {d['round']}: {len(d.get('scores') or d.get('removals') or [])} blocks scored"
+    ),
     "selected": lambda d: (
         f"round {d['round']}: remove {', '.join(map(str, d['removed']))} "
         f"(predicted {_ms(d['predicted_latency_s'])})"
