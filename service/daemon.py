@@ -77,14 +77,6 @@ def _kind_unavailable(kind: str) -> str | None:
         return f"{kind} jobs are not available in this build: {type(e).__name__}: {e}"
 
 
-def model_label(params: dict[str, Any]) -> str:
-    """A profile job's ``model`` label in the metrics: ``MODEL@CHECKPOINT`` when it timed a
-    checkpoint (a pruned one is another network than its architecture, and a deployment is
-    a checkpoint), else the model's name."""
-    checkpoint = params.get("checkpoint")
-    return params["model"] if not checkpoint else f"{params['model']}@{checkpoint}"
-
-
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         import profiler  # imported here: the client and monitor must not pay for torch
@@ -591,7 +583,7 @@ class Daemon:
 
     def _record_block(self, params: dict[str, Any], block: str, seconds: float) -> None:
         self.store.record_block(
-            model_label(params), block, params["device"], params["batch_size"], seconds
+            p.model_label(params), block, params["device"], params["batch_size"], seconds
         )
 
     def _record_profile(self, params: dict[str, Any], profile: dict[str, Any]) -> None:
@@ -601,7 +593,7 @@ class Daemon:
         quality = profile.get("quality") or {}
         seen = quality.get("interference") or {}
         self.store.record_model(
-            model_label(params),
+            p.model_label(params),
             params["device"],
             params["batch_size"],
             profile["end_to_end_s"],

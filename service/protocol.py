@@ -577,3 +577,11 @@ def decode_samples(data: bytes, max_bytes: int) -> SampleBatch:
     doc = loads_strict(data, max_bytes)
     _check_version(doc)
     return _convert(doc, SampleBatch)
+
+
+def model_label(params: dict[str, Any]) -> str:
+    """A job's model as the metrics and ``prunerd jobs`` name it: ``MODEL@CHECKPOINT`` when it timed a
+    checkpoint (a pruned one is another network than its architecture, and a deployment is
+    a checkpoint), else the model's name."""
+    checkpoint = params.get("checkpoint")
+    return params["model"] if not checkpoint else f"{params['model']}@{checkpoint}"

@@ -279,6 +279,11 @@ def test_quickstart(work: Path) -> None:
     assert report["removed_blocks"] and report["profiled_latency_s"] > 0
     # The prediction is given against the profiled baseline it was made on.
     assert "of the profiled" in printed and "measured" in printed
+    # It ends with what to run next; the printed command runs as printed.
+    pruned = out / "pruned.pt"
+    assert f"`prunerd profile resnet20 --checkpoint {pruned}`" in printed
+    evaluate = re.search(r"`prunerd (eval [^`]+)`", printed)[1].split()
+    assert "accuracy" in ok(prunerd(*evaluate)).stdout
 
 
 # --------------------------------------------------------------------------- against a daemon
@@ -340,6 +345,9 @@ def test_ctrl_c_on_a_waiting_submit_names_the_job_that_goes_on(daemon: dict) -> 
         [PRUNERD, "submit", "selftest", "--seconds", "60", "--steps", "60", "--wait",
          *daemon["connect"]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job (CI under nohup ... &) ignores SIGINT, and the ignoring is
+        # inherited; a person's terminal delivers it, as here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert waiting.stdout is not None
     started = wait_for(lambda: "started" in (line := waiting.stdout.readline()) and line, 60)
@@ -410,6 +418,8 @@ def test_submit_prune_wait_shows_milestones_and_the_report(
     assert re.search(r"milestone +done: speed-up [0-9.]+x, budget (met|missed)", said)
     report = said.split(" done\n", 1)[1]
     assert "│ baseline " in report and "│ pruned " in report and "speed-up" in report
+    # The job list names the checkpoint with the model, as the metrics label it.
+    assert f"resnet20@{baseline}" in ok(prunerd("jobs", *daemon["connect"])).stdout
 
 
 @pytest.mark.parametrize("command", [["submit", "prune", "resnet20"], ["prune", "resnet20"],

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..client import Client, add_client_args, run_command
-from ..protocol import JOB_STATUSES
+from ..protocol import JOB_STATUSES, model_label
 from .argtypes import positive_int
 
 
@@ -26,7 +26,7 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
     for j in jobs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created_at"]))
         dur = "" if j["duration_s"] is None else f"{j['duration_s']:.1f}"
-        model = j["params"].get("model", "")
+        model = model_label(j["params"]) if "model" in j["params"] else ""
         lines.append(
             f"{j['id']:<12}  {j['kind']:<8}  {j['status']:<11}  {created:<19}  {dur:>8}  {model}"
         )

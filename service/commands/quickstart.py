@@ -57,6 +57,15 @@ def handle(args: argparse.Namespace) -> int:
     report = prune_checkpoint(config)
     print_report(report)
     out.print(f"pruned model, plan and report in {prune_dir}")
+    pruned = report.checkpoint_path
+    # What to do with it next, as command lines a person can paste.
+    out.print(
+        f"next: `prunerd eval {args.model} --checkpoint {pruned}` (its test accuracy), "
+        f"`prunerd profile {args.model} --checkpoint {pruned}` (its blocks' latency, here or on "
+        "the device it will serve on)",
+        soft_wrap=True,
+        highlight=False,
+    )
     return 0
 
 

@@ -197,6 +197,8 @@ def handler(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130, {"job": job, "events": []}, ""
+        finally:
+            sub.close()  # an open socket would hold the process in ZeroMQ's exit
 
     return run_command(args, go)
 
