@@ -250,7 +250,7 @@ def test_a_second_run_does_not_write_over_the_first(work: Path, baseline: Path) 
     again = ["train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "50"]
     refused = prunerd(*again, "--out", str(baseline))
     assert refused.returncode == 2, refused.stderr
-    assert f"--out {str(baseline)!r} already holds a checkpoint; --overwrite" in refused.stderr
+    assert f"--out {str(baseline)!r} already exists; --overwrite replaces it" in refused.stderr
     finished = prunerd(*again, "--out", str(baseline), "--resume")
     assert finished.returncode == 2 and "is a finished run (no resume file" in finished.stderr
     assert baseline.read_bytes() == trained

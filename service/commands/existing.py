@@ -27,7 +27,7 @@ def check_checkpoint(out: str | os.PathLike[str], resume: bool, overwrite: bool)
     why = (
         f"--resume: {str(path)!r} is a finished run (no resume file {str(state)!r})"
         if resume
-        else f"--out {str(path)!r} already holds a checkpoint"
+        else f"--out {str(path)!r} already exists"
     )
     raise ValueError(f"{why}; --overwrite replaces it, or name another --out")
 
@@ -37,7 +37,10 @@ def check_output_dir(out: str | os.PathLike[str], overwrite: bool) -> None:
     path = Path(out)
     if overwrite or not path.is_dir():
         return
-    held = sorted(p.name for p in path.iterdir())
+    try:
+        held = sorted(p.name for p in path.iterdir())
+    except OSError:  # unreadable: the output check names it
+        return
     if held:
         shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
         raise ValueError(

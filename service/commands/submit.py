@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -208,14 +209,7 @@ def _wait(c: Client, job_id: str, sub: Any, args: argparse.Namespace) -> tuple[i
     lines, shown = [], ProgressFilter()
     for event in c.watch(job_id, sub=sub):
         if args.json:
-            lines.append(
-                {
-                    "job_id": event.job_id,
-                    "event": event.event,
-                    "time": event.time,
-                    "data": event.data,
-                }
-            )
+            lines.append(dataclasses.asdict(event))
         else:
             for line in shown.feed(event):
                 print(format_event(line), flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -33,17 +34,7 @@ def handler(args: argparse.Namespace) -> int:
             last = event.event
             if args.json:
                 # One JSON object per line, as the events arrive.
-                print(
-                    json.dumps(
-                        {
-                            "job_id": event.job_id,
-                            "event": event.event,
-                            "time": event.time,
-                            "data": event.data,
-                        }
-                    ),
-                    flush=True,
-                )
+                print(json.dumps(dataclasses.asdict(event)), flush=True)
             else:
                 for line in shown.feed(event):
                     print(format_event(line), flush=True)
