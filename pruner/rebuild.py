@@ -83,7 +83,14 @@ def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
         raise SurgeryError(
             f"checkpoint {str(checkpoint)!r} holds no plan; load it with profiler.load_model"
         )
-    plan = PrunePlan.from_json(ckpt.plan_json)
+    plan = _plan_of(ckpt.plan_json, checkpoint)
+    # The model built is the one the checkpoint names (which a daemon checked against what a
+    # request may load), never another the plan names: that would import any callable.
+    if plan.spec != ckpt.spec:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r}: its plan is for {plan.spec}, but it holds "
+            f"{ckpt.spec}; the file was changed after `prunerd prune` wrote it"
+        )
     gm = apply_plan(build_model(plan.spec), plan)
     try:
         gm.load_state_dict(ckpt.state_dict, strict=True)
@@ -92,6 +99,17 @@ def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
             f"checkpoint {str(checkpoint)!r}: weights do not match the pruned {plan.spec.name!r}: {e}"
         ) from e
     return gm.eval()
+
+
+def _plan_of(text: str, checkpoint: str | Path) -> PrunePlan:
+    """The checkpoint's plan; a ``SurgeryError`` naming the file when it is not one."""
+    try:
+        return PrunePlan.from_json(text)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise SurgeryError(
+            f"checkpoint {str(checkpoint)!r}: its pruning plan cannot be read ({e}); the file "
+            "was damaged or not written by `prunerd prune`: prune the baseline again"
+        ) from e
 
 
 def load_checkpoint_model(checkpoint: str | Path) -> nn.Module:

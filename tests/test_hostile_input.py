@@ -8,6 +8,7 @@ Everything runs against a real ``prunerd serve`` on 127.0.0.1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,12 +22,15 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from profiler import ModelSpec, build_model, save_checkpoint
+from pruner import PrunePlan, RemovedBlock, apply_plan
 from service import protocol as p
 from service.client import Client
 
 from .service_helpers import DaemonProcess, pid_alive, wait_for
 
 HUGE = 10**400
+TRACED_MODEL = "tests.import_trace:model"  # importing it leaves $PRUNERD_IMPORT_TRACE
 POLICY = p.ModelPolicy(builtins=frozenset({"resnet20"}), allow_imports=("profiler.zoo",))
 MAX = 64 * 1024
 
@@ -235,6 +239,33 @@ def test_an_imported_name_is_not_run_by_the_worker(client: Client) -> None:
     final = client.wait(job["id"], 120)
     assert final["status"] == "failed"
     assert "not defined in 'profiler.zoo'" in final["error"]["message"]
+
+
+def test_a_pruned_checkpoints_plan_cannot_name_another_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile job rebuilds a pruned checkpoint from its plan. The daemon checks the
+    request's model and the checkpoint's spec against its allow-list, not the plan: a plan
+    edited to name another callable would have the worker import and call it. Refused,
+    the job fails naming the mismatch, and the module is never imported."""
+    trace = tmp_path / "imported"
+    monkeypatch.setenv("PRUNERD_IMPORT_TRACE", str(trace))  # the daemon's workers inherit it
+    spec = ModelSpec("resnet20", 1, 10, (8, 8))
+    plan = PrunePlan(spec=spec, removed=(RemovedBlock("layer1.1", "identity"),))
+    pruned = apply_plan(build_model(spec), plan)
+    hostile = dataclasses.replace(plan, spec=dataclasses.replace(spec, name=TRACED_MODEL))
+    models = tmp_path / "models"
+    ckpt = save_checkpoint(models / "pruned.pt", spec, pruned, plan_json=hostile.to_json())
+    d = DaemonProcess(tmp_path / "state", "--path-root", str(models)).start()
+    try:
+        with d.client() as c:
+            job = c.submit("profile", model="resnet20", checkpoint=str(ckpt))
+            final = c.wait(job["id"], 120)
+    finally:
+        d.stop()
+    assert final["status"] == "failed", final
+    assert f"its plan is for ModelSpec(name={TRACED_MODEL!r}" in final["error"]["message"]
+    assert not trace.exists()
 
 
 def test_a_worker_that_writes_garbage_fails_its_job_only(tmp_path: Path) -> None:
