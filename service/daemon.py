@@ -466,7 +466,7 @@ class Daemon:
         self._queue_changed = False
         for job in self.store.queued()[: self.settings.max_workers - len(self.workers)]:
             try:
-                worker = start_worker(job, self.state_dir)
+                worker = start_worker(job, self.state_dir, self.bounds)
             except OSError as e:
                 if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
                     self._fail_start(job.id, e)

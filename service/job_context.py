@@ -22,10 +22,11 @@ class JobContext:
     rank's link to its worker); messages from several threads go out whole, one at a time.
     """
 
-    def __init__(self, conn: Any, state_dir: Path) -> None:
+    def __init__(self, conn: Any, state_dir: Path, bounds: dict[str, Any] | None = None) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self.state_dir = state_dir
+        self.bounds = bounds  # the daemon's RequestBounds as a dict; None: unbounded (tests)
 
     def send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message).encode()

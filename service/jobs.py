@@ -10,6 +10,7 @@ worker died, and its exit code or signal becomes the job's failure reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ import msgspec
 from profiler import open_database
 
 from .job_context import JobContext, JobFailed, default_output
+from .limits import RequestBounds
 from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
 
 # --------------------------------------------------------------------------- the store
@@ -262,6 +264,7 @@ def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         tuple(params["input_size"]),
         params["checkpoint"],
     )
+    _check_checkpoint_shape(params, ctx, spec)
     from pruner import load_to_profile  # a pruned checkpoint is rebuilt from its plan
 
     spec, model = load_to_profile(spec, params["checkpoint"])
@@ -288,7 +291,20 @@ def _profile_unavailable() -> str | None:
     return None
 
 
+def _check_checkpoint_shape(params: dict[str, Any], ctx: JobContext, spec: Any = None) -> None:
+    """The daemon's bounds on the input a job's checkpoint says its model takes: checked at
+    submit were the request's own fields, which the checkpoint's spec overrides."""
+    if ctx.bounds is None or not params.get("checkpoint"):
+        return
+    if spec is None:
+        import profiler
+
+        spec = profiler.read_checkpoint(params["checkpoint"]).spec
+    RequestBounds(**ctx.bounds).check_checkpoint_shape(params, spec.in_channels, spec.input_size)
+
+
 def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    _check_checkpoint_shape(params, ctx)
     if params.get("ranks", 1) > 1:  # jobs stored before ranks existed ran as one process
         from .rank_job import run_ranks
 
@@ -404,15 +420,18 @@ assert set(JOB_KINDS) == set(PARAMS_TYPES)
 # --------------------------------------------------------------------------- worker processes
 
 
-def worker_main(kind: str, params_json: str, state_dir: str, conn: Connection) -> None:
-    """Entry point of a worker process: run one job, report, exit."""
+def worker_main(
+    kind: str, params_json: str, state_dir: str, conn: Connection, bounds_json: str = "null"
+) -> None:
+    """Entry point of a worker process: run one job, report, exit. ``bounds_json``: the
+    daemon's request bounds, for what only the worker learns (a checkpoint's own shape)."""
     # Ctrl-C in a terminal signals the whole process group; the daemon decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     from profiler import retain_freed_memory  # same heap policy as `prunerd profile`
 
     retain_freed_memory()
-    ctx = JobContext(conn, Path(state_dir))
+    ctx = JobContext(conn, Path(state_dir), json.loads(bounds_json))
     try:
         result = JOB_KINDS[kind].run(json.loads(params_json), ctx)
         ctx.send({"event": "done", "result": result})
@@ -503,12 +522,13 @@ class Worker:
 _SPAWN = multiprocessing.get_context("spawn")
 
 
-def start_worker(job: Job, state_dir: Path) -> Worker:
+def start_worker(job: Job, state_dir: Path, bounds: RequestBounds | None = None) -> Worker:
     """Spawn a fresh interpreter for one job (spawn, not fork: the daemon holds ZeroMQ and SQLite handles)."""
     parent, child = _SPAWN.Pipe(duplex=False)
+    bounds_json = json.dumps(None if bounds is None else dataclasses.asdict(bounds))
     process = _SPAWN.Process(
         target=worker_main,
-        args=(job.kind, json.dumps(job.params), str(state_dir), child),
+        args=(job.kind, json.dumps(job.params), str(state_dir), child, bounds_json),
         name=f"prunerd-job-{job.id}",
         # Not daemonic: a job may start processes of its own (data loaders); the daemon
         # stops every worker itself before it exits.

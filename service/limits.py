@@ -92,6 +92,22 @@ class RequestBounds:
         self._check_shape(params, options)
         self._check_options(options)
 
+    def check_checkpoint_shape(
+        self, params: dict[str, Any], in_channels: int, input_size: tuple[int, int]
+    ) -> None:
+        """The same bounds on the shape a job's checkpoint says its model takes, which wins
+        over the request's own fields once the worker loads it (run in the worker)."""
+        try:
+            resolved = {**params, "in_channels": in_channels, "input_size": list(input_size)}
+            self._check_shape(resolved, params.get("options") or {})
+        except ProtocolError as e:
+            raise ProtocolError(
+                e.code,
+                f"the model in checkpoint {params['checkpoint']!r} takes {in_channels}x"
+                f"{input_size[0]}x{input_size[1]} inputs: {e.message}",
+                "params.checkpoint",
+            ) from None
+
     def _check_ranks(self, params: dict[str, Any]) -> None:
         """A job on cuda uses ``ranks`` GPUs (one by default); on cpu, ``ranks`` processes."""
         ranks, device = params.get("ranks", 1), str(params.get("device", "cpu"))

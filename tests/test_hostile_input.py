@@ -268,6 +268,33 @@ def test_a_pruned_checkpoints_plan_cannot_name_another_model(
     assert not trace.exists()
 
 
+def test_a_checkpoints_own_input_is_held_to_the_request_bounds(tmp_path: Path) -> None:
+    """The bounds checked at submit are the request's shape fields; a checkpoint's spec wins
+    over them once loaded, so a checkpoint under path_roots whose model takes 1x64x64 images
+    was timed at that size past --max-input-side 32. The worker now checks the shape it
+    loaded against the same bounds, for profile and prune jobs, before building the model."""
+    models = tmp_path / "models"
+    spec = ModelSpec("resnet20", 1, 10, (64, 64))
+    ckpt = save_checkpoint(models / "big.pt", spec, build_model(spec))
+    d = DaemonProcess(
+        tmp_path / "state", "--path-root", str(models), "--max-input-side", "32"
+    ).start()
+    try:
+        with d.client() as c:
+            jobs = [
+                c.submit("profile", model="resnet20", checkpoint=str(ckpt)),
+                c.submit("prune", model="resnet20", checkpoint=str(ckpt), budget_ratio=0.5),
+            ]
+            finals = [c.wait(job["id"], 120) for job in jobs]
+    finally:
+        d.stop()
+    for final in finals:
+        assert final["status"] == "failed", final
+        said = final["error"]["message"]
+        assert f"the model in checkpoint {str(ckpt)!r} takes 1x64x64 inputs" in said
+        assert "max_input_side (32)" in said
+
+
 def test_a_worker_that_writes_garbage_fails_its_job_only(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path / "state", "--allow-import", "tests.hostile_models").start()
     try:
