@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 
 from profiler import (
+    Checkpoint,
     ModelSpec,
     build_model,
     direct_lookups,
@@ -83,6 +84,11 @@ def load_pruned(checkpoint: str | Path) -> fx.GraphModule:
         raise SurgeryError(
             f"checkpoint {str(checkpoint)!r} holds no plan; load it with profiler.load_model"
         )
+    return _rebuilt(ckpt, checkpoint)
+
+
+def _rebuilt(ckpt: Checkpoint, checkpoint: str | Path) -> fx.GraphModule:
+    """The pruned model of a checkpoint already read (it has a plan), with its weights."""
     plan = _plan_of(ckpt.plan_json, checkpoint)
     # The model built is the one the checkpoint names (which a daemon checked against what a
     # request may load), never another the plan names: that would import any callable.
@@ -115,8 +121,9 @@ def _plan_of(text: str, checkpoint: str | Path) -> PrunePlan:
 def load_checkpoint_model(checkpoint: str | Path) -> nn.Module:
     """The eval-mode model a checkpoint holds: rebuilt from its plan when it is a pruned one
     (``prunerd prune``'s ``pruned.pt``), else built from its spec with its weights."""
-    if read_checkpoint(checkpoint).plan_json:
-        return load_pruned(checkpoint)
+    ckpt = read_checkpoint(checkpoint)  # read once: a pruned model is rebuilt from this copy
+    if ckpt.plan_json:
+        return _rebuilt(ckpt, checkpoint)
     return load_model("", checkpoint=checkpoint)
 
 
@@ -126,8 +133,10 @@ def load_to_profile(spec: ModelSpec, checkpoint: str | Path | None) -> tuple[Mod
     not the architecture's; any other model keeps its name."""
     if checkpoint is None:
         return spec, load_model(spec)
-    if read_checkpoint(checkpoint).plan_json:
-        return dataclasses.replace(spec, name=f"{spec.name}@{checkpoint}"), load_pruned(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.plan_json:
+        named = dataclasses.replace(spec, name=f"{spec.name}@{checkpoint}")
+        return named, _rebuilt(ckpt, checkpoint)
     return spec, load_model(spec, checkpoint=checkpoint)
 
 

@@ -378,7 +378,7 @@ class ProgressFilter:
         # The held line is news only when this event ends its phase; else this one is newer.
         shown = [] if self._held is None or same_phase else [self._held]
         self._held = None
-        self._phase = event.data.get("what") if event.event == "progress" else None
+        self._phase = d.get("what") if event.event == "progress" else None
         self._next = time.monotonic() + self.interval_s
         return [*shown, event]
 
