@@ -261,6 +261,7 @@ def test_a_pruned_checkpoints_plan_cannot_name_another_model(
         with d.client() as c:
             job = c.submit("profile", model="resnet20", checkpoint=str(ckpt))
             final = c.wait(job["id"], 120)
+            assert c.ping()["running"] == 0  # the daemon serves on; only the job failed
     finally:
         d.stop()
     assert final["status"] == "failed", final
@@ -286,6 +287,7 @@ def test_a_checkpoints_own_input_is_held_to_the_request_bounds(tmp_path: Path) -
                 c.submit("prune", model="resnet20", checkpoint=str(ckpt), budget_ratio=0.5),
             ]
             finals = [c.wait(job["id"], 120) for job in jobs]
+            assert c.ping()["running"] == 0  # the daemon serves on; only the jobs failed
     finally:
         d.stop()
     for final in finals:
