@@ -42,6 +42,7 @@ DEFAULT_RPC_PORT = 5750
 DEFAULT_EVENTS_PORT = 5751
 DEFAULT_INGEST_PORT = 5752
 DEFAULT_METRICS_PORT = 9750
+WORKER_STARTS = ("forkserver", "spawn")  # multiprocessing start methods a worker may use
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +81,10 @@ class Settings:
     ingest_hwm: int = 10_000  # messages queued per ingest peer before libzmq stops reading
     max_deployments: int = 256  # bounds the cardinality of the deployment label
     worker_grace_s: float = 5.0  # SIGTERM -> SIGKILL delay when stopping a worker
+    # How job workers start: "forkserver" forks each from a process that has imported torch
+    # and prunerd (about 1.5 s less per job; the server holds about 225 MB); "spawn" starts a new
+    # interpreter for each job.
+    worker_start: str = "forkserver"
     allow_imports: tuple[str, ...] = ()
     model_dirs: tuple[Path, ...] = ()
     path_roots: tuple[Path, ...] = ()
@@ -156,7 +161,7 @@ class Settings:
                 f"metrics_host {self.metrics_host!r} is not loopback: set metrics_auth_file "
                 "(basic auth) or pass --insecure"
             )
-        _check_ranges({name: getattr(self, name) for name in (*_RANGED, "budgets")})
+        _check_ranges({name: getattr(self, name) for name in (*_RANGED, "budgets", "worker_start")})
         if self.max_gpus is not None and not 0 <= self.max_gpus <= MAX_RANKS:
             raise ValueError(f"max_gpus must be in 0..{MAX_RANKS}, got {self.max_gpus}")
         if not 1 <= self.max_procs <= MAX_RANKS:
@@ -211,6 +216,11 @@ def _check_ranges(values: dict[str, Any]) -> None:
                         f"budget for deployment {deployment!r} must be finite and > 0 seconds, "
                         f"got {seconds}"
                     )
+        elif name == "worker_start":
+            if value not in WORKER_STARTS:
+                raise ValueError(
+                    f"worker_start must be one of {', '.join(WORKER_STARTS)}, got {value!r}"
+                )
         elif name in _RANGED:
             zero = name == "worker_grace_s"
             if not ((value >= 0) if zero else (value > 0)) or not value < math.inf:

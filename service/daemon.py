@@ -38,6 +38,7 @@ from .jobs import (
     check_kind,
     check_params,
     describe_exit,
+    prepare_workers,
     start_worker,
 )
 from .limits import RequestBounds
@@ -234,6 +235,7 @@ class Daemon:
                 "job %s was running when the daemon last stopped: marked interrupted", job_id
             )
         log.info("prunerd %s serving %s", self.version, self.endpoints)
+        self._guarded("preparing workers", prepare_workers, self.settings.worker_start)
 
         self.poller = zmq.Poller()
         self.poller.register(self.rpc, zmq.POLLIN)
@@ -253,15 +255,17 @@ class Daemon:
         if self._reload_keys and self.keys is not None:
             self._reload_keys = False
             self._guarded("reloading keys", self.keys.reload)
-        if self.rpc in ready:
-            self._guarded("request handler", self._serve_requests)
-        if self.ingest in ready:
-            self._guarded("ingest handler", self._ingest_samples)
+        # Workers first: a request answered in this turn sees every report (and every
+        # worker's exit) that arrived before it.
         for worker in list(self.workers.values()):
             # zmq.Poller reports plain file descriptors by number, not by object.
             if worker.fileno() in ready:
                 self._guarded(f"job {worker.job.id}", self._read_worker, worker)
             worker.escalate()
+        if self.rpc in ready:
+            self._guarded("request handler", self._serve_requests)
+        if self.ingest in ready:
+            self._guarded("ingest handler", self._ingest_samples)
         self._guarded("job start", self._start_queued_jobs)
 
     @staticmethod
@@ -466,7 +470,7 @@ class Daemon:
         self._queue_changed = False
         for job in self.store.queued()[: self.settings.max_workers - len(self.workers)]:
             try:
-                worker = start_worker(job, self.state_dir, self.bounds)
+                worker = start_worker(job, self.state_dir, self.bounds, self.settings.worker_start)
             except OSError as e:
                 if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
                     self._fail_start(job.id, e)

@@ -172,6 +172,11 @@ def _parents() -> dict[int, int]:
     return parents
 
 
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid``, from /proc."""
+    return _parents()[pid]
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``, from /proc."""
     return [p for p, parent in _parents().items() if parent == pid]

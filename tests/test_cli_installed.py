@@ -547,6 +547,7 @@ def test_training_that_diverges_stops_and_saves_nothing(tmp_path: Path) -> None:
         ("[budgets]\nresnet = -1", "budget for deployment 'resnet' must be finite and > 0"),
         ("max_workers = ", "Invalid value (at line 1"),
         ("nope = 1", "unknown settings ['nope']"),
+        ('worker_start = "fork"', "worker_start must be one of forkserver, spawn, got 'fork'"),
     ],
 )
 def test_serve_refuses_a_config_file_it_cannot_honour(toml: str, said: str, tmp_path: Path) -> None:

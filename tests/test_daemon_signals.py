@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from .service_helpers import PROFILE_PARAMS, DaemonProcess, pid_alive, wait_for
+from .service_helpers import PROFILE_PARAMS, DaemonProcess, descendants, pid_alive, wait_for
 
 
 def test_sigterm_during_a_job(tmp_path: Path) -> None:
@@ -40,9 +40,12 @@ def test_killed_daemon_marks_running_jobs_interrupted(tmp_path: Path) -> None:
         with d.client() as c:
             job = c.submit("selftest", seconds=60, steps=600)
             worker = wait_for(lambda: c.status(job["id"])["worker_pid"])
+        below = descendants(d.pid)  # the worker, the forkserver it was forked from, ...
+        assert worker in below
         d.stop(signal.SIGKILL)
-        # The worker gets SIGKILL too (parent-death signal): no orphan keeps running.
-        wait_for(lambda: not pid_alive(worker), 10)
+        # The forkserver sees the daemon gone and exits; the worker gets SIGKILL as its
+        # parent dies (parent-death signal): no orphan keeps running.
+        wait_for(lambda: not any(pid_alive(p) for p in below), 10)
     finally:
         d.kill()
     again = DaemonProcess(state).start()

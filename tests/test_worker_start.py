@@ -1,0 +1,38 @@
+"""How job workers start: forked from a forkserver that has imported torch (the default), or
+each in a new interpreter (``--worker-start spawn``). Real daemons on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .service_helpers import DaemonProcess, parent_of, wait_for
+
+
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_a_worker_starts_as_configured(start: str, tmp_path: Path) -> None:
+    """forkserver: the worker's parent is the daemon's forkserver, and torch is already
+    mapped into a worker whose job (a selftest) never imports it. spawn: the worker is the
+    daemon's own child, a new interpreter without torch. Either way jobs run to the end."""
+    d = DaemonProcess(tmp_path / "state", "--worker-start", start).start()
+    try:
+        with d.client() as c:
+            job = c.submit("selftest", seconds=30, steps=300)
+            worker = wait_for(lambda: c.status(job["id"])["worker_pid"])
+            wait_for(lambda: c.status(job["id"])["progress"])  # the job's own code runs
+            parent = parent_of(worker)
+            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+            maps = Path(f"/proc/{worker}/maps").read_text()
+            if start == "forkserver":
+                assert parent_of(parent) == d.pid and b"forkserver" in cmdline
+                assert "libtorch" in maps
+            else:
+                assert parent == d.pid
+                assert "libtorch" not in maps
+            c.cancel(job["id"])
+            assert c.wait(job["id"], 60)["status"] == "cancelled"
+            quick = c.submit("selftest", seconds=0, steps=1)
+            assert c.wait(quick["id"], 60)["status"] == "done"
+    finally:
+        assert d.stop() == 0
