@@ -34,7 +34,7 @@ import msgspec
 from profiler import open_database
 
 from .job_context import JobContext, JobFailed, default_output
-from .limits import RequestBounds
+from .limits import RequestBounds, shape_source
 from .protocol import FINISHED_STATUSES, PARAMS_TYPES, ModelPolicy
 
 # --------------------------------------------------------------------------- the store
@@ -261,14 +261,8 @@ class JobKind:
 def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     import profiler
 
-    spec = profiler.resolve_spec(
-        params["model"],
-        params["in_channels"],
-        params["num_classes"],
-        tuple(params["input_size"]),
-        params["checkpoint"],
-    )
-    _check_checkpoint_shape(params, ctx, spec)
+    spec = _requested_spec(params)
+    _check_model_shape(params, ctx, spec)
     from pruner import load_to_profile  # a pruned checkpoint is rebuilt from its plan
 
     spec, model = load_to_profile(spec, params["checkpoint"])
@@ -295,20 +289,36 @@ def _profile_unavailable() -> str | None:
     return None
 
 
-def _check_checkpoint_shape(params: dict[str, Any], ctx: JobContext, spec: Any = None) -> None:
-    """The daemon's bounds on the input a job's checkpoint says its model takes: checked at
-    submit were the request's own fields, which the checkpoint's spec overrides."""
-    if ctx.bounds is None or not params.get("checkpoint"):
-        return
-    if spec is None:
-        import profiler
+def _requested_spec(params: dict[str, Any]) -> Any:  # profiler.ModelSpec
+    """The spec a job's model has: its checkpoint's, else the request's fields, with what
+    they leave unset taken from the model (a ``.pt2``'s exported input) or the defaults."""
+    import profiler
 
-        spec = profiler.read_checkpoint(params["checkpoint"]).spec
-    RequestBounds(**ctx.bounds).check_checkpoint_shape(params, spec.in_channels, spec.input_size)
+    size = params.get("input_size")
+    return profiler.resolve_spec(
+        params["model"],
+        params.get("in_channels"),
+        params.get("num_classes"),
+        None if size is None else tuple(size),
+        params.get("checkpoint"),
+    )
+
+
+def _check_model_shape(params: dict[str, Any], ctx: JobContext, spec: Any = None) -> None:
+    """The daemon's bounds on the input the job's model takes. Checked at submit were the
+    request's own fields (or their defaults); a checkpoint's stored spec, or the input a
+    ``.pt2`` program was exported with, decides over them."""
+    source = shape_source(params)
+    if ctx.bounds is None or source is None:
+        return  # built from the request's fields, as checked at submit
+    if spec is None:
+        spec = _requested_spec(params)
+    bounds = RequestBounds(**ctx.bounds)
+    bounds.check_model_shape(params, spec.in_channels, spec.input_size, source)
 
 
 def _run_prune(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    _check_checkpoint_shape(params, ctx)
+    _check_model_shape(params, ctx)
     if params.get("ranks", 1) > 1:  # jobs stored before ranks existed ran as one process
         from .rank_job import run_ranks
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .protocol import ProtocolError
+from .protocol import DEFAULT_IN_CHANNELS, DEFAULT_INPUT_SIZE, ProtocolError
 
 # Feature-map channels per input pixel one forward pass keeps alive, fp32: a CNN's widest
 # full-resolution stage is 64 channels in the zoo, and a forward holds a few maps of it at
@@ -52,6 +52,30 @@ def _too_large(field: str, value: Any, bound: Any, setting: str) -> ProtocolErro
         f"{setting} in the daemon's [limits] settings",
         field,
     )
+
+
+def shape_source(params: dict[str, Any]) -> tuple[str, str] | None:
+    """What decides the input a job's model takes over the request's own fields, and the
+    field naming it: a checkpoint (its stored spec) or a ``.pt2`` program (the input it
+    was exported with, where the request leaves it unset). None: the request decides."""
+    if params.get("checkpoint"):
+        return f"checkpoint {params['checkpoint']!r}", "params.checkpoint"
+    if str(params.get("model", "")).endswith((".pt2", ".pt2e")):
+        return f"program {params['model']!r}", "params.model"
+    return None
+
+
+def _requested_shape(params: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:
+    """(in_channels, (height, width)) as far as the request decides them: what it sets, the
+    defaults where it sets nothing and the model says nothing, None where the model will."""
+    later = shape_source(params) is not None
+    channels = params.get("in_channels")
+    size = params.get("input_size")
+    if channels is None and not later:
+        channels = DEFAULT_IN_CHANNELS
+    if size is None and not later:
+        size = DEFAULT_INPUT_SIZE
+    return channels, None if size is None else (int(size[0]), int(size[1]))
 
 
 @dataclass(frozen=True)
@@ -92,20 +116,26 @@ class RequestBounds:
         self._check_shape(params, options)
         self._check_options(options)
 
-    def check_checkpoint_shape(
-        self, params: dict[str, Any], in_channels: int, input_size: tuple[int, int]
+    def check_model_shape(
+        self,
+        params: dict[str, Any],
+        in_channels: int,
+        input_size: tuple[int, int],
+        source: tuple[str, str],
     ) -> None:
-        """The same bounds on the shape a job's checkpoint says its model takes, which wins
-        over the request's own fields once the worker loads it (run in the worker)."""
+        """The same bounds on the input the loaded model takes, which a checkpoint or a
+        ``.pt2`` program decides over the request's own fields (run in the worker, once it
+        knows). ``source``: what decided it and its field, e.g. ("checkpoint 'm.pt'",
+        "params.checkpoint")."""
         try:
             resolved = {**params, "in_channels": in_channels, "input_size": list(input_size)}
             self._check_shape(resolved, params.get("options") or {})
         except ProtocolError as e:
             raise ProtocolError(
                 e.code,
-                f"the model in checkpoint {params['checkpoint']!r} takes {in_channels}x"
-                f"{input_size[0]}x{input_size[1]} inputs: {e.message}",
-                "params.checkpoint",
+                f"the model in {source[0]} takes {in_channels}x{input_size[0]}x{input_size[1]} "
+                f"inputs: {e.message}",
+                source[1],
             ) from None
 
     def _check_ranks(self, params: dict[str, Any]) -> None:
@@ -150,21 +180,19 @@ class RequestBounds:
             raise _too_large(
                 "params.options.batch_size", train_batch, self.max_batch_size, "max_batch_size"
             )
-        if params["in_channels"] > self.max_channels:
-            raise _too_large(
-                "params.in_channels", params["in_channels"], self.max_channels, "max_channels"
-            )
-        height, width = params["input_size"]
-        if max(height, width) > self.max_input_side:
-            raise _too_large(
-                "params.input_size", [height, width], self.max_input_side, "max_input_side"
-            )
+        channels, size = _requested_shape(params)
+        if channels is not None and channels > self.max_channels:
+            raise _too_large("params.in_channels", channels, self.max_channels, "max_channels")
+        if size is not None and max(size) > self.max_input_side:
+            raise _too_large("params.input_size", list(size), self.max_input_side, "max_input_side")
+        if channels is None or size is None:
+            return  # the model decides; its worker checks (check_model_shape)
         biggest = max(batch, train_batch if type(train_batch) is int else 0)
-        need = activation_bytes(biggest, params["in_channels"], height, width)
+        need = activation_bytes(biggest, channels, *size)
         if need > self.max_activation_bytes:
             raise ProtocolError(
                 "too_large",
-                f"batch {biggest} x {params['in_channels']} channels x {height}x{width} needs about "
+                f"batch {biggest} x {channels} channels x {size[0]}x{size[1]} needs about "
                 f"{need / 2**20:.0f} MiB of activations, over this daemon's max_activation_bytes "
                 f"({self.max_activation_bytes / 2**20:.0f} MiB); use a smaller batch or input, or "
                 "raise max_activation_bytes in the daemon's [limits] settings",

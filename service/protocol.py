@@ -106,6 +106,11 @@ Options = Annotated[
 ]
 
 
+# What profiler.resolve_spec gives a model that says nothing of its input.
+DEFAULT_IN_CHANNELS = 3
+DEFAULT_INPUT_SIZE = (32, 32)
+
+
 class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
@@ -124,9 +129,11 @@ class ModelParams(_Params, kw_only=True):
     """Fields every job that loads a model shares."""
 
     model: Name
-    in_channels: Annotated[int, Meta(ge=1, le=4096)] = 3
+    # None: what the model says (a checkpoint's stored spec, the input a .pt2 program was
+    # exported with), else 3 channels and 32x32 (DEFAULT_IN_CHANNELS, DEFAULT_INPUT_SIZE).
+    in_channels: Annotated[int, Meta(ge=1, le=4096)] | None = None
     num_classes: Annotated[int, Meta(ge=1, le=100_000)] = 10
-    input_size: tuple[Side, Side] = (32, 32)
+    input_size: tuple[Side, Side] | None = None
     batch_size: Side = 1
     device: Device = "cpu"
     checkpoint: Text | None = None
