@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pruner import PruneReport
-from service.commands.prune import report_table
+from service.commands.prune import summary_lines
 
 from .cli_helpers import PRUNERD, ok, run
 from .service_helpers import wait_for
@@ -182,8 +182,8 @@ def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> Non
     assert 1 <= width["fits"] <= 2 and len(width["fit_latencies_s"]) == width["fits"]
     assert 0 <= width["kept_fit"] < width["fits"]
     assert report["config"]["max_fits"] == 2
-    caption = str(report_table(PruneReport.from_json(result.stdout)).caption)
-    assert f"widths fitted {width['fits']} time" in caption and "removed " in caption
+    summary = "\n".join(summary_lines(PruneReport.from_json(result.stdout)))
+    assert f"widths fitted {width['fits']} time" in summary and "removed " in summary
     plan = json.loads((out / "plan.json").read_text())
     assert plan["method"] == "removal+hfp" and plan["removed"] and plan["channels"]
     evaluated = ok(prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,10 @@ def test_quickstart_trains_profiles_and_prunes(
     printed = capsys.readouterr().out
     assert "layer3.2" in printed and "additivity error" in printed  # the profile table
     assert "baseline" in printed and "pruned" in printed  # the before/after table
+    # Under it, one whole line each (a centred caption broke "budget met" across lines).
+    lines = [line.rstrip() for line in printed.splitlines()]
+    assert any(line.startswith("removed ") and "layer" in line for line in lines)
+    assert any(re.fullmatch(r"speed-up [0-9.]+x; budget (met|MISSED)", line) for line in lines)
     checkpoints = list((tmp_path / "cache").glob("*.pt"))
     assert len(checkpoints) == 1
     profile = json.loads((tmp_path / "profile.json").read_text())

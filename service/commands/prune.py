@@ -243,10 +243,7 @@ def _add_measurement_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 def report_table(r: PruneReport) -> Table:
-    t = Table(
-        title=f"{r.model} on {r.dataset}: {r.method}, {_goal(r)}",
-        caption=_caption(r),
-    )
+    t = Table(title=f"{r.model} on {r.dataset}: {r.method}, {_goal(r)}")
     t.add_column("")
     for col in ("latency ms", "accuracy", "FLOPs", "params"):
         t.add_column(col, justify="right")
@@ -264,23 +261,24 @@ def _goal(r: PruneReport) -> str:
     return ", ".join(f"target {k} x{v:.3f}" for k, v in targets.items()) or "no latency budget"
 
 
-def _caption(r: PruneReport) -> str:
-    """What was removed or thinned, the prediction, the speed-up and the budget's verdict."""
-    parts = []
+def summary_lines(r: PruneReport) -> list[str]:
+    """What was removed or thinned, the prediction, the speed-up and the budget's verdict:
+    one line each, printed under the table (a caption centred them and broke them anywhere)."""
+    lines = []
     if r.depth is not None or r.removed_blocks:
-        parts.append(f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}")
+        lines.append(f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}")
     if r.budget_s:
-        parts.append(f"predicted {_ms(r.predicted_latency_s)} ms{_of_profiled(r)}")
+        lines.append(f"predicted {_ms(r.predicted_latency_s)} ms{_of_profiled(r)}")
     verdict = f"; budget {'met' if r.budget_met else 'MISSED'}" if r.budget_s else ""
-    parts.append(f"speed-up {r.speedup:.2f}x{verdict}")
+    lines.append(f"speed-up {r.speedup:.2f}x{verdict}")
     if (w := r.width) is not None:
-        parts.append(f"MACs x{w.macs_ratio:.3f}, params x{w.params_ratio:.3f}")
+        lines.append(f"MACs x{w.macs_ratio:.3f}, params x{w.params_ratio:.3f}")
         if w.fit_latencies_s:
-            parts.append(
+            lines.append(
                 f"widths fitted {w.fits} time{'s' if w.fits != 1 else ''}, fit {w.kept_fit + 1} "
                 f"kept (measured {_ms(w.fit_latencies_s[w.kept_fit])} ms before fine-tuning)"
             )
-    return "; ".join(parts)
+    return lines
 
 
 def _of_profiled(r: PruneReport) -> str:
@@ -295,7 +293,10 @@ def _of_profiled(r: PruneReport) -> str:
 
 def print_report(r: PruneReport) -> None:
     """The before/after table, then the report's warnings."""
-    console().print(report_table(r))
+    out = console()
+    out.print(report_table(r))
+    for line in summary_lines(r):
+        out.print(line, highlight=False)
     for w in r.warnings:
         print(f"warning: {w}")  # unwrapped: one line each, whole
 
