@@ -7,6 +7,8 @@
     monitor.configure("resnet56-pruned", budget_s=0.004)   # optional; defaults below
     with monitor.track():                                  # or monitor.track("other-deployment")
         out = model(x)
+    with monitor.track(cuda=True):                         # a model on a GPU: CUDA events
+        out = model(x.cuda())
     monitor.observe(0.0031)                                # a latency measured elsewhere, seconds
 
 Samples are buffered and sent in batches (one JSON message per ``batch_size`` samples or
@@ -18,6 +20,10 @@ difference of wall-clock times) is left out and counted (``Monitor.invalid``, wi
 warning), so that it cannot cost the daemon's refusal of the whole batch it would have
 gone in. Environment: ``PRUNERD_INGEST`` (endpoint, default ``tcp://127.0.0.1:5752``) and
 ``PRUNERD_DEPLOYMENT`` (default deployment name).
+
+On a GPU, ``track()`` alone would time only the kernel launches (``model(x)`` returns once
+they are queued): ``track(cuda=True)`` records CUDA events around the body instead and
+reads their time once the GPU has run it, at a later call (see :mod:`service.gpu_spans`).
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import zmq
 
 from .config import DEFAULT_HOST, DEFAULT_INGEST_PORT
+from .gpu_spans import GpuSpans
 from .protocol import DEPLOYMENT_RE, MAX_SAMPLE_S, MAX_SAMPLES_PER_MESSAGE, encode_samples
 
 
@@ -79,6 +86,7 @@ class Monitor:
             self._sock.curve_secretkey = secret
         self._sock.connect(self.endpoint)
         self._closed = False
+        self._gpu: GpuSpans | None = None  # made by the first track(cuda=True)
 
     @staticmethod
     def _check_name(name: str) -> None:
@@ -87,6 +95,11 @@ class Monitor:
 
     def observe(self, seconds: float, deployment: str | None = None) -> None:
         """Record one inference latency in seconds."""
+        self._record(seconds, deployment)
+        if self._gpu is not None and len(self._gpu):
+            self._read_gpu()
+
+    def _record(self, seconds: float, deployment: str | None) -> None:
         name = deployment or self.deployment
         value = float(seconds)
         if not 0.0 <= value <= MAX_SAMPLE_S:  # also NaN: the daemon refuses the batch for it
@@ -104,6 +117,16 @@ class Monitor:
             ):
                 self._flush_locked()
 
+    def _read_gpu(self, wait: bool = False) -> None:
+        """Record the GPU spans that have completed (``wait``: all of them)."""
+        assert self._gpu is not None
+        with self._lock:
+            done = self._gpu.finished(wait)
+            self.dropped += self._gpu.overflow  # spans the GPU was too far behind to keep
+            self._gpu.overflow = 0
+        for seconds, deployment in done:
+            self._record(seconds, deployment)
+
     def _left_out(self, value: float) -> None:
         with self._lock:
             self.invalid += 1
@@ -116,16 +139,37 @@ class Monitor:
                 stacklevel=3,
             )
 
+    def track(self, deployment: str | None = None, cuda: bool = False) -> AbstractContextManager:
+        """Time the body of a ``with`` block and observe it: on the host's clock
+        (perf_counter, seconds), or with ``cuda=True`` the GPU's time for the work the body
+        queued on the current CUDA stream, read once the GPU has run it (nothing waits)."""
+        return self._track_gpu(deployment) if cuda else self._track_host(deployment)
+
     @contextmanager
-    def track(self, deployment: str | None = None) -> Iterator[None]:
-        """Time the body of a ``with`` block (perf_counter, seconds) and observe it."""
+    def _track_host(self, deployment: str | None) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
         finally:
             self.observe(time.perf_counter() - start, deployment)
 
+    @contextmanager
+    def _track_gpu(self, deployment: str | None) -> Iterator[None]:
+        if self._gpu is None:
+            with self._lock:
+                self._gpu = self._gpu or GpuSpans()
+        if len(self._gpu):
+            self._read_gpu()  # the spans of earlier calls the GPU has finished since
+        start = self._gpu.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._gpu.stop(start, deployment)
+
     def flush(self) -> None:
+        if self._gpu is not None and len(self._gpu):
+            self._read_gpu()
         with self._lock:
             self._flush_locked()
 
@@ -146,7 +190,13 @@ class Monitor:
             buf.clear()
 
     def close(self) -> None:
-        """Flush what is buffered and close the socket (waits at most the 200 ms linger)."""
+        """Flush what is buffered and close the socket (waits at most the 200 ms linger, and
+        for the GPU to finish the spans it has not yet run)."""
+        if self._gpu is not None and len(self._gpu) and not self._closed:
+            try:
+                self._read_gpu(wait=True)
+            except RuntimeError:  # a CUDA context that failed (the deployment crashed)
+                self.dropped += len(self._gpu)
         with self._lock:
             if self._closed:
                 return
@@ -197,8 +247,9 @@ def observe(seconds: float, deployment: str | None = None) -> None:
     get().observe(seconds, deployment)
 
 
-def track(deployment: str | None = None) -> contextmanager:  # type: ignore[valid-type]
-    return get().track(deployment)
+def track(deployment: str | None = None, cuda: bool = False) -> AbstractContextManager:
+    """See :meth:`Monitor.track`."""
+    return get().track(deployment, cuda)
 
 
 def flush() -> None:

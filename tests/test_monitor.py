@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+import torch
 import zmq
 
 from service.monitor import Monitor
@@ -49,3 +51,53 @@ def test_never_blocks_without_a_daemon() -> None:
     assert m.sent <= 1000
     assert m.dropped >= 99_000
     assert elapsed < 5.0, f"observe took {elapsed / 1e5 * 1e6:.1f} us per call"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPU")
+def test_gpu_timing_without_a_gpu_says_so() -> None:
+    m = Monitor("dep", "tcp://127.0.0.1:1")
+    said = r"track\(cuda=True\)\) needs a CUDA device"
+    with pytest.raises(RuntimeError, match=said), m.track(cuda=True):
+        raise AssertionError("the body must not run")
+    m.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_timing_reads_the_gpus_time_without_waiting() -> None:
+    """A 20 ms GPU kernel (torch.cuda._sleep) queued in a tracked block: the host leaves the
+    block at once, track() alone would report that host time, track(cuda=True) reports the
+    kernel's time once the GPU has run it, at the next call; close() waits for the rest."""
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.linger = 0
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    m = Monitor("gpu", f"tcp://127.0.0.1:{port}", batch_size=100, flush_interval_s=60)
+    torch.cuda.synchronize()
+    cycles = _sleep_cycles(0.02)
+    with m.track("host"):
+        torch.cuda._sleep(cycles)
+    host_s = time.perf_counter()
+    with m.track(cuda=True):
+        torch.cuda._sleep(cycles)
+    left_s = time.perf_counter() - host_s
+    m.close()
+    samples = {}
+    while pull.poll(2000):
+        batch = decode_samples(pull.recv(), 1 << 20)
+        samples[batch.deployment] = batch.samples
+        if len(samples) == 2:
+            break
+    pull.close()
+    assert samples["host"][0] < 0.005 and left_s < 0.005  # launches only: nothing waited
+    assert 0.015 <= samples["gpu"][0] <= 0.05
+
+
+def _sleep_cycles(seconds: float) -> int:
+    """GPU clock cycles that torch.cuda._sleep spins for about ``seconds``."""
+    cycles = 10_000_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return int(cycles * seconds / (start.elapsed_time(end) / 1e3))
