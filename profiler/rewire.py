@@ -99,11 +99,53 @@ def _alike(module: nn.Module, gm: fx.GraphModule) -> nn.Module:
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
     """Drop what nothing reads any more (nodes, then submodules) and recompile ``gm``."""
-    gm.graph.eliminate_dead_code()
+    drop_dead_nodes(gm.graph)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return direct_lookups(gm)  # and forget the deleted ones
+
+
+def drop_dead_nodes(graph: fx.Graph) -> None:
+    """Erase the nodes nothing reads, as FX's ``eliminate_dead_code`` does, but keeping
+    only the in-place operations whose effect outlives the pass (:func:`lasting_effect`):
+    to FX every in-place op is impure, so in an exported program (``aten.relu_`` after
+    each convolution) a bypassed block's nodes all stayed, and it still ran."""
+    for node in reversed(list(graph.nodes)):  # readers first: a dead chain goes in one sweep
+        if node.op in ("placeholder", "output") or node.users or lasting_effect(node):
+            continue
+        graph.erase_node(node)
+
+
+def lasting_effect(node: fx.Node) -> bool:
+    """Whether ``node`` must run though nothing reads its result: impure to FX, and not an
+    in-place operation on a tensor this very pass computed (writing into a graph input or
+    a parameter or buffer, through views or not, lasts; so does an unknown side effect)."""
+    if not node.is_impure():
+        return False
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None:
+        return True
+    written = [
+        node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        for i, arg in enumerate(schema.arguments)
+        if arg.alias_info is not None and arg.alias_info.is_write
+    ]
+    if not written:
+        return True  # impure for another reason (randomness, I/O, an assert)
+    return any(not isinstance(t, fx.Node) or _base(t).op != "call_function" for t in written)
+
+
+def _base(node: fx.Node) -> fx.Node:
+    """The node whose storage ``node`` shares: followed through views (ops whose result
+    aliases their first argument) back to the tensor first made."""
+    while node.op == "call_function" and node.args and isinstance(node.args[0], fx.Node):
+        schema = getattr(node.target, "_schema", None)
+        returns = schema.returns if schema is not None else []
+        if not (returns and returns[0].alias_info is not None):
+            break
+        node = node.args[0]
+    return node
 
 
 def without_blocks(
