@@ -115,6 +115,16 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
     mixed = prunerd("eval", "resnet20", "--checkpoint", str(out / "pruned.pt2"))
     assert mixed.returncode == 2 and "is a torch.export program, not a checkpoint" in mixed.stderr
     assert f"the checkpoint of the same model is {str(out / 'pruned.pt')!r}" in mixed.stderr
+    # Named as the model, with no weights: argparse said only "one of the arguments
+    # --checkpoint --pretrained is required"; now the command to run instead.
+    bare = prunerd("eval", str(out / "pruned.pt2"), "--data", "digits")
+    assert bare.returncode == 2 and "is a torch.export program; eval reads a checkpoint" in (
+        bare.stderr
+    )
+    assert f"`prunerd eval resnet20 --checkpoint {out / 'pruned.pt'}`" in bare.stderr
+    unweighted = prunerd("prune", "resnet20", "--data", "digits", "--out", str(work / "none"))
+    assert unweighted.returncode == 2 and not (work / "none").exists()
+    assert "prune needs MODEL's weights: give --checkpoint CKPT" in unweighted.stderr
 
 
 def test_prune_by_removal_loss(work: Path, baseline: Path) -> None:

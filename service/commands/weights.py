@@ -10,8 +10,11 @@ from pruner.config import DATASETS
 
 
 def add_weights_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
-    """``--checkpoint`` and ``--pretrained``, mutually exclusive (one of them when ``required``)."""
-    group = p.add_mutually_exclusive_group(required=required)
+    """``--checkpoint`` and ``--pretrained``, mutually exclusive; one of them when
+    ``required``, which :func:`resolve_weights` checks (argparse's own message could not
+    tell a user who named a ``.pt2`` program where its weights are)."""
+    p.set_defaults(weights_required=required)
+    group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--checkpoint",
         type=Path,
@@ -31,6 +34,8 @@ def resolve_weights(args: argparse.Namespace) -> None:
     A clear error (naming what is shipped and how to train one) when none is shipped.
     """
     dataset = getattr(args, "pretrained", None)
+    if getattr(args, "weights_required", False) and dataset is None and args.checkpoint is None:
+        raise ValueError(_missing_weights(args.command, args.model))
     if dataset and dataset not in DATASETS:
         # Only a known dataset can have shipped weights, and only for one can the error
         # suggest a `prunerd train --data` that works.
@@ -41,3 +46,29 @@ def resolve_weights(args: argparse.Namespace) -> None:
         )
     if dataset:
         args.checkpoint = pretrained_checkpoint(args.model, dataset)
+
+
+def _missing_weights(command: str, model: str) -> str:
+    """Why ``prunerd COMMAND MODEL`` without weights cannot run, and what to give."""
+    ways = f"give --checkpoint CKPT (from `prunerd train`) or --pretrained DATASET (shipped: {shipped_text()})"
+    path = Path(model)
+    if path.suffix not in (".pt2", ".pt2e"):
+        return f"{command} needs MODEL's weights: {ways}"
+    beside = path.with_suffix(".pt")
+    said = f"{model!r} is a torch.export program; {command} reads a checkpoint"
+    if beside.is_file():
+        return (
+            f"{said}: give the model's name and the checkpoint beside it, `prunerd {command} "
+            f"{_architecture(beside)} --checkpoint {beside}`"
+        )
+    return f"{said} (the architecture's name and its weights): {ways}"
+
+
+def _architecture(checkpoint: Path) -> str:
+    """The model name a checkpoint records, or MODEL when it cannot be read."""
+    from profiler import read_checkpoint
+
+    try:
+        return read_checkpoint(checkpoint).spec.name
+    except (OSError, ValueError, RuntimeError):
+        return "MODEL"
