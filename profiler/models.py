@@ -254,6 +254,18 @@ def _checkpoint_of(payload: dict[str, Any], path: Path) -> Checkpoint:
     return Checkpoint(spec=spec, state_dict=state, plan_json=plan_json, meta=meta)
 
 
+def _pruned_here(path: str | Path, ckpt: Checkpoint) -> str:
+    """Why a pruned checkpoint cannot be loaded as its plain architecture, and what to do."""
+    source = ckpt.meta.get("pruned_from")
+    baseline = f"the checkpoint it was pruned from, {str(source)!r}," if source else "its baseline"
+    return (
+        f"checkpoint {str(path)!r} holds a pruned {ckpt.spec.name} (blocks or channels removed "
+        f"by a plan), not the whole architecture: to meet another budget, prune {baseline} "
+        "again; `prunerd eval` and `prunerd profile` take it as it is (from Python: "
+        "pruner.load_checkpoint_model)"
+    )
+
+
 def resolve_spec(
     spec: str | ModelSpec,
     in_channels: int | None = None,
@@ -334,10 +346,7 @@ def load_model(
     ckpt = read_checkpoint(checkpoint)  # once: it holds both the spec and the weights
     resolved = _stored_spec(spec, ckpt, checkpoint)
     if ckpt.plan_json:
-        raise ModelSpecError(
-            f"checkpoint {str(checkpoint)!r} holds a pruned model; load it with "
-            "pruner.load_checkpoint_model"
-        )
+        raise ModelSpecError(_pruned_here(checkpoint, ckpt))
     model = build_model(resolved)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)

@@ -122,6 +122,12 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
         bare.stderr
     )
     assert f"`prunerd eval resnet20 --checkpoint {out / 'pruned.pt'}`" in bare.stderr
+    # Pruned again: refused (a plan applies to the whole architecture), naming the baseline
+    # to prune instead (it said "load it with pruner.load_checkpoint_model").
+    again = prunerd("prune", "resnet20", "--checkpoint", str(out / "pruned.pt"), "--data",
+                    "digits", "--budget", "0.5", "--out", str(work / "again"))  # fmt: skip
+    assert again.returncode == 2 and not (work / "again").exists()
+    assert f"prune the checkpoint it was pruned from, {str(baseline)!r}, again" in again.stderr
     unweighted = prunerd("prune", "resnet20", "--data", "digits", "--out", str(work / "none"))
     assert unweighted.returncode == 2 and not (work / "none").exists()
     assert "prune needs MODEL's weights: give --checkpoint CKPT" in unweighted.stderr
