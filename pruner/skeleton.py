@@ -428,7 +428,7 @@ def write_artefacts(
         dataset=dataset,
         test_accuracy=report.pruned.accuracy,
         budget_s=plan.budget_s,
-        pruned_from=config.io.checkpoint,  # the baseline to prune again, to another budget
+        pruned_from=str(Path(config.io.checkpoint).resolve()),  # to prune again, to another budget
         **(inherited or {}),
     )
     files = {"plan_path": str(out / "plan.json"), "checkpoint_path": str(ckpt), "export_path": ""}
