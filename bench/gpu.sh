@@ -3,8 +3,9 @@
 #
 # Steps, correctness first, each under its own time limit (seconds):
 #   1. pytest -m gpu            the GPU tests (kernel vs fp64 reference, every tile, NVML by UUID,
-#                               chained timing, auto backend, the monitor's CUDA-event timing), run
-#                               on the GPU, not the interpreter
+#                               chained timing, auto backend, the monitor's CUDA-event timing, a
+#                               daemon's GPU job forked from its forkserver), on the GPU, not the
+#                               interpreter
 #   2. gpu_profile.py           profiler additivity, launch overhead, event cost: resnet20/resnet56/
 #                               mobilenetv2 x batch 1/16/128 x eager/CUDA graph, fused resnet20;
 #                               resnet56's blocks removed one at a time at batch 1 (marginal cost);
@@ -71,7 +72,7 @@ KERNEL_ARGS+=(--out "$OUT/kernels_gpu.md")
 GPU_TESTS=(tests/test_kernels_triton.py tests/test_kernels_tuning.py tests/test_device_identity.py
            tests/test_profile_chain.py)
 # The CLI's GPU test needs the service's dependencies; run it where they are installed.
-if "$PY" -c 'import service.cli' 2>/dev/null; then GPU_TESTS+=(tests/test_profile.py tests/test_monitor.py); fi
+if "$PY" -c 'import service.cli' 2>/dev/null; then GPU_TESTS+=(tests/test_profile.py tests/test_monitor.py tests/test_worker_start.py); fi
 
 RESULT=0
 SUMMARY=()

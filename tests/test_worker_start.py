@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from .service_helpers import DaemonProcess, parent_of, wait_for
+from .service_helpers import PROFILE_PARAMS, DaemonProcess, parent_of, wait_for
 
 
 @pytest.mark.parametrize("start", ["forkserver", "spawn"])
@@ -34,5 +35,23 @@ def test_a_worker_starts_as_configured(start: str, tmp_path: Path) -> None:
             assert c.wait(job["id"], 60)["status"] == "cancelled"
             quick = c.submit("selftest", seconds=0, steps=1)
             assert c.wait(quick["id"], 60)["status"] == "done"
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none present")
+def test_a_forked_worker_runs_on_the_gpu(tmp_path: Path) -> None:
+    """The forkserver imports torch and prunerd but must not touch CUDA: a CUDA context does
+    not survive a fork, and every GPU job forked from it would fail. A profile job on cuda
+    runs to the end, timed with CUDA events."""
+    d = DaemonProcess(tmp_path / "state").start()
+    try:
+        with d.client() as c:
+            job = c.submit("profile", **PROFILE_PARAMS, device="cuda")
+            final = c.wait(job["id"], 300)
+            assert final["status"] == "done", final
+            profile = c.result(job["id"])["result"]
+            assert profile["device"]["kind"] == "cuda"
     finally:
         assert d.stop() == 0
