@@ -15,7 +15,15 @@ from pruner.config import METHODS
 
 from ..client import Client, ProgressFilter, add_client_args, format_event, run_command
 from ..protocol import PARAMS_TYPES
-from .argtypes import BUDGET_S_REFUSED, fraction, input_size, positive_float, positive_int, refused
+from .argtypes import (
+    BUDGET_S_REFUSED,
+    fraction,
+    input_size,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    refused,
+)
 from .job_result import print_result
 
 
@@ -134,9 +142,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     self_test = kinds.add_parser(
         "selftest", help="a job that only reports progress (checks the daemon's workers)"
     )
-    self_test.add_argument("--seconds", type=positive_float, default=None)
-    self_test.add_argument("--steps", type=positive_int, default=None)
-    self_test.add_argument("--fail", action="store_true", default=None)
+    # The daemon's own ranges (0 seconds: a worker that starts, reports once and exits).
+    self_test.add_argument(
+        "--seconds", type=non_negative_float, default=None, help="how long it runs (1)"
+    )
+    self_test.add_argument(
+        "--steps", type=positive_int, default=None, help="progress events it sends (10)"
+    )
+    self_test.add_argument("--fail", action="store_true", default=None, help="end by failing")
 
     for sub in (prof, prune, self_test):
         sub.add_argument(
