@@ -86,6 +86,28 @@ def _interference_problem(seen: Interference | None, limits: QualityLimits) -> s
     )
 
 
+# Other processes' average use of the cores, in cores, below which the machine counts as
+# quiet: a profile that scatters or does not add up there is short of work, not disturbed.
+QUIET_OTHER_CORES = 0.1
+
+
+def _noise_fix(
+    profile: BlockProfile, timed: Sequence[Measurement], seen: Interference | None
+) -> str:
+    """What to do about timings that scatter or do not add up: on a quiet machine the pieces
+    themselves are too short to time to that precision (fixed costs of a call and the
+    clock's own jitter are a large share of a few microseconds), elsewhere the machine."""
+    pieces = [m.median_s for m in timed if m is not profile.end_to_end and m.runs > 1]
+    if seen is None or seen.other_cores > QUIET_OTHER_CORES or not pieces:
+        return "re-run on a quieter machine, with fewer --threads or a longer --timing-budget-s"
+    return (
+        f"no other process here was busy ({seen.other_cores:.2f} cores); the timed pieces are "
+        f"short (median {statistics.median(pieces) * 1e6:.0f} us), so fixed costs of a call and "
+        "clock jitter weigh on them: give each more work (a larger --batch-size or input size) "
+        "or a longer --timing-budget-s"
+    )
+
+
 def assess(
     profile: BlockProfile,
     timed: Sequence[Measurement],
@@ -102,11 +124,12 @@ def assess(
         problems.append(p)
     alone_on_gpu = profile.device.kind == "cuda" and profile.timing == "alone"
     add_limit = limits.additivity_cuda if alone_on_gpu else limits.additivity
+    noisy = _noise_fix(profile, timed, interference)
     if not abs(err) <= add_limit:
         hint = (
             f"{profile.from_table} pieces came from the latency table: --remeasure times them again"
             if profile.from_table
-            else "re-run on a quieter machine, with fewer --threads or a longer --timing-budget-s"
+            else noisy
         )
         problems.append(
             f"blocks + rest differ from end to end by {err:+.1%} (limit ±{add_limit:.0%}). "
@@ -115,7 +138,7 @@ def assess(
     if spr > limits.spread:
         problems.append(
             f"timings scatter: IQR is {spr:.0%} of the median over the timed pieces (limit "
-            f"{limits.spread:.0%}). Fix: a quieter machine, fewer --threads or a longer --timing-budget-s"
+            f"{limits.spread:.0%}). Fix: {noisy}"
         )
     if abs(dft) > limits.drift:
         problems.append(

@@ -371,3 +371,29 @@ def test_a_chained_profile_is_served_from_the_table_whole(tmp_path) -> None:
     assert again.from_table > 0 and again.launch_overhead_s is None
     assert [b.latency_s for b in again.blocks] == [b.latency_s for b in first.blocks]
     assert again.end_to_end_s == first.end_to_end_s
+
+
+def test_noise_on_a_quiet_machine_points_at_the_pieces_size() -> None:
+    """Timings that scatter or do not add up: where other processes were busy, the fix is a
+    quieter machine; where none was (a tiny model, microseconds a piece), more work per
+    piece, with the pieces' median named (it told users to find a quieter machine)."""
+    import dataclasses
+
+    from profiler import Interference
+    from profiler.quality import QualityLimits, assess
+
+    spec = ModelSpec("resnet20", input_size=(8, 8))
+    p = profile_model(load_model(spec), spec, device="cpu", options=QUICK, threads=1)
+    timed = [b.latency for b in p.blocks]
+    strict = QualityLimits(additivity=1e-9, spread=1e-9)  # both fail, whatever was measured
+
+    def fixes(other_cores: float) -> list[str]:
+        seen = Interference(1.0, 2, 1, 1.0, other_cores, 0.1, 0.1)
+        problems = assess(dataclasses.replace(p, from_table=0), timed, seen, strict).problems
+        return [q for q in problems if q.startswith(("blocks + rest", "timings scatter"))]
+
+    quiet, busy = fixes(0.0), fixes(0.9)
+    assert len(quiet) == len(busy) == 2
+    assert all("no other process here was busy (0.00 cores)" in q for q in quiet)
+    assert all("a larger --batch-size or input size" in q for q in quiet)
+    assert all("re-run on a quieter machine" in q for q in busy)
