@@ -13,7 +13,8 @@ elsewhere hits both alike:
 
 Each figure is the client's wall time from ``submit`` until the job's stored record says
 it finished, and the job's own ``started_at``..``finished_at`` as the daemon recorded it.
-The resident memory of each daemon and of its forkserver is read at the end.
+The resident memory of each daemon and of its forkserver is read at the end, and each
+daemon's start (launch until its endpoints file is written) is timed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ JOBS = {
 }
 
 
-def start_daemon(state: Path, start: str) -> tuple[subprocess.Popen[bytes], dict]:
+def start_daemon(state: Path, start: str) -> tuple[subprocess.Popen[bytes], dict, float]:
+    """The daemon, its endpoints, and seconds from launch until it wrote them."""
+    t = time.perf_counter()
     ports = ("--rpc-port", "0", "--events-port", "0", "--ingest-port", "0", "--metrics-port", "0")
     cmd = ["prunerd", "serve", "--state-dir", str(state), "--worker-start", start, *ports]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -49,10 +52,10 @@ def start_daemon(state: Path, start: str) -> tuple[subprocess.Popen[bytes], dict
         try:
             info = json.loads((state / "daemon.json").read_text())
             if info.get("pid") == proc.pid:
-                return proc, info
+                return proc, info, time.perf_counter() - t
         except (OSError, ValueError):
             pass
-        time.sleep(0.1)
+        time.sleep(0.01)
     proc.kill()
     raise RuntimeError(f"daemon ({start}) did not start")
 
@@ -95,7 +98,7 @@ def measure(rounds: int) -> tuple[dict, dict, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         daemons = {s: start_daemon(Path(tmp) / s, s) for s in STARTS}
         try:
-            clients = {s: Client(info["rpc"], timeout_s=120) for s, (_, info) in daemons.items()}
+            clients = {s: Client(d[1]["rpc"], timeout_s=120) for s, d in daemons.items()}
             time.sleep(3)  # the forkserver imports in the background: let it finish first
             for r in range(rounds + 1):
                 order = STARTS if r % 2 == 0 else STARTS[::-1]
@@ -107,13 +110,13 @@ def measure(rounds: int) -> tuple[dict, dict, list[float]]:
                             times[s, kind][1].append(own)
                 loads.append(os.getloadavg()[0])
                 print(f"round {r}/{rounds}", file=sys.stderr)
-            for s, (proc, _) in daemons.items():
+            for s, (proc, _, started_s) in daemons.items():
                 fs = forkserver_of(proc.pid)
-                memory[s] = (rss_mib(proc.pid), None if fs is None else rss_mib(fs))
+                memory[s] = (rss_mib(proc.pid), None if fs is None else rss_mib(fs), started_s)
             for c in clients.values():
                 c.close()
         finally:
-            for proc, _ in daemons.values():
+            for proc, _, _ in daemons.values():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
     return times, memory, loads
@@ -144,9 +147,14 @@ def render(times: dict, memory: dict, loads: list[float], rounds: int) -> str:
                 f"| {kind} | {s} | {statistics.median(wall):.3f} ({min(wall):.3f}..{max(wall):.3f})"
                 f" | {statistics.median(own):.3f} |"
             )
-    lines += ["", "| worker start | daemon RSS MiB | forkserver RSS MiB |", "|---|---|---|"]
-    for s, (daemon, fs) in memory.items():
-        lines.append(f"| {s} | {daemon:.0f} | {'-' if fs is None else f'{fs:.0f}'} |")
+    lines += [
+        "",
+        "| worker start | daemon start s | daemon RSS MiB | forkserver RSS MiB |",
+        "|---|---|---|---|",
+    ]
+    for s, (daemon, fs, started_s) in memory.items():
+        fs_mib = "-" if fs is None else f"{fs:.0f}"
+        lines.append(f"| {s} | {started_s:.2f} | {daemon:.0f} | {fs_mib} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,22 +18,16 @@ import hashlib
 import os
 import platform
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .allocator import allocator_policy
+from .nvml import clock_event_reasons, nvml_text, open_nvml, read_gpu, throttle_names
 from .records import DeviceInfo
 
 # NVML clock-event reasons that mean the GPU slowed itself down (not idle or app-clock settings).
-_THROTTLE_REASONS = {
-    0x0000000000000004: "sw_power_cap",
-    0x0000000000000008: "hw_slowdown",
-    0x0000000000000020: "sw_thermal_slowdown",
-    0x0000000000000040: "hw_thermal_slowdown",
-    0x0000000000000080: "hw_power_brake_slowdown",
-}
 
 
 def _hash(*parts: object) -> str:
@@ -66,89 +60,6 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     return dev
-
-
-@contextlib.contextmanager
-def _nvml() -> Iterator[object | None]:
-    """pynvml, initialised, or None when there is no NVML (no driver, no GPU)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        yield None
-        return
-    try:
-        yield pynvml
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-
-
-def _nvml_text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _read_gpu(nv: object, handle: object) -> dict[str, float]:
-    """Telemetry of one GPU in base units; fields NVML cannot read are left out."""
-    out: dict[str, float] = {}
-    readers = {
-        "utilization_ratio": lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
-        "memory_used_bytes": lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).used),
-        "memory_total_bytes": lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).total),
-        "temperature_celsius": lambda: float(
-            nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
-        ),
-        "power_watts": lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-        "sm_clock_hertz": lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM) * 1e6,
-        "memory_clock_hertz": lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_MEM) * 1e6,
-        "throttle_reasons": lambda: float(_clock_event_reasons(nv, handle)),
-    }
-    for key, read in readers.items():
-        with contextlib.suppress(Exception):
-            out[key] = read()
-    return out
-
-
-def _clock_event_reasons(nv: object, handle: object) -> int:
-    fn = (
-        getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
-        or nv.nvmlDeviceGetCurrentClocksThrottleReasons
-    )
-    return int(fn(handle))
-
-
-def throttle_names(mask: int) -> list[str]:
-    return [name for bit, name in _THROTTLE_REASONS.items() if mask & bit]
-
-
-def gpu_telemetry() -> list[dict[str, float]]:
-    """Telemetry of every GPU NVML sees (with an ``index`` key); empty without a GPU."""
-    with _nvml() as nv:
-        if nv is None:
-            return []
-        gpus = []
-        try:
-            count = nv.nvmlDeviceGetCount()
-        except Exception:
-            return []
-        for i in range(count):
-            with contextlib.suppress(Exception):
-                gpus.append({"index": float(i), **_read_gpu(nv, nv.nvmlDeviceGetHandleByIndex(i))})
-        return gpus
-
-
-def gpu_names() -> list[str]:
-    with _nvml() as nv:
-        if nv is None:
-            return []
-        try:
-            return [
-                _nvml_text(nv.nvmlDeviceGetName(nv.nvmlDeviceGetHandleByIndex(i)))
-                for i in range(nv.nvmlDeviceGetCount())
-            ]
-        except Exception:
-            return []
 
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -222,7 +133,7 @@ def nvml_handle(nv: object, ident: CudaIdentity) -> tuple[object, str]:
             with contextlib.suppress(Exception):
                 if fn is not None:
                     h = fn(ident.pci_bus_id.encode())
-                    return h, _nvml_text(nv.nvmlDeviceGetUUID(h))
+                    return h, nvml_text(nv.nvmlDeviceGetUUID(h))
     raise LookupError(
         f"NVML knows no device with UUID {ident.uuid} or PCI bus id {ident.pci_bus_id}"
     )
@@ -261,14 +172,14 @@ def device_info(device: torch.device | str = "cpu", threads: int | None = None) 
         details["pci_bus_id"] = ident.pci_bus_id
     telemetry: dict[str, float] = {}
     name = props.name
-    with _nvml() as nv:
+    with open_nvml() as nv:
         if nv is not None:
             with contextlib.suppress(Exception):
                 h, details["uuid"] = nvml_handle(nv, ident)
                 details["mig"] = str(details["uuid"].startswith("MIG-"))
-                name = _nvml_text(nv.nvmlDeviceGetName(h))
-                details["driver"] = _nvml_text(nv.nvmlSystemGetDriverVersion())
-                telemetry = _read_gpu(nv, h)
+                name = nvml_text(nv.nvmlDeviceGetName(h))
+                details["driver"] = nvml_text(nv.nvmlSystemGetDriverVersion())
+                telemetry = read_gpu(nv, h)
     # The UUID tells MIG slices apart; the SM count says how big a slice is.
     fp = _hash(
         "cuda",
@@ -287,13 +198,13 @@ def throttle_warning(device: torch.device | str) -> str | None:
     dev = torch.device(device)
     if dev.type != "cuda":
         return None
-    with _nvml() as nv:
+    with open_nvml() as nv:
         if nv is None:
             return None
         try:
             index = dev.index if dev.index is not None else torch.cuda.current_device()
             handle, _ = nvml_handle(nv, cuda_identity(index))
-            mask = _clock_event_reasons(nv, handle)
+            mask = clock_event_reasons(nv, handle)
         except Exception:
             return None
     names = throttle_names(mask)

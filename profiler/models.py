@@ -21,6 +21,7 @@ from .exported import UnsafeExportError, export_input_shape, load_export
 from .files import write_with
 from .imports import resolve_callable
 from .zoo import ZOO
+from .zoo_names import builtin_models
 
 CHECKPOINT_FORMAT = "prunerd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -66,10 +67,6 @@ class ModelSpec:
             num_classes=int(d["num_classes"]),
             input_size=tuple(d["input_size"]),
         )
-
-
-def builtin_models() -> list[str]:
-    return sorted(ZOO)
 
 
 TIMM_PREFIX = "timm:"

@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -666,12 +668,22 @@ def private_state_dir(path: Path) -> Path:
 
 
 def visible_gpus() -> int:
-    """The CUDA devices this process sees (0 without CUDA): the default of ``max_gpus``."""
-    import torch
+    """The CUDA devices a job of this daemon sees (0 without CUDA): the default of
+    ``max_gpus``. Asked of torch in a process of its own, so that the daemon, which runs
+    no model, never holds torch (about 190 MB) or a CUDA context; not asked at all where
+    NVML sees no GPU."""
+    from profiler.nvml import gpu_count
 
+    if gpu_count() == 0:
+        return 0
+    ask = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
     try:
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - a broken driver means no GPU to hand out
+        done = subprocess.run(
+            [sys.executable, "-c", ask], capture_output=True, text=True, timeout=300, check=True
+        )
+        return int(done.stdout.split()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        log.warning("could not count the CUDA devices (torch in a subprocess); max_gpus = 0")
         return 0
 
 

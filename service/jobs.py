@@ -282,9 +282,10 @@ def _run_profile(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 
 def _profile_unavailable() -> str | None:
-    import profiler  # the daemon imports it anyway, for the list of built-in models
+    import profiler
 
-    if not hasattr(profiler, "profile_model"):
+    # Its public names, not the attribute: that would import the profiler, and torch with it.
+    if "profile_model" not in profiler.__all__:
         return "profile jobs are not available in this build (profiler.profile_model is missing)"
     return None
 

@@ -421,15 +421,12 @@ class PrunerdCollector(Collector):
 
 
 def default_gpu_telemetry() -> Callable[[], list[dict[str, Any]]] | None:
-    """profiler.gpu_telemetry (with GPU names) when this build has it."""
+    """profiler.gpu_telemetry (with GPU names) when this build has it: NVML only, no torch."""
     try:
-        import profiler
+        from profiler.nvml import gpu_names, gpu_telemetry
     except ImportError:
         return None
-    fn = getattr(profiler, "gpu_telemetry", None)
-    if fn is None:
-        return None
-    names_fn = getattr(profiler.device, "gpu_names", None)
+    fn, names_fn = gpu_telemetry, gpu_names
 
     def safe() -> list[dict[str, Any]]:
         try:

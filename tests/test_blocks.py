@@ -230,3 +230,14 @@ def test_discovery_leaves_a_training_model_and_its_bn_statistics_alone() -> None
     assert bg.blocks and model.training and all(m.training for m in model.modules())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_torch_free_model_names_are_the_zoos() -> None:
+    """The daemon checks requests against profiler.builtin_models() without importing the zoo
+    (and torch); a model registered but not named there is refused at import."""
+    from profiler import builtin_models
+    from profiler.zoo import ZOO, register
+
+    assert builtin_models() == sorted(ZOO) == sorted(ZOO_EXPECTED)
+    with pytest.raises(ValueError, match="must be listed in zoo_names.BUILTIN_MODELS"):
+        register("resnet1001")
