@@ -45,10 +45,12 @@ def test_a_worker_starts_as_configured(start: str, tmp_path: Path) -> None:
 def test_a_forked_worker_runs_on_the_gpu(tmp_path: Path) -> None:
     """The forkserver imports torch and prunerd but must not touch CUDA: a CUDA context does
     not survive a fork, and every GPU job forked from it would fail. A profile job on cuda
-    runs to the end, timed with CUDA events."""
+    runs to the end, timed with CUDA events. The daemon, which never imports torch, counts
+    the GPUs a job sees as torch does (asked of torch in a process of its own)."""
     d = DaemonProcess(tmp_path / "state").start()
     try:
         with d.client() as c:
+            assert c.ping()["max_gpus"] == torch.cuda.device_count()
             job = c.submit("profile", **PROFILE_PARAMS, device="cuda")
             final = c.wait(job["id"], 300)
             assert final["status"] == "done", final
