@@ -39,9 +39,9 @@ from .jobs import (
     Worker,
     check_kind,
     check_params,
-    describe_exit,
     prepare_workers,
     start_worker,
+    why_gone,
 )
 from .limits import RequestBounds
 from .metrics import DeploymentTracker, PrunerdCollector, default_gpu_telemetry, serve_metrics
@@ -571,7 +571,7 @@ class Daemon:
                 {"type": "Interrupted", "message": "the daemon stopped during this job"},
             )
         else:
-            reason = describe_exit(worker.process.exitcode)
+            reason = why_gone(worker)
             log.warning("job %s: %s", worker.job.id, reason)
             self._finish_job(worker.job.id, "failed", {"type": "WorkerDied", "message": reason})
 

@@ -511,6 +511,7 @@ class Worker:
     conn: Connection
     stop_reason: str | None = None  # "cancelled" | "interrupted" once the daemon asked it to stop
     kill_at: float | None = None  # monotonic time after which SIGTERM becomes SIGKILL
+    forked_from: int | None = None  # the forkserver's pid (its death takes the worker along)
 
     @property
     def pid(self) -> int | None:
@@ -571,7 +572,45 @@ def start_worker(
     process.start()
     # Close our copy of the write end, so the worker's death shows up as end of file.
     child.close()
-    return Worker(job, process, parent)
+    forked_from = parent_pid(process.pid) if start == "forkserver" else None
+    return Worker(job, process, parent, forked_from=forked_from)
+
+
+def parent_pid(pid: int | None) -> int | None:
+    """The parent of process ``pid`` (Linux /proc), or None when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def why_gone(worker: Worker) -> str:
+    """Why a worker that sent no final message went away: its exit, or the death of the
+    forkserver it was forked from (the worker then dies with it, and its exit status is
+    lost: multiprocessing reports 255)."""
+    code, server = worker.process.exitcode, worker.forked_from
+    if code == 255 and server is not None and not _alive(server):
+        return (
+            f"worker was killed: the forkserver it was started from (pid {server}) died, and "
+            "its workers with it (killed by another job, an operator or the OOM killer); "
+            "the next job starts a new one"
+        )
+    return describe_exit(code)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (dead, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def check_params(kind: str, params: dict[str, Any]) -> None:
@@ -596,5 +635,6 @@ __all__ = [
     "Worker",
     "check_params",
     "prepare_workers",
+    "why_gone",
     "start_worker",
 ]

@@ -77,3 +77,26 @@ def test_the_daemon_never_loads_torch(tmp_path: Path) -> None:
         assert "libtorch" not in maps
     finally:
         assert d.stop() == 0
+
+
+def test_a_dead_forkserver_is_named_and_replaced(tmp_path: Path) -> None:
+    """A job that kills the forkserver takes the other running jobs with it (they are its
+    children): each fails naming the forkserver's death (it said "worker exited with code
+    255"), the daemon serves on, and the next job starts from a new forkserver."""
+    d = DaemonProcess(
+        tmp_path / "state", "--max-workers", "2", "--allow-import", "tests.hostile_models"
+    ).start()
+    try:
+        with d.client() as c:
+            bystander = c.submit("selftest", seconds=60, steps=600)
+            wait_for(lambda: c.status(bystander["id"])["progress"])
+            killer = c.submit("profile", model="tests.hostile_models:kills_its_parent")
+            for job in (bystander, killer):
+                final = c.wait(job["id"], 120)
+                assert final["status"] == "failed", final
+                assert "the forkserver it was started from (pid " in final["error"]["message"]
+            after = c.submit("selftest", seconds=0, steps=1)
+            assert c.wait(after["id"], 60)["status"] == "done"
+            assert c.ping()["running"] == 0
+    finally:
+        assert d.stop() == 0
