@@ -473,7 +473,7 @@ def test_budget_s_is_refused_with_the_names_to_use(command: list[str]) -> None:
         (["table", "clear", "--older-than-days", "-5"], "must be finite and >= 0, got -5"),
         (["watch", "abc", "--timeout-job", "-1"], "--timeout-job: must be finite and > 0"),
         (["jobs", "--limit", "0"], "--limit: must be > 0, got 0"),
-        (["submit", "selftest", "--seconds", "nan"], "--seconds: must be finite and > 0"),
+        (["submit", "selftest", "--seconds", "nan"], "--seconds: must be finite and >= 0, got nan"),
         (["submit", "prune", "resnet20", "--option", "lr=1e999"], "option lr must be a finite"),
     ],
 )
