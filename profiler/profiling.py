@@ -211,6 +211,27 @@ def _profile(
     return dataclasses.replace(profile, quality=quality), todo
 
 
+def _fused(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The deploy-time form of ``model``, its Conv-BN(-activation) chains fused; ValueError
+    when it has none to fuse, rather than unfused timings labelled fused."""
+    from kernels import FusedConv2d, fuse
+
+    fused = fuse(model)
+    if not any(isinstance(m, FusedConv2d) for m in fused.modules()):
+        program = spec.name.endswith((".pt2", ".pt2e"))
+        why = (
+            "a torch.export program holds operators, not the Conv2d and BatchNorm2d modules "
+            "fusion swaps"
+            if program
+            else "no nn.Conv2d is read by an nn.BatchNorm2d alone"
+        )
+        raise ValueError(
+            f"--fused: {spec.name!r} has no Conv-BN chain to fuse ({why}); profile it without "
+            "--fused"
+        )
+    return fused
+
+
 def _traced(
     model: nn.Module, spec: ModelSpec, run: _Run, example: torch.Tensor | None
 ) -> tuple[nn.Module, BlockGraph, torch.Tensor]:
@@ -218,9 +239,7 @@ def _traced(
     blocks, and the input batch on the device (random normal, seeded, unless given)."""
     model = eval_mode(copy.deepcopy(model).to(device=run.dev, dtype=DTYPES[run.dtype]))
     if run.fused:
-        from kernels import fuse  # the deploy-time form of the model
-
-        model = fuse(model)
+        model = _fused(model, spec)
     if run.progress:
         run.progress("tracing", 0, 1)
     gen = torch.Generator().manual_seed(0)

@@ -103,6 +103,12 @@ def test_prune_and_profile_its_export(work: Path, baseline: Path) -> None:
                "--json", str(work / "pruned-profile.json")))  # fmt: skip
     exported = json.loads((work / "pruned-profile.json").read_text())
     assert exported["input_shape"] == [1, 1, 8, 8]
+    # Fusion swaps modules, and a program has none: refused, where it was timed unfused and
+    # labelled fused.
+    fused = prunerd("profile", str(out / "pruned.pt2"), "--fused", *QUICK_TIMING, "--quiet")
+    assert fused.returncode == 2 and "has no Conv-BN chain to fuse (a torch.export" in (
+        fused.stderr
+    )
     # The pruned checkpoint profiles too ("load it with pruner.load_pruned" before): the blocks
     # it kept, checkable on another device without Python.
     ok(prunerd("profile", "resnet20", "--checkpoint", str(out / "pruned.pt"), *QUICK_TIMING,
