@@ -90,8 +90,8 @@ step() {  # step NAME LIMIT_S COMMAND...
     if [ "$rc" -ne 0 ] && [ "$RESULT" -eq 0 ]; then RESULT=$rc; fi
 }
 
-step "pytest -m gpu" 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
-step "profiler additivity" 200 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
+step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${GPU_TESTS[@]}"
+step "profiler additivity" 180 "$PY" bench/gpu_profile.py "${PROFILE_ARGS[@]}"
 PRUNE_ARGS=(--out "$OUT/prune_gpu.md")
 if [ "$DRY" = 1 ]; then PRUNE_ARGS+=(--device cpu --limit 300); fi
 step "prune on the GPU" 90 "$PY" bench/gpu_prune.py "${PRUNE_ARGS[@]}"
