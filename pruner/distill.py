@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch_memory import check_batch_fits
 from .train import EpochStats, FitResult, fit
 
 
@@ -99,6 +100,11 @@ def finetune(
     weights.
     """
     teacher.to(device)
+    # Before fit's own check, which counts the student alone: the teacher's inference
+    # runs while the student's step keeps its tensors.
+    check_batch_fits(
+        student, train, device, True, "fine-tuning the pruned model", alongside=teacher
+    )
     with frozen(teacher):
         return fit(
             student,

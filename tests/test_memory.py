@@ -4,6 +4,8 @@ is made."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -128,6 +130,37 @@ def test_a_batch_that_cannot_fit_is_refused_before_it_is_drawn() -> None:
         ):
             check_batch_fits(model, huge, "cpu", training, "checking resnet20")
     check_batch_fits(model, _digits_as(1024, batch_size=2), "cpu", True, "checking resnet20")
+
+
+def test_distillation_counts_the_teachers_inference_beside_the_step() -> None:
+    """A batch the student's step alone would fit, but not with its teacher's inference
+    running beside it, is refused for fine-tuning, before a step is taken: `prunerd prune
+    --batch-size 60000` on Fashion-MNIST passed the student-only check and was killed by
+    the OOM killer 87 s in. The batch is sized from this machine's available memory."""
+    from profiler import available_memory
+    from pruner.distill import finetune
+
+    _, model = build_model_for("resnet20", 3, 10, (512, 512))
+    gm = trace(model)
+    propagate_shapes(gm, torch.zeros(1, 3, 512, 512))
+    step, beside = saved_for_backward(gm), estimate_activations(gm).live
+    batch = int(available_memory() / (step + beside / 2))  # fits alone, not with the teacher
+    batches = _Undrawable(_digits_as(512, batch_size=batch))
+    assert step_samples(batches) == batch
+    check_batch_fits(model, batches, "cpu", True, "training resnet20")
+    with pytest.raises(BatchTooLarge, match=rf"^fine-tuning the pruned model .* at batch {batch} "):
+        finetune(model, build_model_for("resnet20", 3, 10, (512, 512))[1], batches, None, 1)
+
+
+class _Undrawable(AdaptedBatches):
+    """The batches as the checks see them; drawing one fails the test instead of taking the
+    tens of GiB the batch would (the machine's OOM killer would end the test run)."""
+
+    def __init__(self, batches: AdaptedBatches) -> None:
+        super().__init__(batches.source, batches.adaptation)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise AssertionError("a batch was drawn: the memory check let it through")
 
 
 def test_a_shared_batch_is_checked_for_each_process_share() -> None:
