@@ -133,7 +133,7 @@ def time_chain(
     pieces: list[list[float]] = [[] for _ in range(runner.pieces)]
     marked: list[float] = []
     plain: list[float] = []
-    start = time.perf_counter()
+    start, r = time.perf_counter(), 0
     for r in range(1, max_rounds + 1):
         intervals, m, p = runner.round()
         for s, v in zip(pieces, intervals, strict=True):
@@ -144,6 +144,8 @@ def time_chain(
             progress("timing in one pass", r, max_rounds)
         if r >= min_rounds and (time.perf_counter() - start > budget_s or _settled(pieces, rel_ci)):
             break
+    if progress is not None and r < max_rounds:
+        progress("timing in one pass", r, r)  # done early: the bar ends full
     cost = mark_cost(marked, plain, runner.pieces + 1)
 
     def m(samples: Sequence[float]) -> Measurement:

@@ -187,6 +187,8 @@ def measure(
                 or max(_notch(s) for s in samples) <= options.rel_ci
             ):
                 break
+        if progress is not None and r < options.max_rounds:
+            progress("timing", r, r)  # done early (settled, or the budget spent): a full bar
     return [
         Measurement(tuple(s), number=n, timer=clock.timer, fingerprint=fingerprint)
         for s, n in zip(samples, numbers)

@@ -397,3 +397,22 @@ def test_noise_on_a_quiet_machine_points_at_the_pieces_size() -> None:
     assert all("no other process here was busy (0.00 cores)" in q for q in quiet)
     assert all("a larger --batch-size or input size" in q for q in quiet)
     assert all("re-run on a quieter machine" in q for q in busy)
+
+
+def test_timing_progress_ends_full_when_it_stops_early() -> None:
+    """Timing stops once the pieces settle or the budget is spent, well before max_rounds;
+    its progress said e.g. "timing 35/400" last, and a bar stopped a tenth full. The last
+    event of each timing phase now has done == total."""
+    spec = ModelSpec("resnet20", input_size=(8, 8))
+    events: list[tuple[str, int, int]] = []
+    options = TimingOptions(budget_s=0.2, min_rounds=3, max_rounds=400)
+    profile_model(
+        load_model(spec), spec, options=options, threads=1,
+        progress=lambda what, done, total: events.append((what, done, total)),
+    )  # fmt: skip
+    timing = [e for e in events if e[0].startswith("timing")]
+    assert timing and timing[0][2] == 400
+    last = {}
+    for what, done, total in timing:
+        last[what] = (done, total)
+    assert all(done == total < 400 for done, total in last.values()), last
