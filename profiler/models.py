@@ -20,8 +20,14 @@ from torch import nn
 from .exported import UnsafeExportError, export_input_shape, load_export
 from .files import write_with
 from .imports import resolve_callable
+from .model_names import (
+    DEFAULT_IN_CHANNELS,
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_NUM_CLASSES,
+    builtin_models,
+    is_program,
+)
 from .zoo import ZOO
-from .zoo_names import builtin_models
 
 CHECKPOINT_FORMAT = "prunerd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,9 +43,9 @@ class ModelSpec:
     and the input it expects (channels, classes, spatial size)."""
 
     name: str
-    in_channels: int = 3
-    num_classes: int = 10
-    input_size: tuple[int, int] = (32, 32)
+    in_channels: int = DEFAULT_IN_CHANNELS
+    num_classes: int = DEFAULT_NUM_CLASSES
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -136,7 +142,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return ZOO[spec.name](in_channels=spec.in_channels, num_classes=spec.num_classes)
     if spec.name.startswith(TIMM_PREFIX):
         return _build_timm(spec)
-    if spec.name.endswith((".pt2", ".pt2e")):
+    if is_program(spec.name):
         path = Path(spec.name)
         if not path.is_file():
             raise ModelSpecError(f"model {spec.name!r}: no such torch.export file")
@@ -198,7 +204,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"
         )
-    if path.suffix in (".pt2", ".pt2e"):
+    if is_program(path):
         beside = path.with_suffix(".pt")
         raise ModelSpecError(
             f"{str(path)!r} is a torch.export program, not a checkpoint: give it as the model "
@@ -279,16 +285,16 @@ def resolve_spec(
         return _stored_spec(spec, read_checkpoint(checkpoint), checkpoint)
     if isinstance(spec, ModelSpec):
         return spec
-    if spec.endswith((".pt2", ".pt2e")) and (in_channels is None or input_size is None):
+    if is_program(spec) and (in_channels is None or input_size is None):
         shape = _export_shape(spec)
         if shape is not None:
             in_channels = shape[1] if in_channels is None else in_channels
             input_size = shape[2:] if input_size is None else input_size
     return ModelSpec(
         spec,
-        3 if in_channels is None else in_channels,
-        10 if num_classes is None else num_classes,
-        (32, 32) if input_size is None else tuple(input_size),
+        DEFAULT_IN_CHANNELS if in_channels is None else in_channels,
+        DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
+        DEFAULT_INPUT_SIZE if input_size is None else tuple(input_size),
     )
 
 

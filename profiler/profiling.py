@@ -38,6 +38,7 @@ from .memory import (
     estimate_activations,
     fits,
 )
+from .model_names import is_program
 from .models import ModelSpec, eval_mode
 from .quality import QualityLimits, assess
 from .records import (
@@ -218,11 +219,10 @@ def _fused(model: nn.Module, spec: ModelSpec) -> nn.Module:
 
     fused = fuse(model)
     if not any(isinstance(m, FusedConv2d) for m in fused.modules()):
-        program = spec.name.endswith((".pt2", ".pt2e"))
         why = (
             "a torch.export program holds operators, not the Conv2d and BatchNorm2d modules "
             "fusion swaps"
-            if program
+            if is_program(spec.name)
             else "no nn.Conv2d is read by an nn.BatchNorm2d alone"
         )
         raise ValueError(

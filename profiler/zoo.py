@@ -12,14 +12,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .zoo_names import BUILTIN_MODELS
+from .model_names import BUILTIN_MODELS
 
 ZOO: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     if name not in BUILTIN_MODELS:  # the torch-free list the daemon checks requests against
-        raise ValueError(f"built-in model {name!r} must be listed in zoo_names.BUILTIN_MODELS")
+        raise ValueError(f"built-in model {name!r} must be listed in model_names.BUILTIN_MODELS")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         ZOO[name] = fn

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from profiler import ModelSpec, build_model_for, builtin_models, save_checkpoint
+from profiler import ModelSpec, build_model_for, builtin_models, is_program, save_checkpoint
 from profiler.files import writable_file
 
 from . import distributed
@@ -78,11 +78,7 @@ class TrainResult:
 
 def _check_model_name(model_name: str) -> None:
     """Fail before loading any data when the name cannot possibly build a model."""
-    if (
-        model_name in builtin_models()
-        or ":" in model_name
-        or model_name.endswith((".pt2", ".pt2e"))
-    ):
+    if model_name in builtin_models() or ":" in model_name or is_program(model_name):
         return
     raise ValueError(
         f"unknown model {model_name!r}: choose one of {', '.join(builtin_models())} "

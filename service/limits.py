@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from profiler import DEFAULT_IN_CHANNELS, DEFAULT_INPUT_SIZE, is_program
+
 from .config import Settings
-from .protocol import DEFAULT_IN_CHANNELS, DEFAULT_INPUT_SIZE, ProtocolError
+from .protocol import ProtocolError
 
 # Feature-map channels per input pixel one forward pass keeps alive, fp32: a CNN's widest
 # full-resolution stage is 64 channels in the zoo, and a forward holds a few maps of it at
@@ -60,7 +62,7 @@ def shape_source(params: dict[str, Any]) -> tuple[str, str] | None:
     was exported with, where the request leaves it unset). None: the request decides."""
     if params.get("checkpoint"):
         return f"checkpoint {params['checkpoint']!r}", "params.checkpoint"
-    if str(params.get("model", "")).endswith((".pt2", ".pt2e")):
+    if is_program(params.get("model", "")):
         return f"program {params['model']!r}", "params.model"
     return None
 

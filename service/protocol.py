@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from profiler import is_program
 from pruner.config import DATASETS, DEFAULT_METHOD, METHODS
 
 from .ranks import MAX_RANKS
@@ -106,11 +107,6 @@ Options = Annotated[
 ]
 
 
-# What profiler.resolve_spec gives a model that says nothing of its input.
-DEFAULT_IN_CHANNELS = 3
-DEFAULT_INPUT_SIZE = (32, 32)
-
-
 class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
@@ -130,7 +126,7 @@ class ModelParams(_Params, kw_only=True):
 
     model: Name
     # None: what the model says (a checkpoint's stored spec, the input a .pt2 program was
-    # exported with), else 3 channels and 32x32 (DEFAULT_IN_CHANNELS, DEFAULT_INPUT_SIZE).
+    # exported with), else 3 channels and 32x32 (profiler.model_names).
     in_channels: Annotated[int, Meta(ge=1, le=4096)] | None = None
     num_classes: Annotated[int, Meta(ge=1, le=100_000)] = 10
     input_size: tuple[Side, Side] | None = None
@@ -429,7 +425,7 @@ class ModelPolicy:
         """The canonical model name (export files become absolute paths), or ProtocolError."""
         if name in self.builtins:
             return name
-        if name.endswith((".pt2", ".pt2e")):
+        if is_program(name):
             path = self._confine(name, self.model_dirs, where, "model_dirs")
             if not _is_file(path):
                 raise ProtocolError("not_found", f"model file {name!r} does not exist", where)

@@ -239,5 +239,5 @@ def test_the_torch_free_model_names_are_the_zoos() -> None:
     from profiler.zoo import ZOO, register
 
     assert builtin_models() == sorted(ZOO) == sorted(ZOO_EXPECTED)
-    with pytest.raises(ValueError, match="must be listed in zoo_names.BUILTIN_MODELS"):
+    with pytest.raises(ValueError, match="must be listed in model_names.BUILTIN_MODELS"):
         register("resnet1001")

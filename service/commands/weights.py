@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from profiler import is_program
 from profiler.pretrained import PretrainedError, pretrained_checkpoint, shipped_text
 from pruner.config import DATASETS
 
@@ -52,7 +53,7 @@ def _missing_weights(command: str, model: str) -> str:
     """Why ``prunerd COMMAND MODEL`` without weights cannot run, and what to give."""
     ways = f"give --checkpoint CKPT (from `prunerd train`) or --pretrained DATASET (shipped: {shipped_text()})"
     path = Path(model)
-    if path.suffix not in (".pt2", ".pt2e"):
+    if not is_program(path):
         return f"{command} needs MODEL's weights: {ways}"
     beside = path.with_suffix(".pt")
     said = f"{model!r} is a torch.export program; {command} reads a checkpoint"
