@@ -59,6 +59,7 @@ _LAZY = {
     "is_program": "model_names",
     "load_model": "models",
     "model_input_channels": "models",
+    "model_of_checkpoint": "models",
     "module_device": "models",
     "read_checkpoint": "models",
     "resolve_spec": "models",

@@ -346,7 +346,14 @@ def load_model(
         )
     if checkpoint is None:
         return eval_mode(build_model(resolve_spec(spec, in_channels, num_classes, input_size)))
-    ckpt = read_checkpoint(checkpoint)  # once: it holds both the spec and the weights
+    return model_of_checkpoint(spec, read_checkpoint(checkpoint), checkpoint)
+
+
+def model_of_checkpoint(
+    spec: str | ModelSpec, ckpt: Checkpoint, checkpoint: str | Path
+) -> nn.Module:
+    """The eval-mode model of a checkpoint already read from ``checkpoint`` (it holds both
+    the spec and the weights), after checking it holds ``spec``'s model ("" for any)."""
     resolved = _stored_spec(spec, ckpt, checkpoint)
     if ckpt.plan_json:
         raise ModelSpecError(_pruned_here(checkpoint, ckpt))

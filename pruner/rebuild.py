@@ -24,6 +24,7 @@ from profiler import (
     discover,
     example_input,
     load_model,
+    model_of_checkpoint,
     read_checkpoint,
 )
 from profiler.files import write_with
@@ -121,10 +122,10 @@ def _plan_of(text: str, checkpoint: str | Path) -> PrunePlan:
 def load_checkpoint_model(checkpoint: str | Path) -> nn.Module:
     """The eval-mode model a checkpoint holds: rebuilt from its plan when it is a pruned one
     (``prunerd prune``'s ``pruned.pt``), else built from its spec with its weights."""
-    ckpt = read_checkpoint(checkpoint)  # read once: a pruned model is rebuilt from this copy
+    ckpt = read_checkpoint(checkpoint)  # read once: the model is built from this copy
     if ckpt.plan_json:
         return _rebuilt(ckpt, checkpoint)
-    return load_model("", checkpoint=checkpoint)
+    return model_of_checkpoint("", ckpt, checkpoint)
 
 
 def load_to_profile(spec: ModelSpec, checkpoint: str | Path | None) -> tuple[ModelSpec, nn.Module]:
@@ -137,7 +138,7 @@ def load_to_profile(spec: ModelSpec, checkpoint: str | Path | None) -> tuple[Mod
     if ckpt.plan_json:
         named = dataclasses.replace(spec, name=f"{spec.name}@{checkpoint}")
         return named, _rebuilt(ckpt, checkpoint)
-    return spec, load_model(spec, checkpoint=checkpoint)
+    return spec, model_of_checkpoint(spec, ckpt, checkpoint)
 
 
 def export_pruned(model: nn.Module, spec: ModelSpec, path: str | Path, batch_size: int = 1) -> Path:
