@@ -27,8 +27,6 @@ from .allocator import allocator_policy
 from .nvml import clock_event_reasons, nvml_text, open_nvml, read_gpu, throttle_names
 from .records import DeviceInfo
 
-# NVML clock-event reasons that mean the GPU slowed itself down (not idle or app-clock settings).
-
 
 def _hash(*parts: object) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]

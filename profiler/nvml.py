@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+# NVML clock-event reasons that mean the GPU slowed itself down (not idle or app-clock settings).
 THROTTLE_REASONS = {
     0x0000000000000004: "sw_power_cap",
     0x0000000000000008: "hw_slowdown",

@@ -576,13 +576,19 @@ def start_worker(
     return Worker(job, process, parent, forked_from=forked_from)
 
 
-def parent_pid(pid: int | None) -> int | None:
-    """The parent of process ``pid`` (Linux /proc), or None when it cannot be read."""
+def _proc_stat(pid: int | None) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state, parent, ...); empty
+    when it cannot be read (Linux only; the process is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def parent_pid(pid: int | None) -> int | None:
+    """The parent of process ``pid``, or None when it cannot be read."""
+    fields = _proc_stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def why_gone(worker: Worker) -> str:
@@ -606,11 +612,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (dead, not yet reaped by its parent) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"  # a zombie (dead, not yet reaped) is gone
 
 
 def check_params(kind: str, params: dict[str, Any]) -> None:

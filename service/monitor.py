@@ -96,8 +96,7 @@ class Monitor:
     def observe(self, seconds: float, deployment: str | None = None) -> None:
         """Record one inference latency in seconds."""
         self._record(seconds, deployment)
-        if self._gpu is not None and len(self._gpu):
-            self._read_gpu()
+        self._read_gpu()
 
     def _record(self, seconds: float, deployment: str | None) -> None:
         name = deployment or self.deployment
@@ -118,8 +117,10 @@ class Monitor:
                 self._flush_locked()
 
     def _read_gpu(self, wait: bool = False) -> None:
-        """Record the GPU spans that have completed (``wait``: all of them)."""
-        assert self._gpu is not None
+        """Record the GPU spans that have completed (``wait``: all of them); nothing to do
+        while none is open (every call without track(cuda=True))."""
+        if self._gpu is None or not len(self._gpu):
+            return
         with self._lock:
             done = self._gpu.finished(wait)
             self.dropped += self._gpu.overflow  # spans the GPU was too far behind to keep
@@ -157,9 +158,9 @@ class Monitor:
     def _track_gpu(self, deployment: str | None) -> Iterator[None]:
         if self._gpu is None:
             with self._lock:
-                self._gpu = self._gpu or GpuSpans()
-        if len(self._gpu):
-            self._read_gpu()  # the spans of earlier calls the GPU has finished since
+                if self._gpu is None:  # (not `or`: a GpuSpans with no open span is falsy)
+                    self._gpu = GpuSpans()
+        self._read_gpu()  # the spans of earlier calls the GPU has finished since
         start = self._gpu.start()
         try:
             yield
@@ -168,8 +169,7 @@ class Monitor:
                 self._gpu.stop(start, deployment)
 
     def flush(self) -> None:
-        if self._gpu is not None and len(self._gpu):
-            self._read_gpu()
+        self._read_gpu()
         with self._lock:
             self._flush_locked()
 
@@ -192,11 +192,11 @@ class Monitor:
     def close(self) -> None:
         """Flush what is buffered and close the socket (waits at most the 200 ms linger, and
         for the GPU to finish the spans it has not yet run)."""
-        if self._gpu is not None and len(self._gpu) and not self._closed:
+        if not self._closed:
             try:
                 self._read_gpu(wait=True)
             except RuntimeError:  # a CUDA context that failed (the deployment crashed)
-                self.dropped += len(self._gpu)
+                self.dropped += 0 if self._gpu is None else len(self._gpu)
         with self._lock:
             if self._closed:
                 return
