@@ -1,7 +1,7 @@
 """The input a daemon job's model takes, when the request leaves it unset: a ``.pt2``
 program's exported input and a checkpoint's stored spec decide, and the daemon's bounds
 hold them where they are known (submit for the request's fields, the worker for the
-model's). Real daemons on loopback."""
+model's). Real daemons on loopback, started and asked by the installed ``prunerd``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from profiler import ModelSpec, build_model, save_checkpoint
 from service.client import Client, RequestError
 
+from .cli_helpers import PRUNERD, ok, run
 from .service_helpers import DaemonProcess
 from .test_export_safety import plain_archive
 
@@ -28,7 +29,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _daemon(tmp_path: Path, models: Path, side: int) -> DaemonProcess:
     roots = ("--model-dir", str(models), "--path-root", str(models))
-    return DaemonProcess(tmp_path / "state", *roots, "--max-input-side", str(side)).start()
+    bound = ("--max-input-side", str(side))
+    return DaemonProcess(tmp_path / "state", *roots, *bound, command=(PRUNERD, "serve")).start()
+
+
+def _submit(d: DaemonProcess, *args: str) -> object:
+    """``prunerd submit profile ARGS --wait`` against the daemon, as a user runs it."""
+    conn = ("--connect", d.info["rpc"])
+    return run(PRUNERD, "submit", "profile", *args, "--wait", *conn, timeout=180)
 
 
 def _profiled_input(c: Client, **params: object) -> list[int]:
@@ -44,6 +52,8 @@ def test_an_unset_shape_comes_from_the_model(tmp_path: Path, models: Path) -> No
     and a checkpoint at 8x8 passes a 16-pixel bound (it was refused at submit as 32x32)."""
     d = _daemon(tmp_path, models, 16)
     try:
+        # The command that failed a guard at 3x32x32: no shape flags, the program's own.
+        ok(_submit(d, str(models / "net.pt2")))
         with d.client() as c:
             assert _profiled_input(c, model=str(models / "net.pt2")) == [1, 1, 8, 8]
             ckpt = str(models / "r20.pt")
@@ -73,6 +83,9 @@ def test_a_programs_own_input_is_held_to_the_bounds(tmp_path: Path, models: Path
             said = final["error"]["message"]
             assert f"the model in program {program!r} takes 1x8x8 inputs" in said
             assert "max_input_side (6)" in said
-            assert c.ping()["running"] == 0
+        failed = _submit(d, program)  # as a user sees it: the job failed, said why
+        assert failed.returncode == 1 and "takes 1x8x8 inputs" in failed.stdout + failed.stderr
+        with d.client() as c:
+            assert c.ping()["running"] == 0  # and the daemon serves on
     finally:
         assert d.stop() == 0
