@@ -25,7 +25,10 @@ class Schedule:
     the peak, then ``decay`` to ``final`` x peak at the last step: ``cosine``
     (half a cosine wave), ``linear`` (one-cycle's straight line) or
     ``constant`` (no decay). With ``warmup_epochs=0`` and ``cosine`` this is
-    the plain cosine-to-zero schedule.
+    the plain cosine-to-zero schedule. The warm-up takes at most half the run:
+    a run no longer than its warm-up would otherwise end at the peak rate, its
+    weights and normalisation statistics never settled (resnet20, one epoch of
+    5,000 Fashion-MNIST images: 11.5% test accuracy, chance).
     """
 
     decay: str = "cosine"
@@ -45,7 +48,7 @@ class Schedule:
     def factor(self, step: float, steps_per_epoch: int, epochs: int) -> float:
         """The rate at optimiser step ``step`` (0-based) as a fraction of the peak."""
         total = max(1, steps_per_epoch * epochs)
-        warmup = min(total, round(self.warmup_epochs * steps_per_epoch))
+        warmup = min(total // 2, round(self.warmup_epochs * steps_per_epoch))
         step = min(max(step, 0), total)
         if step < warmup:
             return self.warmup_start + (1.0 - self.warmup_start) * step / warmup

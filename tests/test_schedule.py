@@ -93,3 +93,22 @@ def test_fit_sets_the_scheduled_rate_before_every_step(monkeypatch) -> None:
     assert seen == pytest.approx(expected)
     assert seen[0] == pytest.approx(0.02) and max(seen) == pytest.approx(0.2)
     assert [e.lr for e in result.history] == pytest.approx(seen[per_epoch - 1 :: per_epoch])
+
+
+def test_a_run_no_longer_than_its_warmup_still_decays() -> None:
+    # One epoch with the default one-epoch warm-up: half the run rises, half decays.
+    s = Schedule(decay="cosine", warmup_epochs=1.0, warmup_start=0.1, final=0.0)
+    f = [s.factor(step, STEPS, 1) for step in range(STEPS + 1)]
+    assert f[STEPS // 2] == pytest.approx(1.0) and max(f) == pytest.approx(1.0)
+    assert f[STEPS] == pytest.approx(0.0, abs=1e-12)
+    # A warm-up asked longer than the run is capped the same way.
+    assert Schedule(warmup_epochs=9.0).factor(STEPS * EPOCHS, STEPS, EPOCHS) == pytest.approx(0.0)
+
+
+def test_one_epoch_of_training_ends_near_zero_rate(tmp_path) -> None:
+    from .cli_helpers import PRUNERD, ok, run
+
+    out = ok(run(PRUNERD, "train", "resnet20", "--data", "digits", "--epochs", "1",
+                 "--out", str(tmp_path / "m.pt"), "--json"))  # fmt: skip
+    history = json.loads(out.stdout)["fit"]["history"]
+    assert history[-1]["lr"] < 0.1 * 0.1  # the last step's rate, a tenth of the peak at most

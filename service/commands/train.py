@@ -122,7 +122,8 @@ def _add_optimiser_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.schedule.warmup_epochs,
         metavar="W",
-        help=f"epochs of linear warm-up from a tenth of the peak ({d.schedule.warmup_epochs:g})",
+        help="epochs of linear warm-up from a tenth of the peak, at most half the run "
+        f"({d.schedule.warmup_epochs:g})",
     )
     p.add_argument(
         "--label-smoothing",
