@@ -5,7 +5,7 @@
 
 Needs torchvision and timm (models built with weights=None: nothing downloads).
 For every model: the units discover() finds at 224x224, by kind and by
-replacement; then one unit of each replacement (the first in network order) is
+replacement; then one unit of each kind and replacement (the first in network order) is
 removed by surgery and the pruned model is run on a 224x224 input, which must
 give 1000 logits. ``--json`` writes the counts; ``--before`` reads counts
 written the same way by an earlier checkout, shown next to these. Writes
@@ -41,6 +41,11 @@ MODELS = (
     "torchvision:convnext_tiny",
     "torchvision:densenet121",
     "torchvision:vgg16_bn",
+    "torchvision:googlenet",
+    "torchvision:inception_v3",
+    "torchvision:squeezenet1_0",
+    "torchvision:shufflenet_v2_x1_0",
+    "torchvision:mnasnet1_0",
     "timm:resnet50",
     "timm:mobilenetv3_small_100",
     "timm:mobilenetv3_large_100",
@@ -50,6 +55,7 @@ MODELS = (
     "timm:convnext_tiny",
     "timm:densenet121",
     "timm:vgg16_bn",
+    "timm:inception_v3",
 )
 
 
@@ -65,7 +71,7 @@ def build(spec: str) -> torch.nn.Module:
 
 
 def removal_checks(spec: str, x: torch.Tensor) -> dict[str, str]:
-    """Remove the first unit of each replacement kind; say whether the pruned model runs."""
+    """Remove the first unit of each kind and replacement; say whether the pruned model runs."""
     from pruner.depth import remove_blocks
 
     torch.manual_seed(0)
@@ -73,7 +79,7 @@ def removal_checks(spec: str, x: torch.Tensor) -> dict[str, str]:
     firsts = {}
     for b in bg.blocks:
         if b.removable:
-            firsts.setdefault(b.replacement, b.name)
+            firsts.setdefault(f"{b.kind} by {b.replacement}", b.name)
     out = {}
     for replacement, name in firsts.items():
         torch.manual_seed(0)
@@ -137,8 +143,8 @@ def render(rows: dict, before: dict, command: str, before_label: str = "") -> st
         )
     checks = [(s, r) for s, r in rows.items() if r.get("removal")]
     if checks:
-        lines += ["", "## One unit of each replacement removed by surgery", ""]
-        lines += ["| model | replacement | unit: result |", "|---|---|---|"]
+        lines += ["", "## One unit of each kind and replacement removed by surgery", ""]
+        lines += ["| model | kind by replacement | unit: result |", "|---|---|---|"]
         for spec, row in checks:
             for replacement, result in row["removal"].items():
                 lines.append(f"| {spec} | {replacement} | {result} |")

@@ -44,6 +44,8 @@ POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Max
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
 CAT_FUNCTIONS = {torch.cat, torch.concat}
+SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind}
+SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}
 CONV_FUNCTIONS = {F.conv2d}
 LINEAR_FUNCTIONS = {F.linear}
 NORM_FUNCTIONS = {F.batch_norm}
@@ -82,6 +84,12 @@ ACTIVATION_FUNCTIONS |= {
 ADD_FUNCTIONS |= {_aten.add.Tensor, _aten.add_.Tensor}
 MUL_FUNCTIONS |= {_aten.mul.Tensor, _aten.mul_.Tensor}
 CAT_FUNCTIONS |= {_aten.cat.default}
+SPLIT_FUNCTIONS |= {
+    _aten.split.Tensor,
+    _aten.split_with_sizes.default,
+    _aten.chunk.default,
+    _aten.unbind.int,
+}
 CONV_FUNCTIONS |= {_aten.conv2d.default, _aten.convolution.default}
 LINEAR_FUNCTIONS |= {_aten.linear.default}
 NORM_FUNCTIONS |= {_aten.batch_norm.default}
@@ -183,6 +191,13 @@ def cat_operands(n: fx.Node) -> list[fx.Node]:
     if dim not in (1, -3) or not isinstance(parts, (list, tuple)):
         return []
     return list(parts) if all(isinstance(p, fx.Node) for p in parts) else []
+
+
+def is_split(n: fx.Node) -> bool:
+    """A split of a tensor into parts (chunk, split, unbind), or taking one part of it."""
+    if n.op == "call_function" and n.target is operator.getitem:
+        return bool(n.args) and isinstance(n.args[0], fx.Node) and is_split(n.args[0])
+    return _calls(n, SPLIT_FUNCTIONS, SPLIT_METHODS)
 
 
 def side_nodes(nodes: list[fx.Node]) -> set[fx.Node]:

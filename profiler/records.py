@@ -128,7 +128,7 @@ class Block:
     """
 
     name: str
-    kind: str  # "residual" | "conv_bn_act" | "inverted_residual" | "dense" | "unit"
+    kind: str  # "residual" | "conv_bn_act" | "inverted_residual" | "branches" | "dense" | "unit"
     nodes: tuple[str, ...]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]

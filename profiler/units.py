@@ -22,6 +22,12 @@ traced in), never class names:
    at one node each: an inverted residual / MBConv without shortcut, a user's
    own ConvBlock class. Innermost, so that a user's stage of ConvBlocks stays
    one unit per ConvBlock.
+6. Except where a scope joins parallel branches by a channel concatenation
+   (Inception, SqueezeNet's Fire, ShuffleNet's units): the innermost such scope
+   is the unit of every chain inside it, even where a branch is a module of its
+   own. Splits, the concatenation, and operations on one branch only (the
+   pooling branch of an Inception reduction) may change sizes there; an
+   operation every path runs through may not.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from .ops import (
     is_grouped,
     is_norm,
     is_pass,
+    is_split,
     side_nodes,
 )
 
@@ -93,6 +100,13 @@ class _Graph:
 
     def sort(self, nodes: set[fx.Node] | list[fx.Node]) -> list[fx.Node]:
         return sorted(set(nodes), key=self.order.__getitem__)
+
+    def dominates(self, a: fx.Node, b: fx.Node) -> bool:
+        """Every path from the graph's inputs to ``b`` runs through ``a``."""
+        n: fx.Node | None = b
+        while n is not None and n is not a:
+            n = self.idom.get(n)
+        return n is a
 
     def closed(self, span: list[fx.Node], entry: fx.Node, exit_: fx.Node) -> bool:
         """Single entry, single exit: nothing outside reads inside values but through
@@ -329,32 +343,55 @@ def _candidate_scopes(g: _Graph, chain: list[fx.Node]) -> list[str]:
     ]
 
 
+def _merges(g: _Graph, members: set[fx.Node]) -> list[fx.Node]:
+    """Concatenations in ``members`` of two or more parts all computed in ``members``."""
+    return [
+        n
+        for n in g.sort(members)
+        if len(parts := cat_operands(n)) >= 2 and all(p in members for p in parts)
+    ]
+
+
+def _may_join(g: _Graph, n: fx.Node, merges: list[fx.Node], exit_: fx.Node) -> bool:
+    """Whether ``n``, in a scope but in none of its chains, keeps the scope a unit: it
+    keeps the size, or the scope joins branches and ``n`` splits or joins them or lies
+    on one of them (not on every path to the exit, as a stage's pooling would)."""
+    if is_conv(g.gm, n):
+        return False
+    if _keeps_size(n):
+        return True
+    return bool(merges) and (n in merges or is_split(n) or not g.dominates(n, exit_))
+
+
 def _scope_span(
     g: _Graph, key: str, chain_of: dict[fx.Node, tuple[fx.Node, ...]], claimed: set[fx.Node]
-) -> list[fx.Node] | None:
-    """The scope's nodes when they are whole chains plus size-keeping operations, with one
-    entry and one exit; else None."""
+) -> tuple[list[fx.Node], bool] | None:
+    """The scope's nodes, and whether it joins branches, when they are whole chains plus
+    operations that may join them (:func:`_may_join`), with one entry and one exit; else None."""
     members = set(g.scope_nodes.get(key, ()))
     if not members or claimed.intersection(members):
         return None
     chains = {chain_of[n] for n in members if n in chain_of}
     if not chains or any(not set(c).issubset(members) for c in chains):
         return None
-    in_chains = {n for c in chains for n in c}
-    if any(is_conv(g.gm, n) or not _keeps_size(n) for n in members - in_chains):
-        return None
     span = g.sort(members)
     entries = {p for n in span for p in g.inputs(n) if p not in members}
     exits = [n for n in span if any(u not in members for u in g.users(n))]
     if len(entries) != 1 or len(exits) != 1 or exits[0] is not span[-1]:
         return None
-    return span if g.closed(span, next(iter(entries)), span[-1]) else None
+    merges = _merges(g, members)
+    in_chains = {n for c in chains for n in c}
+    if not all(_may_join(g, n, merges, span[-1]) for n in members - in_chains):
+        return None
+    return (span, bool(merges)) if g.closed(span, next(iter(entries)), span[-1]) else None
 
 
-def _chain_unit(g: _Graph, nodes: list[fx.Node], chains: int) -> Unit:
+def _chain_unit(g: _Graph, nodes: list[fx.Node], chains: int, branches: bool) -> Unit:
     entry = next(p for n in nodes for p in g.inputs(n) if p not in set(nodes))
     if chains == 1:
         kind = "conv_bn_act"
+    elif branches:
+        kind = "branches"
     elif any(is_conv(g.gm, n) and is_grouped(g.gm, n) for n in nodes):
         kind = "inverted_residual"
     else:
@@ -362,27 +399,46 @@ def _chain_unit(g: _Graph, nodes: list[fx.Node], chains: int) -> Unit:
     return Unit(nodes, entry, nodes[-1], kind)
 
 
+def _scope_for(
+    g: _Graph,
+    chain: list[fx.Node],
+    spans: dict[str, tuple[list[fx.Node], bool] | None],
+    chain_of: dict[fx.Node, tuple[fx.Node, ...]],
+    claimed: set[fx.Node],
+) -> tuple[list[fx.Node], bool] | None:
+    """The span that groups ``chain``: the innermost scope that joins branches, else the
+    innermost scope that qualifies (see the module docstring, steps 5 and 6), else None."""
+    first = None
+    for key in _candidate_scopes(g, chain):
+        if key not in spans:
+            spans[key] = _scope_span(g, key, chain_of, claimed)
+        found = spans[key]
+        if found is not None and not claimed.intersection(found[0]):
+            if found[1]:
+                return found
+            first = first or found
+    return first
+
+
 def group_chains(g: _Graph, chains: list[list[fx.Node]], claimed: set[fx.Node]) -> list[Unit]:
-    """One unit per scope that groups chains (see the module docstring, step 5), and one
-    per chain left alone."""
+    """One unit per scope that groups chains, and one per chain left alone."""
     chain_of = {n: tuple(c) for c in chains for n in c}
-    spans: dict[str, list[fx.Node] | None] = {}
+    spans: dict[str, tuple[list[fx.Node], bool] | None] = {}
     units: list[Unit] = []
-    grouped: set[fx.Node] = set()
+    taken = set(claimed)  # grows as units form: no node is in two units
     for chain in chains:
-        if chain[0] in grouped:
+        if chain[0] in taken:
             continue
-        for key in _candidate_scopes(g, chain):
-            if key not in spans:
-                spans[key] = _scope_span(g, key, chain_of, claimed)
-            span = spans[key]
-            if span is not None:
-                count = len({chain_of[n] for n in span if n in chain_of})
-                units.append(_chain_unit(g, span, count))
-                grouped.update(span)
-                break
-        else:
-            units.append(_chain_unit(g, chain, 1))
+        found = _scope_for(g, chain, spans, chain_of, taken)
+        if found is None:
+            units.append(_chain_unit(g, chain, 1, False))
+            taken.update(chain)
+            continue
+        span, branches = found
+        units.append(
+            _chain_unit(g, span, len({chain_of[n] for n in span if n in chain_of}), branches)
+        )
+        taken.update(span)
     return units
 
 

@@ -1,5 +1,6 @@
 """Units of the standard families (torchvision layouts, rebuilt in tests/models_for_tests.py):
-one unit per residual block, MBConv, ConvNeXt block, dense layer, VGG conv."""
+one unit per residual block, MBConv, ConvNeXt block, dense layer, VGG conv, Inception
+module, Fire module and ShuffleNet unit."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from .models_for_tests import (
     ConvNeXtLike,
     DenseNetLike,
     EfficientNetLike,
+    GoogLeNetLike,
     MobileNetV3Like,
     RegNetLike,
     ResNetLike,
+    ShuffleNetLike,
+    SqueezeNetLike,
     VGGLike,
 )
 from .pieces import run_pieces
@@ -73,6 +77,24 @@ FAMILIES: dict[type[nn.Module], list[tuple[str, str, str]]] = {
         ("features.7", "conv_bn_act", "adapter"),
         ("features.10", "conv_bn_act", "identity"),
     ],
+    GoogLeNetLike: [
+        ("conv1", *STEM),
+        ("inception_a", "branches", "adapter"),  # each branch a module of its own, one a pool
+        ("inception_b", "branches", "identity"),
+        ("reduce", "branches", "none"),  # strided branches and a strided pool
+    ],
+    SqueezeNetLike: [
+        ("features.0", *STEM),
+        ("features.3", "branches", "identity"),  # Fire: squeeze, then two expands joined
+        ("features.4", "branches", "adapter"),
+        ("classifier.1", "conv_bn_act", "adapter"),
+    ],
+    ShuffleNetLike: [
+        ("conv1", *STEM),
+        ("stage2.0", "branches", "none"),  # strided: both branches read the input
+        ("stage2.1", "branches", "identity"),  # chunk, one half transformed, cat, shuffle
+        ("conv5", "conv_bn_act", "adapter"),
+    ],
 }
 SE_FAMILIES = {EfficientNetLike: 3, MobileNetV3Like: 2, RegNetLike: 4}
 
@@ -109,6 +131,21 @@ def test_pieces_reproduce_each_family(cls: type[nn.Module]) -> None:
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(run_pieces(bg, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cls", [GoogLeNetLike, SqueezeNetLike, ShuffleNetLike], ids=lambda c: c.__name__
+)
+def test_units_joining_branches_from_a_torch_export_program(cls: type[nn.Module], tmp_path) -> None:
+    """The ATen graph of a .pt2 (split, cat, view and transpose as aten operators) gives
+    the same units as the fx graph of the module."""
+    from profiler import load_model
+
+    x = torch.randn(1, 3, 16, 16)
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(_model(cls), (x,)), str(path))
+    bg = discover(load_model(str(path)), x)
+    assert [(b.name, b.kind, b.replacement) for b in bg.blocks] == FAMILIES[cls]
 
 
 @pytest.mark.parametrize("cls", list(SE_FAMILIES), ids=lambda c: c.__name__)
@@ -229,6 +266,48 @@ def test_a_stage_of_user_blocks_is_one_unit_per_block() -> None:
         ("1.a", "conv_bn_act"),
         ("1.b", "conv_bn_act"),
     ]
+
+
+class StageWithOwnConv(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = ConvBlock(c, c)
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(self.a(x))))
+
+
+def test_a_scope_already_holding_a_unit_groups_no_more() -> None:
+    """A stage with a ConvBlock and a conv of its own: two units, no node in both (the
+    stage's scope, which holds the ConvBlock's nodes too, is not a unit)."""
+    bg = discover(
+        nn.Sequential(ConvBlock(3, 8), StageWithOwnConv(8)).eval(), torch.randn(1, 3, 8, 8)
+    )
+    assert [(b.name, b.kind) for b in bg.blocks] == [
+        ("0", "conv_bn_act"),
+        ("1.a", "conv_bn_act"),
+        ("1.conv", "conv_bn_act"),
+    ]
+    nodes = [n for b in bg.blocks for n in b.nodes]
+    assert len(nodes) == len(set(nodes))
+
+
+class Towers(nn.Module):
+    """A stage of ConvBlocks with a pooling every path runs through, then two branches."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.left, self.right = ConvBlock(c, c), ConvBlock(c, c), ConvBlock(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.a(x), 2)
+        return torch.cat([self.left(x), self.right(x)], 1)
+
+
+def test_a_size_change_on_every_path_keeps_a_scope_from_joining_its_branches() -> None:
+    bg = discover(nn.Sequential(ConvBlock(3, 8), Towers(8)).eval(), torch.randn(1, 3, 8, 8))
+    assert [b.name for b in bg.blocks] == ["0", "1.a", "1.left", "1.right"]
 
 
 class ClassicSE(nn.Module):
