@@ -260,7 +260,7 @@ def main() -> int:
                     key = {"kind": "profile", "model": model, "batch": batch, "threads": threads}
                     if rows.has({**key, "pass": args.pass_}):
                         continue
-                    row = profile_row(model, batch, threads, args.budget_s, args.work)
+                    row = profile_row(model, batch, threads, args.timing_budget_s, args.work)
                     rows.add({**row, "pass": args.pass_})
                     print(f"{model} b{batch} t{threads}: additivity {row['additivity_error']:+.1%} "
                           f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
