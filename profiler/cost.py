@@ -31,8 +31,10 @@ def model_cost(model: nn.Module, spec: ModelSpec) -> ModelCost:
 
     Counted on the traced graph (convolutions and linear layers multiply; the
     rest adds its elementwise work to the FLOPs); the MACs agree with
-    ``torch.utils.flop_counter.FlopCounterMode`` / 2 on the zoo.
+    ``torch.utils.flop_counter.FlopCounterMode`` / 2 on the zoo. Parameters are those
+    the traced (eval-mode) graph holds: a training-only head (GoogLeNet's auxiliary
+    classifiers) is no part of the deployed model, nor of a pruned one.
     """
     gm = discover(copy.deepcopy(model).eval(), example_input(spec)).gm
     flops, macs, _ = count_ops(gm, list(gm.graph.nodes))
-    return ModelCost(int(flops), int(macs), sum(p.numel() for p in model.parameters()))
+    return ModelCost(int(flops), int(macs), sum(p.numel() for p in gm.parameters()))

@@ -243,6 +243,24 @@ def _steps_per_epoch(train: Iterable[Any]) -> int | None:
         return None
 
 
+def main_logits(out: Any) -> torch.Tensor:
+    """The logits (B, K) of a model's output. A model that returns more in training mode
+    (torchvision's GoogLeNet and Inception-v3: a named tuple of the logits and its
+    auxiliary classifiers' logits) trains on its first, the main classifier's: the
+    auxiliary heads run in training only, and a traced or pruned model has none."""
+    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        what = (
+            type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        )
+        raise ValueError(
+            f"the model returned {what} in training mode; prunerd trains a classifier that "
+            "returns logits (B, classes), or a tuple whose first element they are"
+        )
+    return out
+
+
 def _train_epoch(
     model: nn.Module,
     train: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -262,7 +280,7 @@ def _train_epoch(
     for x, y in train:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         current_lr = set_lr(run.step)
-        logits = model(x)
+        logits = main_logits(model(x))
         loss = loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

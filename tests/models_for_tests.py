@@ -653,7 +653,11 @@ class ShuffleNetLike(nn.Module):
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_channels, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
         )
-        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1))
+        # Two units after the strided one, as torchvision has: Torch-Pruning's dependency
+        # graph then fails on the channel shuffle (filter pruning refuses the model).
+        self.stage2 = nn.Sequential(
+            ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1), ShuffleUnit(16, 16, 1)
+        )
         self.conv5 = nn.Sequential(
             nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True)
         )
@@ -661,3 +665,27 @@ class ShuffleNetLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv5(self.stage2(self.conv1(x))).mean([2, 3]))
+
+
+class GoogLeNetOutputs(tuple):
+    """What torchvision's GoogLeNet returns in training mode: logits, then auxiliary logits."""
+
+
+class GoogLeNetWithAux(GoogLeNetLike):
+    """GoogLeNetLike with an auxiliary classifier that runs in training mode only."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__(in_channels, num_classes)
+        self.aux = nn.Linear(20, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
+        a = self.inception_a(self.conv1(x))
+        x = self.reduce(self.inception_b(a))
+        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        if not self.training:
+            return logits
+        return GoogLeNetOutputs((logits, self.aux(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))))
+
+
+def googlenet_with_aux(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return GoogLeNetWithAux(in_channels, num_classes)

@@ -1,11 +1,13 @@
-"""A network of Inception modules through the installed ``prunerd``: trained, pruned by
-removing whole modules (each a unit of parallel branches), then evaluated and profiled
-from the pruned checkpoint."""
+"""Networks that concatenate, through the installed ``prunerd``: Inception modules pruned
+whole (each a unit of parallel branches) and the pruned checkpoint evaluated and profiled;
+auxiliary logits in training; filter pruning where layers read a concatenation."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from .cli_helpers import PRUNERD, ok, run
 
@@ -46,3 +48,49 @@ def test_inception_modules_are_pruned_whole(tmp_path: Path) -> None:
     left = {b["name"] for b in profile(pruned)["blocks"]}
     adapters = {f"prunerd_adapter_{name}" for name in removed if units[name][1] == "adapter"}
     assert left == set(units) - removed | adapters  # an adapter is a 1x1 conv: a unit itself
+
+
+def test_a_model_with_auxiliary_logits_trains_and_prunes(tmp_path: Path) -> None:
+    """GoogLeNet and Inception-v3 return their auxiliary classifiers' logits beside the main
+    ones in training mode: trained on the main logits, pruned like any other model."""
+    model, base = "tests.models_for_tests:googlenet_with_aux", tmp_path / "aux.pt"
+    prunerd("train", model, "--data", "digits", "--epochs", "1", "--limit", "300",
+            "--out", str(base))  # fmt: skip
+    prunerd("prune", model, "--checkpoint", str(base), "--data", "digits", "--budget", "0.7",
+            "--epochs", "1", "--limit", "300", "--out", str(tmp_path / "p"), *QUICK)  # fmt: skip
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["removed_blocks"]
+
+
+def test_filter_pruning_counts_the_layers_after_a_concatenation(tmp_path: Path) -> None:
+    """HFP on a DenseNet: its BatchNorms read concatenations (each group at an offset), and
+    the MACs it reports are the pruned model's, at the target."""
+    model, base = "tests.models_for_tests:DenseNetLike", tmp_path / "dense.pt"
+    prunerd("train", model, "--data", "digits", "--epochs", "1", "--limit", "300",
+            "--out", str(base))  # fmt: skip
+    out = prunerd("prune", model, "--checkpoint", str(base), "--data", "digits", "--method",
+                  "hfp", "--target-macs", "0.6", "--round-to", "2", "--epochs", "0",
+                  "--limit", "300", "--out", str(tmp_path / "p"), *QUICK)  # fmt: skip
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    macs = report["pruned"]["macs"] / report["baseline"]["macs"]
+    assert 0.55 < macs <= 0.6 and f"MACs x{macs:.3f}" in out
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("ShuffleNetLike", "filter pruning cannot follow the channels of ShuffleNetLike"),
+        ("SqueezeNetLike", "no channel group of this model can be thinned"),
+    ],
+)
+def test_filter_pruning_refuses_what_it_cannot_thin_and_says_why(
+    tmp_path: Path, model: str, message: str
+) -> None:
+    spec, base = f"tests.models_for_tests:{model}", tmp_path / "m.pt"
+    prunerd("train", spec, "--data", "digits", "--epochs", "1", "--limit", "100",
+            "--out", str(base))  # fmt: skip
+    done = run(PRUNERD, "prune", spec, "--checkpoint", str(base), "--data", "digits",
+               "--method", "hfp", "--target-macs", "0.6", "--epochs", "0", "--limit", "100",
+               "--out", str(tmp_path / "p"), *QUICK, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "--method removal" in done.stderr
+    assert "Traceback" not in done.stderr

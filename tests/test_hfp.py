@@ -200,8 +200,36 @@ def test_unreachable_target_is_a_clear_error() -> None:
         size_targets(space, macs=1.5)
 
 
-def test_closed_channels_are_removed_without_changing_the_output() -> None:
-    model, x = zoo_model("resnet20")
+def concat_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A DenseNet or GoogLeNet layout (tests/models_for_tests.py): convs and BatchNorms that
+    read a concatenation of several channel groups."""
+    from .models_for_tests import DenseNetLike, GoogLeNetLike
+
+    torch.manual_seed(0)
+    cls = {"densenet": DenseNetLike, "googlenet": GoogLeNetLike}[name]
+    return cls().eval(), torch.randn(2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["densenet", "googlenet"])
+def test_layers_after_a_concatenation_cost_every_group_they_read(name: str) -> None:
+    model, x = concat_model(name)
+    macs, params = counted(model, x[:1])
+    space = ChannelSpace(model, x)
+    assert (space.base_macs, space.base_params) == (macs, params)
+    targets = size_targets(space, macs=0.6)
+    choice = fit_widths(space, channel_ranking(space), targets, 2)
+    widths = [float(len(choice.keep[g.root])) for g in space.groups]
+    predicted_macs, predicted_params = space.macs(widths), space.params(widths)
+    space.remove(choice.keep)
+    assert counted(model, x[:1]) == (predicted_macs, predicted_params)
+    assert 0.55 < predicted_macs / macs <= 0.6
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet", "googlenet"])
+def test_closed_channels_are_removed_without_changing_the_output(name: str) -> None:
+    """Closing zeroes a channel's BatchNorms, where a DenseNet's sit after a concatenation
+    (the group's channels at an offset in theirs); removal then changes nothing."""
+    model, x = zoo_model(name) if name in ZOO else concat_model(name)
     # BatchNorm statistics that are not the identity, so every piece matters.
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

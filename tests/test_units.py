@@ -93,6 +93,7 @@ FAMILIES: dict[type[nn.Module], list[tuple[str, str, str]]] = {
         ("conv1", *STEM),
         ("stage2.0", "branches", "none"),  # strided: both branches read the input
         ("stage2.1", "branches", "identity"),  # chunk, one half transformed, cat, shuffle
+        ("stage2.2", "branches", "identity"),
         ("conv5", "conv_bn_act", "adapter"),
     ],
 }

@@ -88,6 +88,12 @@ def fit_widths(
     # Each group from the smallest allowed width that holds its live channels.
     n = [float(next(k for k in a if k >= min(start[gi], a[-1]))) for gi, a in enumerate(allowed)]
     narrow = [float(a[0]) for a in allowed]
+    if all(len(a) == 1 for a in allowed):
+        raise BudgetError(
+            "no channel group of this model can be thinned: filter pruning gates a conv's "
+            "filters by the BatchNorm after it, and no group has one or is wider than "
+            f"{round_to} channels (round_to). Remove blocks instead: --method removal (or dbp)"
+        )
     for tg in targets:
         if tg.ratio_at(narrow) > tg.ratio + 1e-12:
             raise BudgetError(

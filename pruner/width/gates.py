@@ -38,9 +38,18 @@ class Gates:
 
     def __init__(self, space: ChannelSpace) -> None:
         self.space = space
-        self.sites = [[space.model.get_submodule(s) for s in g.scales] for g in space.groups]
+        # Each group's BatchNorms with the channels of theirs that are the group's.
+        self.sites = [
+            [
+                (bn := space.model.get_submodule(s), torch.tensor(idx, device=bn.weight.device))
+                for s, idx in zip(g.scales, g.scale_channels)
+            ]
+            for g in space.groups
+        ]
         self.unit = [
-            float(torch.stack([m.weight.detach().abs() for m in bns]).mean()) or 1.0 if bns else 1.0
+            float(torch.stack([m.weight.detach()[i].abs() for m, i in bns]).mean()) or 1.0
+            if bns
+            else 1.0
             for bns in self.sites
         ]
 
@@ -53,7 +62,7 @@ class Gates:
             if not bns:
                 out.append(torch.ones(self.space.groups[gi].size))
                 continue
-            w = torch.stack([m.weight.detach().abs().float().cpu() for m in bns]).mean(0)
+            w = torch.stack([m.weight.detach()[i].abs().float().cpu() for m, i in bns]).mean(0)
             out.append((w / self.unit[gi]).masked_fill(self.closed[gi], 0.0))
         return out
 
@@ -70,11 +79,11 @@ class Gates:
         for gi, bns in enumerate(self.sites):
             if not bool(self.closed[gi].any()):
                 continue
-            for m in bns:
+            for m, i in bns:
                 keep = (~self.closed[gi]).to(m.weight)
-                m.weight.mul_(keep)
+                m.weight[i] *= keep
                 if m.bias is not None:
-                    m.bias.mul_(keep)
+                    m.bias[i] *= keep
 
 
 @dataclass(frozen=True)

@@ -128,13 +128,13 @@ def measure_width_latency(
     cells: list[tuple[CostLayer, tuple[int, ...], tuple[int, ...], list[list[str]]]] = []
     known: dict[str, float] = {}
     for layer in space.layers:
-        if layer.kind != "conv" or (layer.in_group < 0 and layer.out_group < 0):
+        if layer.kind != "conv" or not (layer.in_parts or layer.out_parts):
             continue
         conv = space.model.get_submodule(layer.name)
         h, w = space.input_hw[layer.name]
-        out_grid = _grid(layer.out_channels, layer.out_group < 0, round_to)
+        out_grid = _grid(layer.out_channels, not layer.out_parts, round_to)
         in_grid = (
-            out_grid if layer.depthwise else _grid(layer.in_channels, layer.in_group < 0, round_to)
+            out_grid if layer.depthwise else _grid(layer.in_channels, not layer.in_parts, round_to)
         )
         keys = []
         for ci in in_grid:

@@ -11,7 +11,7 @@ multiplications and ``k_h*k_w * n_in/groups * n_out`` weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from profiler import module_device
+
+from ..errors import WidthUnsupported
 
 # Group widths: a float64 tensor (differentiable costs) or a list of floats (fast exact costs).
 Widths = torch.Tensor | Sequence[float]
@@ -33,6 +35,23 @@ def _tp() -> Any:
     return torch_pruning
 
 
+def _dependency_graph(tp: Any, model: nn.Module, example: torch.Tensor) -> Any:
+    """Torch-Pruning's graph of which channels go together; a model it cannot follow is
+    :class:`WidthUnsupported`, naming its failure, not a traceback from inside it."""
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, verbose=False
+            )
+    except Exception as e:  # noqa: BLE001 - any failure in there means the same to the user
+        raise WidthUnsupported(
+            f"filter pruning cannot follow the channels of {type(model).__name__}: "
+            f"Torch-Pruning's dependency graph failed ({type(e).__name__}: {e}); a reshape "
+            "that mixes channels, such as ShuffleNet's channel shuffle, is a known cause. "
+            "Remove blocks instead: --method removal (or dbp)"
+        ) from e
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """Coupled channels: ``root`` is the conv whose output channels index the group."""
@@ -41,22 +60,34 @@ class ChannelGroup:
     size: int
     scales: tuple[str, ...]  # the group's BatchNorms: their weights gate the channels
     members: tuple[str, ...]
+    # Per scale, which of its channels are the group's, in the root's channel order: a
+    # BatchNorm after a concatenation (DenseNet's) holds the group at an offset.
+    scale_channels: tuple[tuple[int, ...], ...] = ()
+
+
+# The groups one side of a layer holds: (group, channels of the side per channel of the
+# group). A conv after a concatenation reads several groups (and maybe fixed channels); a
+# linear layer after a flatten reads each channel H*W times.
+Parts = tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True)
 class CostLayer:
-    """A module whose size depends on group widths; group index -1 means a fixed width."""
+    """A module whose size depends on group widths: each side's width is its fixed
+    channels plus the widths of the groups it holds (``in_parts``, ``out_parts``)."""
 
     name: str
     kind: str  # "conv" | "linear" | "bn"
     in_channels: int
     out_channels: int
-    in_group: int
-    out_group: int
+    in_parts: Parts = ()
+    out_parts: Parts = ()
     kernel: int = 1
     pixels: int = 1
     conv_groups: int = 1
     bias: bool = False
+    in_fixed: float | None = None  # channels in no group (None: all but the parts' full widths)
+    out_fixed: float | None = None
 
     @property
     def depthwise(self) -> bool:
@@ -65,8 +96,8 @@ class CostLayer:
         )
 
     def widths(self, n: Widths) -> tuple[Any, Any]:
-        cin = n[self.in_group] if self.in_group >= 0 else float(self.in_channels)
-        cout = n[self.out_group] if self.out_group >= 0 else float(self.out_channels)
+        cin = _side(n, self.in_parts, self.in_fixed, self.in_channels)
+        cout = _side(n, self.out_parts, self.out_fixed, self.out_channels)
         return cin, cout
 
     def macs(self, n: Widths) -> Any:
@@ -87,6 +118,15 @@ class CostLayer:
         return weights + (cout if self.bias else 0.0)
 
 
+def _side(n: Widths, parts: Parts, fixed: float | None, channels: int) -> Any:
+    if not parts:
+        return float(channels)
+    width: Any = 0.0 if fixed is None else fixed
+    for g, per in parts:
+        width = width + n[g] * per
+    return width
+
+
 class _SizeTerms:
     """The layers' MACs and params as arrays, for list widths: the width fit evaluates them
     hundreds of thousands of times, and one numpy pass replaces a Python loop over layers.
@@ -97,13 +137,14 @@ class _SizeTerms:
     grouped convs') then sum to the same float in any order.
     """
 
-    def __init__(self, layers: Sequence[CostLayer]) -> None:
-        self.in_group = np.array([max(la.in_group, 0) for la in layers], dtype=np.int64)
-        self.out_group = np.array([max(la.out_group, 0) for la in layers], dtype=np.int64)
-        self.in_free = np.array([la.in_group >= 0 for la in layers], dtype=bool)
-        self.out_free = np.array([la.out_group >= 0 for la in layers], dtype=bool)
-        self.in_fixed = np.array([float(la.in_channels) for la in layers])
-        self.out_fixed = np.array([float(la.out_channels) for la in layers])
+    def __init__(self, layers: Sequence[CostLayer], n_groups: int) -> None:
+        # Each side's width = fixed + A @ widths, A holding each part's channels per channel.
+        self.in_fixed, self.a_in = _side_terms(
+            [(la.in_parts, la.in_fixed, la.in_channels) for la in layers], n_groups
+        )
+        self.out_fixed, self.a_out = _side_terms(
+            [(la.out_parts, la.out_fixed, la.out_channels) for la in layers], n_groups
+        )
         dense = np.array([la.kind != "bn" and not la.depthwise for la in layers])
         depthwise = np.array([la.depthwise for la in layers])
         bn = np.array([la.kind == "bn" for la in layers])
@@ -123,10 +164,8 @@ class _SizeTerms:
         if key == self._last_key:  # the fit asks for MACs and params of the same widths
             return self._last
         w = np.asarray(key, dtype=np.float64)
-        if w.size == 0:
-            return self.in_fixed, self.out_fixed
-        cin = np.where(self.in_free, w[self.in_group], self.in_fixed)
-        cout = np.where(self.out_free, w[self.out_group], self.out_fixed)
+        cin = self.in_fixed + self.a_in @ w
+        cout = self.out_fixed + self.a_out @ w
         self._last_key, self._last = key, (cin, cout)
         return cin, cout
 
@@ -140,13 +179,33 @@ class _SizeTerms:
         return float(dense.sum() + (self.params_lin * cout).sum())
 
 
+def _side_terms(
+    sides: Sequence[tuple[Parts, float | None, int]], n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    fixed = np.array(
+        [float(ch) if not parts else (f or 0.0) for parts, f, ch in sides], dtype=np.float64
+    )
+    a = np.zeros((len(sides), n_groups))
+    for i, (parts, _, _) in enumerate(sides):
+        for g, per in parts:
+            a[i, g] += per
+    return fixed, a
+
+
 @dataclass
 class _Trace:
-    """One forward pass over the convs and linears: call order, output pixels, conv input (H, W)."""
+    """One forward pass in eval mode: the convs and linears in call order, their output
+    pixels, each conv's input (H, W), and every module whose forward ran (a training-only
+    head, such as GoogLeNet's auxiliary classifiers, does not: it costs nothing deployed)."""
 
     order: list[nn.Module]
     pixels: dict[nn.Module, int]
     input_hw: dict[str, tuple[int, int]]
+    ran: set[nn.Module] = field(default_factory=set)
+
+    def params(self) -> int:
+        """Parameters of the modules that ran (their own, not their children's)."""
+        return sum(p.numel() for m in self.ran for p in m.parameters(recurse=False))
 
 
 def _trace_layers(model: nn.Module, example: torch.Tensor, names: dict[nn.Module, str]) -> _Trace:
@@ -163,6 +222,7 @@ def _trace_layers(model: nn.Module, example: torch.Tensor, names: dict[nn.Module
         for m in model.modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
+    hooks += [m.register_forward_hook(lambda m, i, o: t.ran.add(m)) for m in model.modules()]
     was_training = model.training
     model.eval()
     try:
@@ -177,72 +237,101 @@ def _trace_layers(model: nn.Module, example: torch.Tensor, names: dict[nn.Module
     return t
 
 
+# Per module, the groups its output or input channels hold: (group, channels).
+_Held = dict[nn.Module, list[tuple[int, int]]]
+
+
 def _channel_groups(
     dg: Any, head: nn.Module, names: dict[nn.Module, str]
-) -> tuple[tuple[ChannelGroup, ...], dict[nn.Module, int], dict[nn.Module, int]]:
+) -> tuple[tuple[ChannelGroup, ...], _Held, _Held]:
     """The dependency graph's groups rooted at convs (never ``head``'s outputs), and which
-    group each module's output and input channels belong to."""
+    groups each module's output and input channels hold."""
     groups: list[ChannelGroup] = []
-    out_group: dict[nn.Module, int] = {}
-    in_group: dict[nn.Module, int] = {}
+    out_held: _Held = {}
+    in_held: _Held = {}
     for grp in dg.get_all_groups(ignored_layers=[head], root_module_types=[nn.Conv2d]):
         root = grp[0].dep.target.module
         gi = len(groups)
-        scales, members = [], []
+        scales: dict[str, tuple[int, ...]] = {}
+        members, seen = [], set()
         for item in grp:
             m, fn = item.dep.target.module, item.dep.handler
             if not isinstance(m, nn.Module) or m not in names:
                 continue
             members.append(names[m])
+            side = "out" if dg.is_out_channel_pruning_fn(fn) else "in"
+            if (m, side) in seen or not (side == "out" or dg.is_in_channel_pruning_fn(fn)):
+                continue
+            seen.add((m, side))
+            idxs = tuple(int(i) for i in item.idxs)
+            (out_held if side == "out" else in_held).setdefault(m, []).append((gi, len(idxs)))
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                out_group[m] = gi
-                scales.append(names[m])
-            elif dg.is_out_channel_pruning_fn(fn):
-                out_group[m] = gi
-            elif dg.is_in_channel_pruning_fn(fn):
-                in_group[m] = gi
+                scales.setdefault(names[m], idxs)
         groups.append(
             ChannelGroup(
                 root=names[root],
                 size=int(root.out_channels),
-                scales=tuple(dict.fromkeys(scales)),
+                scales=tuple(scales),
                 members=tuple(dict.fromkeys(members)),
+                scale_channels=tuple(scales.values()),
             )
         )
-    return tuple(groups), out_group, in_group
+    return tuple(groups), out_held, in_held
+
+
+def _parts(held: list[tuple[int, int]], sizes: Sequence[int], channels: int) -> tuple[Parts, float]:
+    """A side's parts and its fixed channels, from the (group, channels) it holds."""
+    return (
+        tuple((g, c / sizes[g]) for g, c in held),
+        float(channels - sum(c for _, c in held)),
+    )
 
 
 def _cost_layers(
     model: nn.Module,
     names: dict[nn.Module, str],
-    pixels: dict[nn.Module, int],
-    out_group: dict[nn.Module, int],
-    in_group: dict[nn.Module, int],
+    traced: _Trace,
+    groups: Sequence[ChannelGroup],
+    out_held: _Held,
+    in_held: _Held,
 ) -> tuple[CostLayer, ...]:
+    """The convs, linears and BatchNorms that ran (a training-only head costs nothing
+    deployed), each side as the groups it holds plus fixed channels."""
+    sizes = [g.size for g in groups]
     layers: list[CostLayer] = []
     for m in model.modules():
+        if m not in traced.ran:
+            continue
         name = names[m]
         if isinstance(m, nn.Conv2d):
-            og = out_group.get(m, -1)
-            ig = og if (m.groups > 1 and m.groups == m.out_channels) else in_group.get(m, -1)
+            out_parts, out_fixed = _parts(out_held.get(m, []), sizes, m.out_channels)
+            in_parts, in_fixed = _parts(in_held.get(m, []), sizes, m.in_channels)
+            if m.groups > 1 and m.groups == m.out_channels:  # depthwise: in follows out
+                in_parts, in_fixed = out_parts, out_fixed
             layers.append(
                 CostLayer(
-                    name, "conv", m.in_channels, m.out_channels, ig, og,
-                    m.kernel_size[0] * m.kernel_size[1], pixels.get(m, 0), m.groups,
-                    m.bias is not None,
+                    name, "conv", m.in_channels, m.out_channels, in_parts, out_parts,
+                    m.kernel_size[0] * m.kernel_size[1], traced.pixels.get(m, 0), m.groups,
+                    m.bias is not None, in_fixed, out_fixed,
                 )
             )  # fmt: skip
         elif isinstance(m, nn.Linear):
+            out_parts, out_fixed = _parts(out_held.get(m, []), sizes, m.out_features)
+            in_parts, in_fixed = _parts(in_held.get(m, []), sizes, m.in_features)
             layers.append(
                 CostLayer(
-                    name, "linear", m.in_features, m.out_features,
-                    in_group.get(m, -1), out_group.get(m, -1), bias=m.bias is not None,
+                    name, "linear", m.in_features, m.out_features, in_parts, out_parts,
+                    bias=m.bias is not None, in_fixed=in_fixed, out_fixed=out_fixed,
                 )
             )  # fmt: skip
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            out_parts, out_fixed = _parts(out_held.get(m, []), sizes, m.num_features)
             layers.append(
-                CostLayer(name, "bn", m.num_features, m.num_features, -1, out_group.get(m, -1))
-            )
+                CostLayer(
+                    name, "bn", m.num_features, m.num_features, (), out_parts,
+                    out_fixed=out_fixed,
+                )
+            )  # fmt: skip
     return tuple(layers)
 
 
@@ -263,15 +352,12 @@ class ChannelSpace:
         traced = _trace_layers(model, example, names)
         self.input_hw = traced.input_hw  # each conv's input (H, W)
         head = traced.order[-1]  # what the model outputs is not the pruner's to change
-        with torch.enable_grad():
-            self.dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example[:1], verbose=False
-            )
-        self.groups, out_group, in_group = _channel_groups(self.dg, head, names)
-        self.layers = _cost_layers(model, names, traced.pixels, out_group, in_group)
-        self._terms = _SizeTerms(self.layers)
+        self.dg = _dependency_graph(tp, model, example[:1])
+        self.groups, out_held, in_held = _channel_groups(self.dg, head, names)
+        self.layers = _cost_layers(model, names, traced, self.groups, out_held, in_held)
+        self._terms = _SizeTerms(self.layers, len(self.groups))
         self.full = [float(g.size) for g in self.groups]
-        total = sum(p.numel() for p in model.parameters())
+        total = traced.params()
         self.fixed_params = 0.0
         self.fixed_params = total - float(self.params(self.full))
         self.base_macs = float(self.macs(self.full))
