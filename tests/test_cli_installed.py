@@ -428,8 +428,10 @@ def test_submit_prune_wait_shows_milestones_and_the_report(
 ) -> None:
     """A waiting user saw a bare `milestone` line per step and then `done`; now each says
     what happened, and the before/after table `prunerd prune` prints follows."""
+    # 0.9: on a loaded machine the unremovable part of resnet20 at 8x8 measured 0.861 of it,
+    # and a budget under that is refused before any milestone.
     done = prunerd("submit", "prune", "resnet20", "--checkpoint", str(baseline),
-                   "--budget", "0.8", "--data", "digits", "--option", "epochs=1",
+                   "--budget", "0.9", "--data", "digits", "--option", "epochs=1",
                    "--option", "limit=200", "--timing-budget-s", "0.2",
                    "--out", str(work / "waited"), "--wait", *daemon["connect"])  # fmt: skip
     said = done.stdout
