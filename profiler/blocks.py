@@ -124,7 +124,7 @@ def _name_for(all_nodes: list[fx.Node], span: list[fx.Node], fallback: str) -> s
         return {n for n in nodes if n.op != "get_attr" and tensor_meta(n) is not None}
 
     common: list[tuple[str, str, str]] | None = None
-    for n in span:
+    for n in computing(span):  # a shape check may sit in the next module (timm's DPN)
         s = module_stack(n)
         common = s if common is None else [a for a, b in zip(common, s) if a[0] == b[0]]
     matches = [

@@ -294,6 +294,32 @@ def test_a_scope_already_holding_a_unit_groups_no_more() -> None:
     assert len(nodes) == len(set(nodes))
 
 
+class Checked(nn.Module):
+    """A block that checks its input's channels first (timm's BatchNorm does, in DPN)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = ConvBlock(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[1] == 20, "expected 20 channels")
+        return self.conv(x)
+
+
+def test_a_unit_is_named_for_its_module_when_the_next_one_checks_its_output() -> None:
+    """The check is a node of the unit whose output it reads, traced in the next module."""
+    from .models_for_tests import BasicConv2d, Inception
+
+    model = nn.Sequential(BasicConv2d(3, 8, 3, padding=1), Inception(8, 4, 4, 8, 2, 4, 4),
+                          Checked(20))  # fmt: skip
+    bg = discover(model.eval(), torch.randn(1, 3, 8, 8))
+    assert [(b.name, b.kind) for b in bg.blocks] == [
+        ("0", "conv_bn_act"),
+        ("1", "branches"),
+        ("2", "conv_bn_act"),
+    ]
+
+
 class Towers(nn.Module):
     """A stage of ConvBlocks with a pooling every path runs through, then two branches."""
 
