@@ -56,6 +56,15 @@ MODELS = (
     "timm:densenet121",
     "timm:vgg16_bn",
     "timm:inception_v3",
+    "timm:inception_resnet_v2",
+    "timm:dpn68",
+    "timm:res2net50_26w_4s",
+    "timm:dla34",
+    "timm:cspresnet50",
+    "timm:ghostnet_100",
+    "timm:xception41",
+    "timm:selecsls42b",
+    "timm:hrnet_w18_small",
 )
 
 
