@@ -201,14 +201,15 @@ def is_split(n: fx.Node) -> bool:
 
 
 def side_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
-    """Nodes (of a graph, in graph order) that compute no tensor and feed none: shape
-    checks, asserts. Discovery ignores them when it asks which nodes read a value;
-    they go with the unit that holds their inputs."""
+    """Nodes (of a graph, in graph order) that compute no tensor and feed none (shape
+    checks, asserts), or whose value nothing reads (a part of a split that the code took
+    and never used: timm's Res2Net). Discovery ignores them when it asks which nodes
+    read a value; they go with the unit that holds their inputs."""
     side: set[fx.Node] = set()
     for n in reversed(nodes):
         if (
             n.op not in ("output", "placeholder", "get_attr")
-            and tensor_meta(n) is None
+            and (tensor_meta(n) is None or not n.users)
             and all(u in side for u in n.users)
         ):
             side.add(n)

@@ -7,7 +7,7 @@ traced in), never class names:
    unit that produces the tensor they gate.
 2. Dense layers: a node whose every reader is a channel concatenation that also
    takes one of the layer's own inputs (DenseNet: the layer's output is
-   concatenated with the features it read). The layer is everything that
+   concatenated with the features it read), and no piece of a split. The layer is everything that
    computes nothing but that output; removing it drops its contribution.
 3. Residual units come from their merge (add) nodes: the unit spans every node
    on a path from the add's immediate dominator (the fork) to the add, plus a
@@ -178,6 +178,10 @@ def _feeding_only(g: _Graph, y: fx.Node) -> set[fx.Node]:
 def _dense_layer(g: _Graph, y: fx.Node) -> Unit | None:
     readers = g.users(y)
     if not readers or not all(cat_operands(u) for u in readers):
+        return None
+    # A concatenation that takes a piece of a split joins the pieces again (Res2Net's
+    # split-transform-merge, inside a residual block): not features growing.
+    if any(is_split(p) for u in readers for p in cat_operands(u)):
         return None
     region = _feeding_only(g, y)
     if not any(is_conv(g.gm, n) for n in region):

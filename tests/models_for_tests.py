@@ -689,3 +689,59 @@ class GoogLeNetWithAux(GoogLeNetLike):
 
 def googlenet_with_aux(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return GoogLeNetWithAux(in_channels, num_classes)
+
+
+class Bottle2neck(nn.Module):
+    """timm's Res2Net bottleneck: the 1x1 conv's output split into ``scale`` pieces, each
+    but the last through a 3x3 conv fed the previous one's output (added), concatenated
+    again, a 1x1 conv, and the shortcut. Written as timm writes it, with ``sp = spx[0]``
+    taken once more than used."""
+
+    def __init__(self, cin: int, planes: int, first: bool, scale: int = 4) -> None:
+        super().__init__()
+        width, self.first, self.scale = planes // scale, first, scale
+        self.conv1 = nn.Conv2d(cin, width * scale, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width * scale)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale - 1)
+        )
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale - 1))
+        self.pool = nn.AvgPool2d(3, 1, 1) if first else None
+        self.conv3 = nn.Conv2d(width * scale, planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes))
+            if first
+            else None
+        )
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        out = F.relu(self.bn1(self.conv1(x)))
+        spx = torch.split(out, self.width, 1)
+        spo = []
+        sp = spx[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            sp = spx[i] if i == 0 or self.first else sp + spx[i]
+            sp = F.relu(bn(conv(sp)))
+            spo.append(sp)
+        spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
+        out = self.bn3(self.conv3(torch.cat(spo, 1)))
+        if self.downsample is not None:
+            shortcut = self.downsample(x)
+        out += shortcut
+        return F.relu(out)
+
+
+class Res2NetLike(nn.Module):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        self.layer1 = nn.Sequential(Bottle2neck(16, 32, True), Bottle2neck(32, 32, False))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer1(self.conv1(x)).mean((2, 3)))

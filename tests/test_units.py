@@ -20,6 +20,7 @@ from .models_for_tests import (
     GoogLeNetLike,
     MobileNetV3Like,
     RegNetLike,
+    Res2NetLike,
     ResNetLike,
     ShuffleNetLike,
     SqueezeNetLike,
@@ -76,6 +77,11 @@ FAMILIES: dict[type[nn.Module], list[tuple[str, str, str]]] = {
         ("features.3", "conv_bn_act", "identity"),
         ("features.7", "conv_bn_act", "adapter"),
         ("features.10", "conv_bn_act", "identity"),
+    ],
+    Res2NetLike: [
+        ("conv1", *STEM),
+        ("layer1.0", "residual", "shortcut"),  # split, a conv per piece, pool, concatenate
+        ("layer1.1", "residual", "identity"),  # and each conv fed the previous one's output
     ],
     GoogLeNetLike: [
         ("conv1", *STEM),
