@@ -7,7 +7,8 @@ traced in), never class names:
    unit that produces the tensor they gate.
 2. Dense layers: a node whose every reader is a channel concatenation that also
    takes one of the layer's own inputs (DenseNet: the layer's output is
-   concatenated with the features it read), and no piece of a split. The layer is everything that
+   concatenated with the features it read), neither a piece of a split nor
+   sliced after. The layer is everything that
    computes nothing but that output; removing it drops its contribution.
 3. Residual units come from their merge (add) nodes: the unit spans every node
    on a path from the add's immediate dominator (the fork) to the add, plus a
@@ -32,6 +33,7 @@ traced in), never class names:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -180,8 +182,11 @@ def _dense_layer(g: _Graph, y: fx.Node) -> Unit | None:
     if not readers or not all(cat_operands(u) for u in readers):
         return None
     # A concatenation that takes a piece of a split joins the pieces again (Res2Net's
-    # split-transform-merge, inside a residual block): not features growing.
-    if any(is_split(p) for u in readers for p in cat_operands(u)):
+    # split-transform-merge, inside a residual block), and one that is sliced widens a
+    # tensor by cheap channels (GhostNet's ghost module): not features growing.
+    if any(is_split(p) for u in readers for p in cat_operands(u)) or any(
+        _is_slice(v) for u in readers for v in u.users
+    ):
         return None
     region = _feeding_only(g, y)
     if not any(is_conv(g.gm, n) for n in region):
@@ -198,6 +203,17 @@ def _dense_layer(g: _Graph, y: fx.Node) -> Unit | None:
     except ChannelError as e:
         unit.replacement, unit.reason = "none", f"its output cannot be dropped: {e}"
     return unit
+
+
+def _is_slice(n: fx.Node) -> bool:
+    """Indexing a tensor (``x[:, :k]``), not taking a part of a split."""
+    return (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and bool(n.args)
+        and isinstance(n.args[0], fx.Node)
+        and not is_split(n.args[0])
+    )
 
 
 def dense_layers(g: _Graph) -> list[Unit]:

@@ -745,3 +745,53 @@ class Res2NetLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.layer1(self.conv1(x)).mean((2, 3)))
+
+
+class GhostModule(nn.Module):
+    """timm's GhostNet module: a 1x1 conv makes half the channels, a depthwise conv of
+    those the rest; concatenated, then sliced to the channels asked for."""
+
+    def __init__(self, cin: int, cout: int, relu: bool = True) -> None:
+        super().__init__()
+        self.out_chs, init = cout, (cout + 1) // 2
+        act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.primary_conv = nn.Sequential(
+            nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), act
+        )
+        self.cheap_operation = nn.Sequential(
+            nn.Conv2d(init, init, 3, padding=1, groups=init, bias=False), nn.BatchNorm2d(init),
+            nn.ReLU(inplace=True) if relu else nn.Identity(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        out = torch.cat([x1, self.cheap_operation(x1)], dim=1)
+        return out[:, : self.out_chs, :, :]
+
+
+class GhostBottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int) -> None:
+        super().__init__()
+        self.ghost1 = GhostModule(cin, mid)
+        self.ghost2 = GhostModule(mid, cout, relu=False)
+        self.shortcut = (
+            nn.Sequential()
+            if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.ghost1(x)) + self.shortcut(x)
+
+
+class GhostNetLike(nn.Module):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.blocks = nn.Sequential(GhostBottleneck(16, 24, 16), GhostBottleneck(16, 40, 24))
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv_stem(x)))
+        return self.fc(self.blocks(x).mean((2, 3)))

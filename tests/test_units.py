@@ -17,6 +17,7 @@ from .models_for_tests import (
     ConvNeXtLike,
     DenseNetLike,
     EfficientNetLike,
+    GhostNetLike,
     GoogLeNetLike,
     MobileNetV3Like,
     RegNetLike,
@@ -82,6 +83,11 @@ FAMILIES: dict[type[nn.Module], list[tuple[str, str, str]]] = {
         ("conv1", *STEM),
         ("layer1.0", "residual", "shortcut"),  # split, a conv per piece, pool, concatenate
         ("layer1.1", "residual", "identity"),  # and each conv fed the previous one's output
+    ],
+    GhostNetLike: [
+        ("conv_stem", *STEM),
+        ("blocks.0", "residual", "identity"),  # two ghost modules: concatenate, then slice
+        ("blocks.1", "residual", "shortcut"),
     ],
     GoogLeNetLike: [
         ("conv1", *STEM),
