@@ -225,6 +225,22 @@ def test_layers_after_a_concatenation_cost_every_group_they_read(name: str) -> N
     assert 0.55 < predicted_macs / macs <= 0.6
 
 
+@pytest.mark.parametrize("cls", ["ConvNeXtLike", "GoogLeNetWithAux"])
+def test_parameters_are_those_the_deployed_model_holds(cls: str) -> None:
+    """Traced, ConvNeXt's layer scales sit in modules fx never calls: they count. An
+    auxiliary classifier runs in training only: it does not (nor in the report)."""
+    from profiler import discover
+
+    from . import models_for_tests
+
+    torch.manual_seed(0)
+    model, x = getattr(models_for_tests, cls)().eval(), torch.randn(1, 3, 16, 16)
+    gm = discover(model, x).gm
+    deployed = sum(p.numel() for p in gm.parameters())
+    for m in (model, gm):
+        assert ChannelSpace(m, x).base_params == deployed
+
+
 @pytest.mark.parametrize("name", ["resnet20", "densenet", "googlenet"])
 def test_closed_channels_are_removed_without_changing_the_output(name: str) -> None:
     """Closing zeroes a channel's BatchNorms, where a DenseNet's sit after a concatenation

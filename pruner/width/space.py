@@ -86,7 +86,7 @@ class CostLayer:
     pixels: int = 1
     conv_groups: int = 1
     bias: bool = False
-    in_fixed: float | None = None  # channels in no group (None: all but the parts' full widths)
+    in_fixed: float | None = None  # channels in no group, with parts (None: none)
     out_fixed: float | None = None
 
     @property
@@ -203,9 +203,17 @@ class _Trace:
     input_hw: dict[str, tuple[int, int]]
     ran: set[nn.Module] = field(default_factory=set)
 
-    def params(self) -> int:
-        """Parameters of the modules that ran (their own, not their children's)."""
-        return sum(p.numel() for m in self.ran for p in m.parameters(recurse=False))
+    def params(self, model: nn.Module) -> int:
+        """``model``'s parameters but those of convs, linears and norms that did not run
+        (a layer scale held by a module fx never calls still counts)."""
+        layers = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+        idle = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, layers) and m not in self.ran
+            for p in m.parameters(recurse=False)
+        }
+        return sum(p.numel() for p in model.parameters() if id(p) not in idle)
 
 
 def _trace_layers(model: nn.Module, example: torch.Tensor, names: dict[nn.Module, str]) -> _Trace:
@@ -357,7 +365,7 @@ class ChannelSpace:
         self.layers = _cost_layers(model, names, traced, self.groups, out_held, in_held)
         self._terms = _SizeTerms(self.layers, len(self.groups))
         self.full = [float(g.size) for g in self.groups]
-        total = traced.params()
+        total = traced.params(model)
         self.fixed_params = 0.0
         self.fixed_params = total - float(self.params(self.full))
         self.base_macs = float(self.macs(self.full))
