@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .batch_memory import check_batch_fits
 from .train import EpochStats, FitResult, fit
 
@@ -101,9 +102,15 @@ def finetune(
     """
     teacher.to(device)
     # Before fit's own check, which counts the student alone: the teacher's inference
-    # runs while the student's step keeps its tensors.
+    # runs while the student's step keeps its tensors. On this rank's share of each batch,
+    # as fit checks (the whole batch overcounts a run on several processes).
     check_batch_fits(
-        student, train, device, True, "fine-tuning the pruned model", alongside=teacher
+        student,
+        distributed.shard(train),
+        device,
+        True,
+        "fine-tuning the pruned model",
+        alongside=teacher,
     )
     with frozen(teacher):
         return fit(
