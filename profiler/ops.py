@@ -200,6 +200,17 @@ def is_split(n: fx.Node) -> bool:
     return _calls(n, SPLIT_FUNCTIONS, SPLIT_METHODS)
 
 
+def is_slice(n: fx.Node) -> bool:
+    """Indexing a tensor (``x[:, :k]``), not taking a part of a split."""
+    return (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and bool(n.args)
+        and isinstance(n.args[0], fx.Node)
+        and not is_split(n.args[0])
+    )
+
+
 def side_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
     """Nodes (of a graph, in graph order) that compute no tensor and feed none (shape
     checks, asserts), or whose value nothing reads (a part of a split that the code took

@@ -33,7 +33,6 @@ traced in), never class names:
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -51,6 +50,7 @@ from .ops import (
     is_grouped,
     is_norm,
     is_pass,
+    is_slice,
     is_split,
     side_nodes,
 )
@@ -185,7 +185,7 @@ def _dense_layer(g: _Graph, y: fx.Node) -> Unit | None:
     # split-transform-merge, inside a residual block), and one that is sliced widens a
     # tensor by cheap channels (GhostNet's ghost module): not features growing.
     if any(is_split(p) for u in readers for p in cat_operands(u)) or any(
-        _is_slice(v) for u in readers for v in u.users
+        is_slice(v) for u in readers for v in u.users
     ):
         return None
     region = _feeding_only(g, y)
@@ -203,17 +203,6 @@ def _dense_layer(g: _Graph, y: fx.Node) -> Unit | None:
     except ChannelError as e:
         unit.replacement, unit.reason = "none", f"its output cannot be dropped: {e}"
     return unit
-
-
-def _is_slice(n: fx.Node) -> bool:
-    """Indexing a tensor (``x[:, :k]``), not taking a part of a split."""
-    return (
-        n.op == "call_function"
-        and n.target is operator.getitem
-        and bool(n.args)
-        and isinstance(n.args[0], fx.Node)
-        and not is_split(n.args[0])
-    )
 
 
 def dense_layers(g: _Graph) -> list[Unit]:

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from profiler import is_program
+from profiler import DEFAULT_NUM_CLASSES, is_program
 from pruner.config import DATASETS, DEFAULT_METHOD, METHODS
 
 from .ranks import MAX_RANKS
@@ -128,7 +128,7 @@ class ModelParams(_Params, kw_only=True):
     # None: what the model says (a checkpoint's stored spec, the input a .pt2 program was
     # exported with), else 3 channels and 32x32 (profiler.model_names).
     in_channels: Annotated[int, Meta(ge=1, le=4096)] | None = None
-    num_classes: Annotated[int, Meta(ge=1, le=100_000)] = 10
+    num_classes: Annotated[int, Meta(ge=1, le=100_000)] = DEFAULT_NUM_CLASSES
     input_size: tuple[Side, Side] | None = None
     batch_size: Side = 1
     device: Device = "cpu"
