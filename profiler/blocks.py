@@ -33,9 +33,9 @@ from .graph import (
     trace,
 )
 from .models import module_device
-from .ops import CONTAINERS, CONV_FUNCTIONS, LINEAR_FUNCTIONS, conv_module
+from .ops import CONTAINERS, CONV_FUNCTIONS, LINEAR_FUNCTIONS, conv_module, output_clamp
 from .records import Block
-from .rewire import new_adapter
+from .rewire import adapter_stand_in
 from .units import Unit, find_units
 
 
@@ -68,7 +68,8 @@ class BlockGraph:
         Identity and zero: ``None``; both cost 0 s (the graph just rewires, or
         drops the block's channels from the concatenations that read them; what
         those narrower concatenations save downstream is not counted). Shortcut:
-        the shortcut branch and any trailing activation. Adapter: a 1x1 conv.
+        the shortcut branch and any trailing activation. Adapter: a 1x1 conv, and the
+        activation the block ended in (``adapter_activation``).
         """
         inp = self._nodes[block.input_node]
         if block.replacement == "shortcut":
@@ -87,7 +88,7 @@ class BlockGraph:
             return gm, inputs
         if block.replacement == "adapter":
             meta = tensor_meta(inp)
-            adapter = new_adapter(block)
+            adapter = adapter_stand_in(block)
             if meta is not None:
                 adapter = adapter.to(dtype=meta.dtype)
             return adapter, [inp]
@@ -245,6 +246,7 @@ def _block(gm: fx.GraphModule, nodes: list[fx.Node], unit: Unit, stage: int) -> 
         output_node=unit.out.name,
         merge_node=unit.merge.name if unit.merge is not None else "",
         shortcut_node=unit.short.name if unit.short is not None else "",
+        adapter_activation=output_clamp(gm, unit.out) if replacement == "adapter" else "",
     )
 
 

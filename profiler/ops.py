@@ -211,6 +211,54 @@ def is_slice(n: fx.Node) -> bool:
     )
 
 
+_RELU_MODULES = (nn.ReLU,)
+_RELU_FUNCTIONS = {F.relu, torch.relu, _aten.relu.default, _aten.relu_.default}
+_RELU6_MODULES = (nn.ReLU6,)
+_RELU6_FUNCTIONS = {F.relu6}
+_HARDTANH_FUNCTIONS = {F.hardtanh, _aten.hardtanh.default, _aten.hardtanh_.default}
+_KEEPS_RANGE_FUNCTIONS = {F.max_pool2d, F.adaptive_max_pool2d, _aten.max_pool2d.default}
+
+
+def output_clamp(gm: fx.GraphModule, n: fx.Node) -> str:
+    """The activation whose range ``n``'s value is known to lie in: "relu6" (in [0, 6]),
+    "relu" (non-negative) or "" (unknown). Read through concatenations, max pooling,
+    identities and dropout, so an Inception or Fire module's output is "relu"."""
+    if n.op == "call_module":
+        m = module_of(gm, n)
+        if isinstance(m, _RELU6_MODULES):
+            return "relu6"
+        if isinstance(m, _RELU_MODULES):
+            return "relu"
+        if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d, *PASS_MODULES)):
+            return _operand_clamp(gm, n)
+        return ""
+    if _calls(n, _RELU6_FUNCTIONS):
+        return "relu6"
+    if _calls(n, _RELU_FUNCTIONS, ACTIVATION_METHODS):
+        return "relu"
+    if _calls(n, _HARDTANH_FUNCTIONS) and _hardtanh_bounds(n) == (0.0, 6.0):
+        return "relu6"
+    if _calls(n, _KEEPS_RANGE_FUNCTIONS):
+        return _operand_clamp(gm, n)
+    parts = cat_operands(n)
+    if parts:
+        clamps = {output_clamp(gm, p) for p in parts}
+        return "" if "" in clamps else ("relu6" if clamps == {"relu6"} else "relu")
+    return ""
+
+
+def _operand_clamp(gm: fx.GraphModule, n: fx.Node) -> str:
+    first = n.args[0] if n.args else None
+    return output_clamp(gm, first) if isinstance(first, fx.Node) else ""
+
+
+def _hardtanh_bounds(n: fx.Node) -> tuple[object, object]:
+    args = [*n.args[1:3]]
+    low = args[0] if len(args) > 0 else n.kwargs.get("min_val", -1.0)
+    high = args[1] if len(args) > 1 else n.kwargs.get("max_val", 1.0)
+    return low, high
+
+
 def side_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
     """Nodes (of a graph, in graph order) that compute no tensor and feed none (shape
     checks, asserts), or whose value nothing reads (a part of a split that the code took

@@ -469,10 +469,12 @@ def _plan_items(
             replacements.append(_Item(f"replace:{b.name}", _hash("identity"), None))
             continue
         metas = [tensor_meta(i) for i in rep_inputs]
+        # An adapter without activation keeps the key it had before adapters could end in one.
+        activation = [b.adapter_activation] if b.adapter_activation else []
         sig = (
             signature(module, metas, extra="replacement")
             if isinstance(module, fx.GraphModule)
-            else _hash("adapter", b.input_shape, b.output_shape, dtype)
+            else _hash("adapter", b.input_shape, b.output_shape, dtype, *activation)
         )
         module = direct_lookups(module.to(x.device))
         replacements.append(_Item(f"replace:{b.name}", sig, module, rep_inputs))

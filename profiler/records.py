@@ -147,6 +147,9 @@ class Block:
     output_node: str = ""
     merge_node: str = ""
     shortcut_node: str = ""
+    # The activation an adapter standing in for this block ends in ("relu", "relu6" or
+    # ""): the block's output is known to lie in that activation's range.
+    adapter_activation: str = ""
 
     def __post_init__(self) -> None:
         if self.replacement not in REPLACEMENTS:

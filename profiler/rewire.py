@@ -6,7 +6,10 @@ each block, :meth:`BlockGraph.replacement` times it):
 - identity: the block's output is replaced by its input;
 - shortcut: the residual unit's merge (add) is replaced by its shortcut
   operand, which keeps the shortcut projection and the trailing activation;
-- adapter: the block becomes a 1x1 convolution, a new submodule.
+- adapter: the block becomes a 1x1 convolution, a new submodule, followed by the
+  activation the block ended in when its output is known to lie in that
+  activation's range (a ReLU'd conv chain, a Fire module's concatenation of
+  ReLU'd branches): the adapter's output then keeps the range what reads it saw.
 
 Block surgery (``pruner.depth``) builds pruned models with it, and the profile's
 prediction check (:mod:`profiler.profiling`) times a model built the same way, so
@@ -21,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .lookups import direct_lookups
@@ -28,6 +32,9 @@ from .models import module_device
 from .records import Block
 
 REWIRED = ("identity", "shortcut", "adapter")
+# What an adapter may end in (Block.adapter_activation), as graph calls and as modules.
+ADAPTER_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6}
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
 def adapter_name(block_name: str) -> str:
@@ -38,6 +45,15 @@ def adapter_name(block_name: str) -> str:
 def new_adapter(block: Block) -> nn.Conv2d:
     """A 1x1 convolution from the block's input channels to its output channels."""
     return nn.Conv2d(block.input_shape[1], block.output_shape[1], 1, bias=True)
+
+
+def adapter_stand_in(block: Block) -> nn.Module:
+    """What stands in an adapter block's place as one module: :func:`new_adapter`, then
+    the block's ``adapter_activation`` when it has one (what the profile times)."""
+    conv = new_adapter(block)
+    if not block.adapter_activation:
+        return conv
+    return nn.Sequential(conv, _ACTIVATION_MODULES[block.adapter_activation]())
 
 
 def bypass(
@@ -81,11 +97,28 @@ def bypass(
             target = adapter_name(b.name)
             adapter = adapters.get(b.name) or new_adapter(b)
             gm.add_submodule(target, _alike(adapter, gm))
-            with gm.graph.inserting_after(out):
-                node = gm.graph.call_module(target, (inp,))
-            out.replace_all_uses_with(node)
-            node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
-            stands_for[out] = node
+            stands_for[out] = _adapter_nodes(gm, b, target, inp, out)
+
+
+def _adapter_nodes(
+    gm: fx.GraphModule, b: Block, target: str, inp: fx.Node, out: fx.Node
+) -> fx.Node:
+    """Insert the call of adapter ``target`` on ``inp`` (and ``b``'s adapter activation)
+    after ``out``, make ``out``'s readers read it; returns the node that now stands for it."""
+    if b.adapter_activation and b.adapter_activation not in ADAPTER_ACTIVATIONS:
+        raise ValueError(
+            f"block {b.name!r}: adapter activation {b.adapter_activation!r} is not one of "
+            f"{sorted(ADAPTER_ACTIVATIONS)}"
+        )
+    with gm.graph.inserting_after(out):
+        node = gm.graph.call_module(target, (inp,))
+    end = node
+    if b.adapter_activation:
+        with gm.graph.inserting_after(node):
+            end = gm.graph.call_function(ADAPTER_ACTIVATIONS[b.adapter_activation], (node,))
+    out.replace_all_uses_with(end)
+    node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
+    return end
 
 
 def _alike(module: nn.Module, gm: fx.GraphModule) -> nn.Module:

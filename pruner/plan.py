@@ -15,14 +15,27 @@ from profiler import ModelSpec
 from profiler.plain import check_version, from_plain, to_plain
 
 PLAN_VERSION = 1
+ADAPTER_ACTIVATIONS = ("", "relu", "relu6")
 
 
 @dataclass(frozen=True)
 class RemovedBlock:
-    """One removed block and what stands in its place ("identity" | "shortcut" | "adapter" | "zero")."""
+    """One removed block and what stands in its place ("identity" | "shortcut" | "adapter" | "zero").
+
+    ``adapter_activation``: what an adapter ends in ("relu", "relu6" or ""); a plan
+    written before adapters could end in one reads as "", the model it was tuned as.
+    """
 
     name: str
     replacement: str
+    adapter_activation: str = ""
+
+    def __post_init__(self) -> None:
+        if self.adapter_activation not in ADAPTER_ACTIVATIONS:
+            raise ValueError(
+                f"removed block {self.name!r}: adapter_activation {self.adapter_activation!r} "
+                f"is not one of {ADAPTER_ACTIVATIONS}"
+            )
 
 
 @dataclass(frozen=True)

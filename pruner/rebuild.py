@@ -68,7 +68,7 @@ def apply_plan(
                 f"plan replaces block {r.name!r} by {r.replacement!r}, but the model's block "
                 f"is replaced by {b.replacement!r}"
             )
-        chosen.append(b)
+        chosen.append(dataclasses.replace(b, adapter_activation=r.adapter_activation))
     adapters = {}
     if calibration is not None:
         adapters = fit_adapters(bg.gm, chosen, calibration, max_samples)

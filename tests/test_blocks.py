@@ -81,6 +81,36 @@ def test_mobilenetv2_units() -> None:
     assert next(b for b in bg.blocks if b.name == "features.1").replacement == "adapter"
 
 
+ADAPTERS_END_IN = {
+    # model: {adapter block: the activation its adapter ends in}
+    "vgg16": {"features.7": "relu", "features.14": "relu", "features.24": "relu"},
+    # inverted residuals end in a BatchNorm (a linear bottleneck); the head in ReLU6
+    "mobilenetv2": {
+        "features.0": "",
+        "features.1": "",
+        "features.10": "",
+        "features.16": "",
+        "head": "relu6",
+    },  # fmt: skip
+    # concatenations of ReLU'd branches
+    "tests.models_for_tests:GoogLeNetLike": {"inception_a": "relu"},
+    "tests.models_for_tests:SqueezeNetLike": {"features.4": "relu", "classifier.1": "relu"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS_END_IN))
+def test_adapters_end_in_the_activation_their_block_ends_in(name: str) -> None:
+    bg = _discover(load_model(name), (1, 3, 16, 16))
+    adapters = {b.name: b for b in bg.blocks if b.replacement == "adapter"}
+    assert {n: b.adapter_activation for n, b in adapters.items()} == ADAPTERS_END_IN[name]
+    # What the profile times in an adapter's place is what surgery puts there.
+    for block in adapters.values():
+        stand_in, _ = bg.replacement(block)
+        ends = [type(m).__name__ for m in stand_in.modules() if not list(m.children())]
+        tail = {"relu": ["ReLU"], "relu6": ["ReLU6"], "": []}[block.adapter_activation]
+        assert ends == ["Conv2d", *tail]
+
+
 @pytest.mark.parametrize("name", sorted(ZOO_EXPECTED))
 def test_pieces_reproduce_the_model(name: str) -> None:
     """Cutting the graph into blocks and rest loses nothing: chained pieces equal the model."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -160,3 +162,108 @@ def test_units_keep_their_names_when_their_stage_is_pruned_down_to_one():
     keys = set(gm.state_dict())
     assert not any(k.startswith(("layer1.", "layer2.1.")) for k in keys)
     assert gm(x).shape == (1, 10)
+
+
+class Activated(nn.Module):
+    """Conv-BN-activation chains that change channels: ending in ReLU, ReLU6 and nothing."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3) -> None:
+        super().__init__()
+
+        def chain(cin: int, cout: int, *act: nn.Module) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), *act)
+
+        self.stem = chain(in_channels, 4, nn.ReLU())
+        self.relu = chain(4, 6, nn.ReLU())
+        self.relu6 = chain(6, 8, nn.ReLU6())
+        self.linear = chain(8, 10)
+        self.last = chain(10, 10, nn.ReLU())
+        self.fc = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.last(self.linear(self.relu6(self.relu(self.stem(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+ACTIVATED = ModelSpec("tests.test_surgery:Activated", 1, 3, (8, 8))
+ENDS_IN = {"relu": "relu", "relu6": "relu6", "linear": ""}
+
+
+def _adapted(
+    model: nn.Module, names: list[str], activations: dict[str, str], batch: int = 16
+) -> nn.Module:
+    torch.manual_seed(1)
+    calib = [(torch.randn(batch, 1, 8, 8), torch.zeros(batch, dtype=torch.long)) for _ in range(8)]
+    removed = tuple(RemovedBlock(n, "adapter", activations[n]) for n in names)
+    return apply_plan(model, PrunePlan(ACTIVATED, removed), calib)
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["module", "torch.export"])
+def test_an_adapter_ends_in_the_activation_its_block_ended_in(exported: bool, tmp_path) -> None:
+    """A block whose output is ReLU'd is replaced by a 1x1 conv and that ReLU: what reads
+    it keeps seeing values in the range it was trained on (ReLU6 keeps [0, 6]; a block
+    ending in a BatchNorm gets a plain conv)."""
+    from profiler import load_model
+
+    torch.manual_seed(0)
+    model = Activated().eval()
+    x = torch.randn(1, 1, 8, 8)  # what an exported program is traced at, and all it takes
+    if exported:  # an ATen graph: relu and hardtanh(0, 6) as operators
+        path = tmp_path / "activated.pt2"
+        torch.export.save(torch.export.export(model, (x,)), str(path))
+        model = load_model(str(path))
+    blocks = {b.name: b for b in discover(model, x).blocks if b.replacement == "adapter"}
+    by_module = {name: b for name, b in blocks.items() if name.split(".")[0] in ENDS_IN}
+    assert {n.split(".")[0]: b.adapter_activation for n, b in by_module.items()} == ENDS_IN
+
+    ends = {n: b.adapter_activation for n, b in by_module.items()}
+    pruned = _adapted(model, list(ends), ends, batch=1)
+    calls = [n for n in pruned.graph.nodes if str(n.target).startswith("prunerd_adapter_")]
+    after = {str(n.target): [u.target for u in n.users] for n in calls}
+    assert sorted(map(str, after.values())) == sorted(
+        map(str, [[torch.nn.functional.relu], [torch.nn.functional.relu6], [calls[-1].next.target]])
+    )
+    with torch.no_grad():
+        assert torch.isfinite(pruned(x)).all()
+
+
+def _input_of(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    hook = model.get_submodule(layer).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return seen[0]
+
+
+def test_the_activation_never_takes_the_adapter_further_from_its_block() -> None:
+    """Least squares fits the conv; the ReLU after it only clips values the block never
+    gave (its output is non-negative), so what the next block reads is, value for value,
+    at least as close to what it read in the unpruned model."""
+    torch.manual_seed(0)
+    model = Activated().eval()
+    x = torch.randn(64, 1, 8, 8)
+    want = _input_of(model, "relu6.0", x)
+    got = {a: _input_of(_adapted(model, ["relu"], {"relu": a}), "relu6.0", x) for a in ("relu", "")}
+    assert (got["relu"] >= 0).all() and (got[""] < 0).any()
+    assert ((got["relu"] - want).abs() <= (got[""] - want).abs()).all()
+
+
+def test_a_plan_written_before_adapters_had_activations_rebuilds_as_it_was_tuned(tmp_path):
+    """A checkpoint's plan without ``adapter_activation`` (prunerd before it existed) gives
+    the model it was fine-tuned as: a plain 1x1 conv, no ReLU after it."""
+    torch.manual_seed(0)
+    model = Activated().eval()
+    pruned = _adapted(model, ["relu"], {"relu": ""})
+    plan = json.loads(PrunePlan(ACTIVATED, (RemovedBlock("relu", "adapter"),)).to_json())
+    del plan["removed"][0]["adapter_activation"]
+    path = save_checkpoint(tmp_path / "old.pt", ACTIVATED, pruned, plan_json=json.dumps(plan))
+    again = load_pruned(path)
+    assert not any(n.target is torch.nn.functional.relu for n in again.graph.nodes)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(again(x), pruned.eval()(x))
+    plan["removed"][0]["adapter_activation"] = "sigmoid"
+    save_checkpoint(tmp_path / "bad.pt", ACTIVATED, pruned, plan_json=json.dumps(plan))
+    with pytest.raises(SurgeryError, match="adapter_activation 'sigmoid' is not one of"):
+        load_pruned(tmp_path / "bad.pt")

@@ -15,6 +15,7 @@ state_dict of a pruned model holds only what it runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -159,5 +160,10 @@ def remove_more(
     missing = [b.name for b, c in zip(blocks, chosen) if c is None]
     if missing:
         raise ValueError(f"blocks {missing} are no longer blocks of the pruned model")
+    # What the plan will record is the record given: the adapter's activation comes with it.
+    chosen = [
+        dataclasses.replace(c, adapter_activation=b.adapter_activation)
+        for b, c in zip(blocks, chosen)
+    ]
     adapters = fit_adapters(bg.gm, chosen, calibration)
     return remove_blocks(bg.gm, chosen, adapters)

@@ -312,7 +312,10 @@ class _BlockPass:
         gone = set(self.removed)
         ordered = [t.block.name for t in s.profile.blocks if t.block.name in gone]
         s.student = student
-        s.removed = tuple(RemovedBlock(n, self.blocks[n].replacement) for n in ordered)
+        s.removed = tuple(
+            RemovedBlock(n, self.blocks[n].replacement, self.blocks[n].adapter_activation)
+            for n in ordered
+        )
         s.budget_s = self.budget_s
         s.predicted_s = self.selection.predicted_latency_s
         s.rounds.extend(self.rounds)
