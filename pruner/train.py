@@ -261,6 +261,27 @@ def main_logits(out: Any) -> torch.Tensor:
     return out
 
 
+def _training_forward(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``; a failure names the model, the mode and the batch's shape (the
+    message torch gives does not: "Output size is too small")."""
+    try:
+        return model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:
+        net = getattr(model, "module", model)  # under DistributedDataParallel
+        hint = ""
+        if "too small" in str(e):
+            hint = (
+                "; a layer that runs in training mode only (an auxiliary classifier) may "
+                "need larger inputs: try a larger --input-size"
+            )
+        raise RuntimeError(
+            f"{type(net).__name__} failed in training mode on a batch of shape "
+            f"{tuple(x.shape)}: {e}{hint}"
+        ) from e
+
+
 def _train_epoch(
     model: nn.Module,
     train: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -280,7 +301,7 @@ def _train_epoch(
     for x, y in train:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         current_lr = set_lr(run.step)
-        logits = main_logits(model(x))
+        logits = main_logits(_training_forward(model, x))
         loss = loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

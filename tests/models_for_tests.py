@@ -691,6 +691,19 @@ def googlenet_with_aux(in_channels: int = 3, num_classes: int = 10) -> nn.Module
     return GoogLeNetWithAux(in_channels, num_classes)
 
 
+class AuxNeedsLargerInputs(GoogLeNetWithAux):
+    """Inception-v3's auxiliary head on small inputs: a 5x5 pooling, in training mode only,
+    of a map smaller than 5x5 ("Output size is too small")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
+        a = self.inception_a(self.conv1(x))
+        x = self.reduce(self.inception_b(a))
+        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        if not self.training:
+            return logits
+        return GoogLeNetOutputs((logits, self.aux(torch.flatten(F.avg_pool2d(x, 5, 3), 1))))
+
+
 class Bottle2neck(nn.Module):
     """timm's Res2Net bottleneck: the 1x1 conv's output split into ``scale`` pieces, each
     but the last through a 3x3 conv fed the previous one's output (added), concatenated

@@ -57,6 +57,19 @@ def test_a_model_with_auxiliary_logits_trains_and_prunes(tmp_path: Path) -> None
     assert json.loads((tmp_path / "p" / "report.json").read_text())["removed_blocks"]
 
 
+def test_a_training_only_layer_too_small_for_the_inputs_is_named(tmp_path: Path) -> None:
+    """torchvision's Inception-v3 at --input-size 75 fails in its auxiliary head, which runs
+    in training mode only, with torch's bare "Output size is too small"."""
+    out = tmp_path / "aux.pt"
+    result = run(PRUNERD, "train", "tests.models_for_tests:AuxNeedsLargerInputs", "--data",
+                 "digits", "--epochs", "1", "--limit", "64", "--out", str(out),
+                 cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "AuxNeedsLargerInputs failed in training mode on a batch of shape (" in result.stderr
+    assert "Output size is too small" in result.stderr and "--input-size" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
 def test_filter_pruning_counts_the_layers_after_a_concatenation(tmp_path: Path) -> None:
     """HFP on a DenseNet: its BatchNorms read concatenations (each group at an offset), and
     the MACs it reports are the pruned model's, at the target."""
