@@ -236,17 +236,47 @@ def _input_of(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return seen[0]
 
 
-def test_the_activation_never_takes_the_adapter_further_from_its_block() -> None:
-    """Least squares fits the conv; the ReLU after it only clips values the block never
-    gave (its output is non-negative), so what the next block reads is, value for value,
-    at least as close to what it read in the unpruned model."""
+def test_the_activation_takes_the_adapter_closer_to_its_block() -> None:
+    """What the next block reads is closer to what it read in the unpruned model with the
+    ReLU (and the fit for it) than with a plain least-squares conv, which gives negative
+    values that block never saw."""
     torch.manual_seed(0)
     model = Activated().eval()
     x = torch.randn(64, 1, 8, 8)
     want = _input_of(model, "relu6.0", x)
     got = {a: _input_of(_adapted(model, ["relu"], {"relu": a}), "relu6.0", x) for a in ("relu", "")}
     assert (got["relu"] >= 0).all() and (got[""] < 0).any()
-    assert ((got["relu"] - want).abs() <= (got[""] - want).abs()).all()
+    error = {a: (got[a] - want).pow(2).mean().item() for a in got}
+    assert error["relu"] < error[""]
+
+
+class ReluMid(Plain):
+    """``mid`` is a ReLU'd per-pixel linear map: an adapter ending in a ReLU can be exact."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3) -> None:
+        super().__init__(in_channels, num_classes)
+        self.mid = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+
+
+def test_an_adapter_ending_in_a_relu_is_fit_to_what_the_relu_leaves(monkeypatch) -> None:
+    """Plain least squares also fits the zeros the ReLU made, from both sides, and what
+    is left after the ReLU is the error above them: the clipped fit does not count a
+    value the ReLU clips anyway, and comes closer to the block after the ReLU."""
+    import pruner.depth.adapters as adapters
+
+    torch.manual_seed(0)
+    model = ReluMid().eval()
+    spec = ModelSpec("tests.test_surgery:ReluMid", 1, 3, (8, 8))
+    calib = [(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    x = torch.randn(64, 1, 8, 8)
+    want = _input_of(model, "last.0", x)
+    errors = {}
+    for steps in (0, adapters.CLIPPED_STEPS):
+        monkeypatch.setattr(adapters, "CLIPPED_STEPS", steps)
+        plan = PrunePlan(spec, (RemovedBlock("mid", "adapter", "relu"),))
+        got = _input_of(apply_plan(model, plan, calib), "last.0", x)
+        errors[steps] = (got - want).pow(2).mean().item()
+    assert errors[adapters.CLIPPED_STEPS] < 0.6 * errors[0]
 
 
 def test_a_plan_written_before_adapters_had_activations_rebuilds_as_it_was_tuned(tmp_path):

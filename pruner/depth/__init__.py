@@ -4,6 +4,7 @@ Imports neither the pruning skeleton nor the width package.
 """
 
 from .ablation import RemovalScore, removal_scores
+from .adapters import fit_adapters
 from .candidates import block_yield, candidates_from_profile
 from .discrimination import BlockScore, pooled_features, score_blocks, score_features
 from .scorers import L1Scorer, ProbeScorer, RandomScorer, RemovalScorer, Scorer, Scores
@@ -17,7 +18,7 @@ from .select import (
     select_blocks,
     select_in_order,
 )
-from .surgery import SurgeryError, fit_adapters, remove_blocks, remove_more
+from .surgery import SurgeryError, remove_blocks, remove_more
 
 __all__ = [
     "BlockScore",

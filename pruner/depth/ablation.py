@@ -27,9 +27,10 @@ from profiler import Block, discover, without_blocks
 
 from .. import distributed
 from ..config import DepthOptions
+from .adapters import fit_adapters
 from .paired import outcomes, paired_se
 from .prefix import SharedPrefix
-from .surgery import fit_adapters, remove_blocks
+from .surgery import remove_blocks
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[str, int, int], None]
