@@ -15,6 +15,8 @@ training images the fit sees; the table gives the mean and the range over seeds.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -25,9 +27,8 @@ from compare_methods import utc_now  # bench/ is on sys.path when run as a scrip
 from profiler_figures import load, machine
 
 from profiler import discover, example_input, load_model, read_checkpoint
-from pruner import apply_plan, evaluate, load_data
-from pruner.depth import adapters
-from pruner.plan import PrunePlan, RemovedBlock
+from pruner import evaluate, load_data
+from pruner.depth import fit_adapters, remove_blocks
 
 OUT = Path(__file__).parent / "results" / "adapter_activation"
 
@@ -52,19 +53,19 @@ def removal_sets(model: torch.nn.Module, spec) -> list[list]:
 
 
 # variant: (adapters end in their block's activation, clipped steps of the fit)
-VARIANTS = {"relu, clipped fit": (True, adapters.CLIPPED_STEPS),
-            "relu, least squares": (True, 0), "least squares": (False, 0)}  # fmt: skip
+VARIANTS = {"relu, clipped fit": (True, 10), "relu, least squares": (True, 0),
+            "least squares": (False, 0)}  # fmt: skip
 
 
-def accuracy(model, spec, blocks, variant: str, data, calibration: int) -> dict:
+def accuracy(model, spec, names: list[str], variant: str, data, calibration: int) -> dict:
+    """The model without blocks ``names``, their adapters fit as ``variant`` says."""
     activation, steps = VARIANTS[variant]
-    removed = tuple(
-        RemovedBlock(b.name, "adapter", b.adapter_activation if activation else "") for b in blocks
-    )
-    torch.manual_seed(0)  # the adapters' initial weights, overwritten by the fit
-    adapters.CLIPPED_STEPS = steps
-    pruned = apply_plan(model, PrunePlan(spec, removed), data.train, calibration)
-    result = evaluate(pruned, data.test)
+    bg = discover(copy.deepcopy(model), example_input(spec))
+    chosen = [b for b in bg.blocks if b.name in names]
+    if not activation:
+        chosen = [dataclasses.replace(b, adapter_activation="") for b in chosen]
+    adapters = fit_adapters(bg.gm, chosen, data.train, calibration, clipped_steps=steps)
+    result = evaluate(remove_blocks(bg.gm, chosen, adapters), data.test)
     return {"accuracy": result.accuracy, "loss": result.loss, "n": result.n}
 
 
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         base = evaluate(model, data.test)
         for blocks in sets:
             for variant in VARIANTS:
-                got = accuracy(model, spec, blocks, variant, data, args.calibration)
+                names = [b.name for b in blocks]
+                got = accuracy(model, spec, names, variant, data, args.calibration)
                 row = {"seed": seed, "removed": [b.name for b in blocks],
                        "variant": variant, "baseline": base.accuracy, **got}  # fmt: skip
                 rows.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -258,25 +259,26 @@ class ReluMid(Plain):
         self.mid = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
 
 
-def test_an_adapter_ending_in_a_relu_is_fit_to_what_the_relu_leaves(monkeypatch) -> None:
+def test_an_adapter_ending_in_a_relu_is_fit_to_what_the_relu_leaves() -> None:
     """Plain least squares also fits the zeros the ReLU made, from both sides, and what
     is left after the ReLU is the error above them: the clipped fit does not count a
     value the ReLU clips anyway, and comes closer to the block after the ReLU."""
-    import pruner.depth.adapters as adapters
+    from pruner.depth import fit_adapters, remove_blocks
 
     torch.manual_seed(0)
     model = ReluMid().eval()
-    spec = ModelSpec("tests.test_surgery:ReluMid", 1, 3, (8, 8))
     calib = [(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     x = torch.randn(64, 1, 8, 8)
     want = _input_of(model, "last.0", x)
     errors = {}
-    for steps in (0, adapters.CLIPPED_STEPS):
-        monkeypatch.setattr(adapters, "CLIPPED_STEPS", steps)
-        plan = PrunePlan(spec, (RemovedBlock("mid", "adapter", "relu"),))
-        got = _input_of(apply_plan(model, plan, calib), "last.0", x)
+    for steps in (0, 10):
+        bg = discover(copy.deepcopy(model), torch.zeros(1, 1, 8, 8))
+        mid = next(b for b in bg.blocks if b.name == "mid")
+        assert mid.adapter_activation == "relu"
+        adapters = fit_adapters(bg.gm, [mid], calib, clipped_steps=steps)
+        got = _input_of(remove_blocks(bg.gm, [mid], adapters), "last.0", x)
         errors[steps] = (got - want).pow(2).mean().item()
-    assert errors[adapters.CLIPPED_STEPS] < 0.6 * errors[0]
+    assert errors[10] < 0.6 * errors[0]
 
 
 def test_a_plan_written_before_adapters_had_activations_rebuilds_as_it_was_tuned(tmp_path):

@@ -91,9 +91,11 @@ def fit_adapters(
     batches: Batches,
     max_samples: int = 512,
     ridge: float = 1e-4,
+    clipped_steps: int = CLIPPED_STEPS,
 ) -> dict[str, nn.Conv2d]:
     """1x1 convolutions mapping each adapter block's input to its output, per pixel: least
-    squares, clipped where the adapter ends in an activation (see the module docstring).
+    squares, then ``clipped_steps`` steps of the clipped fit where the adapter ends in an
+    activation (see the module docstring).
 
     Streams at most ``max_samples`` images of ``batches`` through the unpruned
     ``gm`` once. ``ridge`` (relative to the mean diagonal) keeps the solve well posed.
@@ -120,14 +122,14 @@ def fit_adapters(
     for b in blocks:
         conv = new_adapter(b)
         if b.name in pairs.xtx:
-            w = _solve(pairs, b, ridge).cpu()  # (C_in+1, C_out)
+            w = _solve(pairs, b, ridge, clipped_steps).cpu()  # (C_in+1, C_out)
             conv.weight.copy_(w[:-1].T.reshape(conv.weight.shape).float())
             conv.bias.copy_(w[-1].float())
         out[b.name] = conv
     return out
 
 
-def _solve(pairs: _Pairs, b: Block, ridge: float) -> torch.Tensor:
+def _solve(pairs: _Pairs, b: Block, ridge: float, steps: int) -> torch.Tensor:
     """W (C_in+1, C_out): least squares, then the clipped steps on the block's sample."""
     solve = _solver(pairs.xtx[b.name], ridge)
     w = solve(pairs.xty[b.name])
@@ -137,7 +139,7 @@ def _solve(pairs: _Pairs, b: Block, ridge: float) -> torch.Tensor:
         return w
     y = torch.cat([s[1] for s in sample]).double()
     scale = pairs.rows[b.name] / len(x)  # the sample's sums stand for every pixel's
-    for _ in range(CLIPPED_STEPS):
+    for _ in range(steps):
         w = solve(pairs.xty[b.name] + scale * (x.T @ _clipped_excess(x @ w, y, b)))
     return w
 
