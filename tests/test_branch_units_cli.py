@@ -35,6 +35,11 @@ def test_inception_modules_are_pruned_whole(tmp_path: Path) -> None:
     # conv1 and the strided reduction cannot go; the two Inception modules can, whole.
     removed = set(json.loads((out / "report.json").read_text())["removed_blocks"])
     assert removed and removed <= {"inception_a", "inception_b"}
+    # An Inception module's output is a concatenation of ReLU'd branches: its adapter ends
+    # in a ReLU, and the plan says so (the pruned model is rebuilt from it).
+    plan = json.loads((out / "plan.json").read_text())["removed"]
+    ends = {r["name"]: (r["replacement"], r["adapter_activation"]) for r in plan}
+    assert ends.get("inception_a", ("adapter", "relu")) == ("adapter", "relu")
     pruned = out / "pruned.pt"
     scores = json.loads(prunerd("eval", MODEL, "--checkpoint", str(pruned), "--json"))
     assert scores["n"] == 359
