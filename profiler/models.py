@@ -200,6 +200,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"checkpoint {str(path)!r} is a directory; name the checkpoint file"
             + (f", e.g. {' or '.join(repr(p) for p in inside)}" if inside else " in it")
         )
+    if path.exists() and not path.is_file():  # a device or a pipe: never read (it may not end)
+        raise ValueError(f"checkpoint {str(path)!r} is not a regular file; name a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(path)!r} does not exist; train one with `prunerd train`"

@@ -162,3 +162,14 @@ def test_a_directory_given_as_the_checkpoint_names_the_file_in_it(tmp_path: Path
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     said = f"checkpoint {str(tmp_path)!r} is a directory; name the checkpoint file, e.g. "
     assert said + repr(str(tmp_path / "checkpoint.pt")) in done.stderr
+
+
+def test_a_pipe_given_as_the_checkpoint_is_refused_unread(tmp_path: Path) -> None:
+    """A named pipe (or /dev/null) is no checkpoint: said so at once, never read (a pipe
+    nobody writes would block the command), not 'does not exist'."""
+    pipe = tmp_path / "weights.pt"
+    os.mkfifo(pipe)
+    for path in (pipe, Path("/dev/null")):
+        done = prunerd("eval", "resnet20", "--checkpoint", str(path), check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"checkpoint {str(path)!r} is not a regular file" in done.stderr
