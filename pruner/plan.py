@@ -11,11 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiler import ModelSpec
+from profiler import ADAPTER_ACTIVATIONS, ModelSpec
 from profiler.plain import check_version, from_plain, to_plain
 
 PLAN_VERSION = 1
-ADAPTER_ACTIVATIONS = ("", "relu", "relu6")
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,10 @@ class RemovedBlock:
     adapter_activation: str = ""
 
     def __post_init__(self) -> None:
-        if self.adapter_activation not in ADAPTER_ACTIVATIONS:
+        if self.adapter_activation and self.adapter_activation not in ADAPTER_ACTIVATIONS:
             raise ValueError(
                 f"removed block {self.name!r}: adapter_activation {self.adapter_activation!r} "
-                f"is not one of {ADAPTER_ACTIVATIONS}"
+                f"is not one of {['', *ADAPTER_ACTIVATIONS]}"
             )
 
 

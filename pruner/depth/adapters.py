@@ -58,7 +58,7 @@ class _Pairs(fx.Interpreter):
         for b in self.by_input.get(n.name, ()):
             # (B, C, H, W) -> (B*H*W, C+1) with a bias column; copied before any in-place op.
             x = _pixels(value)
-            self.inputs[b.name] = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            self.inputs[b.name] = torch.cat([x, x.new_ones(len(x), 1)], 1)
         for b in self.by_output.get(n.name, ()):
             self._add(b.name, self.inputs.pop(b.name), _pixels(value))
         return value
