@@ -213,6 +213,22 @@ def test_prune_blocks_by_removal_then_filters(work: Path, baseline: Path) -> Non
     assert json.loads(evaluated.stdout)["n"] == 100
 
 
+def test_blocks_to_a_budget_then_filters_to_a_size_claim_no_prediction(
+    work: Path, baseline: Path
+) -> None:
+    """removal+hfp with the whole latency cut for the blocks and a MACs target for the
+    filters: the width pass predicts no latency, and the summary printed "predicted 0.000 ms"."""
+    result = ok(
+        prunerd("prune", "resnet20", "--checkpoint", str(baseline), "--data", "digits",
+                "--method", "removal+hfp", "--budget", "0.9", "--depth-share", "1",
+                "--target-macs", "0.5",
+                "--epochs", "0", "--limit", "200", *QUICK_TIMING, "--heldout-samples", "60",
+                "--out", str(work / "removal-macs"))
+    )  # fmt: skip
+    assert "MACs x" in result.stdout and "speed-up" in result.stdout
+    assert "predicted" not in result.stdout, result.stdout
+
+
 def test_prune_to_size_targets_prints_them(work: Path, baseline: Path) -> None:
     """hfp to a MACs target, no latency budget: the table names the target, not a budget."""
     result = ok(

@@ -267,7 +267,7 @@ def summary_lines(r: PruneReport) -> list[str]:
     lines = []
     if r.depth is not None or r.removed_blocks:
         lines.append(f"removed {len(r.removed_blocks)}: {', '.join(r.removed_blocks) or '-'}")
-    if r.budget_s:
+    if r.budget_s and r.predicted_latency_s > 0:  # 0: the last pass made no prediction
         lines.append(f"predicted {_ms(r.predicted_latency_s)} ms{_of_profiled(r)}")
     verdict = f"; budget {'met' if r.budget_met else 'MISSED'}" if r.budget_s else ""
     lines.append(f"speed-up {r.speedup:.2f}x{verdict}")
