@@ -95,6 +95,8 @@ def profile_row(model: str, batch: int, threads: int, budget_s: float, work: Pat
         "checks_passed": q["ok"],
         "problems": q["problems"],
         "other_cores": (q.get("interference") or {}).get("other_cores"),
+        # the profile's prediction for the model without every second removable unit
+        "prediction_error": (p.get("check") or {}).get("error"),
         "seconds": time.perf_counter() - t0,
         "load_before": load,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -177,15 +179,17 @@ def write_md(rows: list[dict], command: str, results: Path) -> None:
             f"({len(within)} of {len(prof)} rows within).",
             "",
             "| model | batch | threads | pass | units | end to end ms | additivity | checks "
-            "| other cores |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| other cores | prediction |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in prof:
             other = "" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
+            pred = r.get("prediction_error")  # recorded from pass 6 on
             lines.append(
                 f"| {r['model']} | {r['batch']} | {r['threads']} | {r.get('pass', 1)} | {r['units']} | "
                 f"{r['end_to_end_s'] * 1e3:.2f} | {r['additivity_error']:+.1%} | "
-                f"{'passed' if r['checks_passed'] else 'failed'} | {other} |"
+                f"{'passed' if r['checks_passed'] else 'failed'} | {other} | "
+                f"{'' if pred is None else f'{pred:+.1%}'} |"
             )
         lines.append("")
     if prun:
