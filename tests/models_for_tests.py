@@ -684,7 +684,11 @@ class GoogLeNetWithAux(GoogLeNetLike):
         logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         if not self.training:
             return logits
-        return GoogLeNetOutputs((logits, self.aux(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))))
+        return GoogLeNetOutputs((logits, self.aux(torch.flatten(self.aux_pool(a, x), 1))))
+
+    def aux_pool(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """What the auxiliary classifier reads: the first Inception module's output, pooled."""
+        return F.adaptive_avg_pool2d(a, 1)
 
 
 def googlenet_with_aux(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
@@ -695,13 +699,8 @@ class AuxNeedsLargerInputs(GoogLeNetWithAux):
     """Inception-v3's auxiliary head on small inputs: a 5x5 pooling, in training mode only,
     of a map smaller than 5x5 ("Output size is too small")."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
-        a = self.inception_a(self.conv1(x))
-        x = self.reduce(self.inception_b(a))
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        if not self.training:
-            return logits
-        return GoogLeNetOutputs((logits, self.aux(torch.flatten(F.avg_pool2d(x, 5, 3), 1))))
+    def aux_pool(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 5, 3)
 
 
 class Bottle2neck(nn.Module):
