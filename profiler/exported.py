@@ -12,7 +12,10 @@ traversal from ``torch``. An archive is therefore loaded only when it holds exac
 ``torch.export.save`` writes for a plain static-shape model: raw tensor bytes for every
 weight and constant, sample inputs the ``weights_only`` loader accepts, no guard code, no
 symbolic expressions, and nodes that call torch operators (or a few arithmetic
-builtins) only. The bytes checked are the bytes loaded: the file is read once.
+builtins) only. The bytes checked are the bytes loaded: the file is read once, and torch
+reads a new archive made of the entries checked, as Python's zipfile read them (zip
+readers disagree on a damaged or crafted archive: given one name twice, zipfile reads
+the last copy and torch's reader the first).
 """
 
 from __future__ import annotations
@@ -58,14 +61,20 @@ class UnsafeExportError(ValueError):
 
 
 def read_export(path: str | Path) -> bytes:
-    """The bytes of a ``.pt2`` file, after :func:`check_export` accepted them."""
+    """A ``.pt2`` archive holding exactly the entries of the file at ``path`` that
+    :func:`check_export` accepted, rewritten: what torch loads is what was checked."""
     path = Path(path)
     with path.open("rb") as f:
         data = f.read(MAX_ARCHIVE_BYTES + 1)
     if len(data) > MAX_ARCHIVE_BYTES:
         raise UnsafeExportError(f"{str(path)!r} is larger than {MAX_ARCHIVE_BYTES} bytes")
     check_export(data, str(path))
-    return data
+    checked = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as rewritten:
+        for info in checked.infolist():  # no name twice: check_export refused that
+            rewritten.writestr(info.filename, checked.read(info))
+    return out.getvalue()
 
 
 def _load_program(path: str | Path) -> torch.export.ExportedProgram:
@@ -115,11 +124,19 @@ def _check_archive(archive: zipfile.ZipFile, name: str) -> None:
 def _entries(archive: zipfile.ZipFile, name: str) -> dict[str, str]:
     """Entry path relative to the archive's top folder -> full path; refuses anything unplain."""
     out: dict[str, str] = {}
-    tops = set()
+    tops, seen = set(), set()
     for info in archive.infolist():
         full = info.filename
         top, _, rel = full.partition("/")
         tops.add(top)
+        # torch's reader finds an entry by name ignoring ASCII case, and of two with one
+        # name takes the first; zipfile, the last.
+        if rel.lower() in seen:
+            raise UnsafeExportError(
+                f"{name!r} carries {full!r} twice (names compared ignoring case): zip "
+                "readers disagree on which copy is read; torch.export.save writes each once"
+            )
+        seen.add(rel.lower())
         if not _PLAIN_ENTRIES.fullmatch(rel):
             raise UnsafeExportError(f"{name!r} carries {full!r}: {_why(rel)}")
         if info.compress_type != zipfile.ZIP_STORED:

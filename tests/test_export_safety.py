@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -226,3 +227,34 @@ def test_daemon_job_refuses_a_pickled_weight(plain: Path, tmp_path: Path) -> Non
     finally:
         assert d.stop() == 0
     assert not marker.exists()
+
+
+def _twice(plain: Path, path: Path, marker: Path) -> Path:
+    """``plain`` with its weights config written twice: first a copy that flags a weight as
+    a pickle (which torch's reader takes), then the clean one (which zipfile takes)."""
+    with zipfile.ZipFile(plain) as zin:
+        entries = {name: zin.read(name) for name in zin.namelist()}
+    config = _named(entries, "_weights_config.json")
+    doc = json.loads(entries[config])
+    doc["config"]["conv.weight"].update(use_pickle=True, path_name="weight_999")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+            zout.writestr(config, json.dumps(doc))
+            for name, data in entries.items():
+                zout.writestr(name, data)
+            zout.writestr(config.rsplit("/", 1)[0] + "/weight_999", pickle.dumps(Payload(marker)))
+    return path
+
+
+def test_an_entry_written_twice_is_refused_and_never_runs(plain: Path, tmp_path: Path) -> None:
+    """zipfile reads the last of two entries with one name, torch's reader the first: a
+    check of the clean copy let torch unpickle the other (found by probing the daemon)."""
+    marker = tmp_path / "MARKER"
+    path = _twice(plain, tmp_path / "model.pt2", marker)
+    with pytest.raises(ModelSpecError, match="twice"):
+        build_model(ModelSpec(str(path), in_channels=1, num_classes=2, input_size=(8, 8)))
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017 - the control: torch runs the first copy
+        torch.export.load(str(path))
+    assert marker.exists()
