@@ -30,6 +30,7 @@ BYTES_PER_VALUE = 4
 # Prune options that multiply a job's run time, by the bound that caps them.
 EPOCH_OPTIONS = ("epochs", "sparsity_epochs", "iterative_rounds", "max_rounds", "max_fits")
 THREAD_OPTIONS = ("threads", "latency_threads")
+BATCH_OPTIONS = ("batch_size", "latency_batch_size")  # images per forward: max_batch_size
 # Counts that size a job's data or search; fixed ceilings well above any useful value.
 COUNT_OPTIONS = {
     "calibration_samples": 1_000_000,
@@ -39,6 +40,7 @@ COUNT_OPTIONS = {
     "buckets": 100_000,
     "remove_count": 10_000,
     "round_to": 1024,
+    "seed": 2**32 - 1,  # what every generator a job seeds takes
 }
 
 
@@ -177,11 +179,14 @@ class RequestBounds:
         batch = params["batch_size"]
         if batch > self.max_batch_size:
             raise _too_large("params.batch_size", batch, self.max_batch_size, "max_batch_size")
-        train_batch = options.get("batch_size")
-        if type(train_batch) is int and train_batch > self.max_batch_size:
-            raise _too_large(
-                "params.options.batch_size", train_batch, self.max_batch_size, "max_batch_size"
-            )
+        batches = [batch]
+        for name in BATCH_OPTIONS:
+            v = options.get(name)
+            if type(v) is not int:
+                continue  # the job's own config check names a wrong type
+            if v > self.max_batch_size:
+                raise _too_large(f"params.options.{name}", v, self.max_batch_size, "max_batch_size")
+            batches.append(v)
         channels, size = _requested_shape(params)
         if channels is not None and channels > self.max_channels:
             raise _too_large("params.in_channels", channels, self.max_channels, "max_channels")
@@ -189,7 +194,7 @@ class RequestBounds:
             raise _too_large("params.input_size", list(size), self.max_input_side, "max_input_side")
         if channels is None or size is None:
             return  # the model decides; its worker checks (check_model_shape)
-        biggest = max(batch, train_batch if type(train_batch) is int else 0)
+        biggest = max(batches)
         need = activation_bytes(biggest, channels, *size)
         if need > self.max_activation_bytes:
             raise ProtocolError(

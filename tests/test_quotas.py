@@ -180,9 +180,13 @@ def test_request_bounds(daemon: DaemonProcess) -> None:
         ("threads", 3, "max_threads"),
         ("timing_budget_s", 31.0, "max_timing_budget_s"),
         ("batch_size", 257, "max_batch_size"),
+        ("latency_batch_size", 3000, "max_batch_size"),  # timed at batch 3000: 109 s
+        ("latency_batch_size", 2**62, "max_batch_size"),
     ):
         e = refused("prune", **prune, options={option: value})
         assert e.field == f"params.options.{option}" and setting in e.message
+    e = refused("prune", **prune, options={"seed": 2**70})  # failed in the worker: overflow
+    assert e.field == "params.options.seed" and str(2**32 - 1) in e.message
 
 
 # --------------------------------------------------------------------------- ingest
