@@ -373,12 +373,25 @@ class Daemon:
             raise p.ProtocolError("bad_request", str(e), e.field) from None
         self.owners.check_queue(self._client())
         if params.get("output"):  # last: a refused request leaves no directory behind
+            self._check_not_inside_an_output(params["output"])
             make_output_dir(params["output"], "params.output")
         job = self.store.create(req.kind, params)
         self.owners.record(job.id, self._client())
         self._queue_changed = True
         self._publish(job.id, "queued", {"kind": job.kind, "params": job.params})
         return {"job": job.to_dict()}
+
+    def _check_not_inside_an_output(self, output: str) -> None:
+        """A job's output directory is its own: a new one inside it (where that job will
+        write pruned.pt) would make that job fail, whoever asked for it."""
+        owner = self.store.output_owner([str(d) for d in Path(output).parents])
+        if owner is not None:
+            raise p.ProtocolError(
+                "conflict",
+                f"{output!r} is inside {owner[1]!r}, the output directory of job {owner[0]}; "
+                "name a directory outside every job's output",
+                "params.output",
+            )
 
     def _job(self, job_id: str) -> Any:
         job = self.store.get(job_id)

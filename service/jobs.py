@@ -148,6 +148,18 @@ class JobStore:
             )
         return job
 
+    def output_owner(self, paths: list[str]) -> tuple[str, str] | None:
+        """(job id, output directory) of a job whose output directory is one of ``paths``."""
+        if not paths:
+            return None
+        marks = ", ".join("?" * len(paths))
+        row = self.db.execute(
+            "SELECT id, json_extract(params, '$.output') FROM jobs "
+            f"WHERE json_extract(params, '$.output') IN ({marks}) LIMIT 1",
+            paths,
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
     def get(self, job_id: str) -> Job | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._row(row)

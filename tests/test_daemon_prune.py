@@ -116,6 +116,21 @@ def test_a_profile_job_times_a_pruned_checkpoint(daemon: DaemonProcess) -> None:
     )
 
 
+def test_an_output_inside_another_jobs_output_is_refused(daemon: DaemonProcess) -> None:
+    """A second request whose output lay inside a queued job's (its pruned.pt, say) was
+    accepted and the directory made: that job then failed writing its checkpoint."""
+    first = str(daemon.root / "victim")
+    with daemon.client() as client:
+        job = client.submit("prune", **_synthetic_prune(daemon), output=first, options=QUICK)
+        for inside in ("victim/pruned.pt", "victim/a/b"):
+            with pytest.raises(RequestError) as e:
+                client.submit("prune", **_synthetic_prune(daemon), output=inside, options=QUICK)
+            assert (e.value.code, e.value.field) == ("conflict", "params.output")
+            assert f"the output directory of job {job['id']}" in e.value.message
+        assert not (daemon.root / "victim" / "pruned.pt").is_dir()
+        client.cancel(job["id"])
+
+
 def test_prune_job_errors(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         with pytest.raises(RequestError) as e:
