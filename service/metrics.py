@@ -172,8 +172,10 @@ class DeploymentTracker:
                     return False
                 stats = self._stats[batch.deployment]
             self._seen[batch.deployment] = now
-            budget = self._configured.get(batch.deployment, batch.budget_s)
-            stats.budget_s = budget
+            # The daemon's budget, else the first one reported: a later batch (from any
+            # sender) neither moves it nor, without one, erases it and its violations.
+            budget = self._configured.get(batch.deployment, stats.budget_s)
+            stats.budget_s = budget = batch.budget_s if budget is None else budget
             counts, bounds = stats.counts, INFERENCE_BUCKETS_S
             for s in batch.samples:
                 # bisect_left: the first bucket whose upper bound is >= s ("le" is inclusive).

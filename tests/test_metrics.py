@@ -161,3 +161,16 @@ def test_deployment_histogram_and_budget(tmp_path: Path) -> None:
     assert m[("prunerd_latency_budget_seconds", (("deployment", "idle"),))] == 0.5
     assert m[("prunerd_ingest_rejected_total", (("reason", "too_many_deployments"),))] == 2
     assert m[("prunerd_ingest_samples_total", ())] == 6
+
+
+def test_a_deployments_budget_is_the_first_reported(tmp_path: Path) -> None:
+    """A batch without a budget erased the deployment's budget and violations from the
+    metrics, and one with a huge budget hid every violation after it."""
+    tracker = DeploymentTracker()
+    assert tracker.add(SampleBatch("svc", [0.002, 0.003], budget_s=0.0025))
+    assert tracker.add(SampleBatch("svc", [0.004]))  # no budget
+    assert tracker.add(SampleBatch("svc", [0.005], budget_s=3600.0))
+    m = scrape(PrunerdCollector(JobStore(tmp_path / "jobs.sqlite").path, tracker))
+    dep = (("deployment", "svc"),)
+    assert m[("prunerd_latency_budget_seconds", dep)] == 0.0025
+    assert m[("prunerd_budget_violations_total", dep)] == 3
