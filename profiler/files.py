@@ -96,5 +96,13 @@ def writable_file(path: str | os.PathLike[str], what: str = "output file") -> Pa
         raise ValueError(
             f"{what} {str(p)!r} is a directory; name the file, e.g. {str(p / 'model.pt')!r}"
         )
+    if os.path.lexists(p) and (p.is_symlink() or not p.is_file()):
+        # The file is written whole under a new name and renamed onto this one: a link, a
+        # pipe or a device (/dev/stdout) would be replaced by a regular file, not written to.
+        kind = "a symbolic link" if p.is_symlink() else "not a regular file"
+        raise ValueError(
+            f"{what} {str(p)!r} is {kind}; it would be replaced, not written through: "
+            "name a regular file (the link's target, say)"
+        )
     writable_dir(p.parent, f"directory of the {what}")
     return p

@@ -210,6 +210,12 @@ def _check_out(out: str | os.PathLike[str], state_path: Path, resume: bool) -> N
     """Fail before training, not after it: ``out`` must be a file its directory takes, and
     an interrupted run there is resumed or refused, never overwritten."""
     writable_file(out, "checkpoint")
+    if state_path.is_dir() or state_path.is_symlink():
+        raise ValueError(
+            f"{str(state_path)!r}, where this run keeps its resume file, is a "
+            f"{'directory' if state_path.is_dir() else 'symbolic link'}: remove it or choose "
+            "another checkpoint path"
+        )
     if state_path.is_file() and not resume:
         raise ValueError(
             f"{str(state_path)!r} holds an interrupted run: add --resume to continue it, "

@@ -267,6 +267,29 @@ def test_output_paths_are_refused_before_the_work(work: Path, baseline: Path) ->
     assert taken.read_text() == "not a directory"
 
 
+def test_links_pipes_and_devices_are_not_replaced_by_output_files(tmp_path: Path) -> None:
+    """Every file is written whole and renamed onto its name: given a link (or /dev/stdout,
+    a link), a pipe or a resume path taken by a directory, the run replaced the link with a
+    regular file (as root, /dev/stdout itself), starved the pipe's reader, or failed after
+    an epoch of training. Each is refused before any work, and left as it was."""
+    real, link, pipe = tmp_path / "real.json", tmp_path / "link.json", tmp_path / "pipe.json"
+    real.write_text("{}")
+    link.symlink_to(real)
+    os.mkfifo(pipe)
+    for path, said in ((link, "is a symbolic link"), (pipe, "is not a regular file")):
+        done = prunerd("profile", "resnet20", *QUICK_TIMING, "--json", str(path))
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "profiling" not in done.stderr
+    train = ["train", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "50"]
+    done = prunerd(*train, "--out", str(link), "--overwrite")
+    assert done.returncode == 2 and "is a symbolic link" in done.stderr, done.stderr
+    (tmp_path / "m.pt.state").mkdir()
+    done = prunerd(*train, "--out", str(tmp_path / "m.pt"))
+    assert done.returncode == 2 and "where this run keeps its resume file" in done.stderr
+    assert "epoch" not in done.stderr
+    assert link.is_symlink() and real.read_text() == "{}" and pipe.is_fifo()
+
+
 def test_an_empty_held_out_split_is_refused_before_profiling(work: Path, baseline: Path) -> None:
     """--limit 1 leaves one training sample and none held out: the block scorers were told
     so only after the baseline profile; now at once, naming the methods that need none."""
