@@ -16,6 +16,7 @@ none and may be cancelled by any operator.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -37,9 +38,21 @@ def client_of(frame: zmq.Frame, curve: bool) -> str:
     if curve:
         return "key:" + frame.get("User-Id")
     try:
-        return "addr:" + frame.get("Peer-Address")
+        return "addr:" + _host(frame.get("Peer-Address"))
     except zmq.ZMQError:  # not a TCP connection (inproc, in tests): one local client
         return "addr:local"
+
+
+def _host(address: str) -> str:
+    """One name per host: every loopback address (127.0.0.0/8, ::1) is 127.0.0.1, since a
+    process may connect from any of them; an IPv4-mapped IPv6 address is its IPv4 one."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return "127.0.0.1" if ip.is_loopback else str(ip)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     d.stop()
 
 
+def test_every_loopback_address_is_one_client(daemon: DaemonProcess) -> None:
+    """A process on the daemon's host may connect from any 127.x address: each was a client
+    of its own, with quotas of its own, and could not cancel its own jobs from another."""
+    rpc = daemon.info["rpc"]
+    other = Client(rpc.replace("tcp://", "tcp://127.0.0.2:0;"), daemon.info["events"], 30)
+    with daemon.client(30) as here, other:
+        job = here.submit("selftest", **LONG_JOB)
+        assert other.cancel(job["id"])["job"]["id"] == job["id"]  # was not_allowed
+        wait_status(here, job["id"], "cancelled")
+
+
 def test_list_is_paged(daemon: DaemonProcess) -> None:
     with daemon.client(30) as c:
         made = [c.submit("selftest", seconds=0.0, steps=1)["id"] for _ in range(7)]
