@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `prunerd jobs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Expected user errors carry a message that names the bad value and the fix.
         if not getattr(e, "from_main_rank", False):  # rank 0 printed it already

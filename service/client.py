@@ -337,7 +337,9 @@ def run_command(args: Any, fn: Any) -> int:
     except RequestError as e:
         err = {"code": e.code, "message": e.message, "field": e.field}
         print(
-            json.dumps({"ok": False, "error": err}) if args.json else f"prunerd: {e}",
+            json.dumps({"ok": False, "error": err})
+            if args.json
+            else f"prunerd: {terminal(str(e))}",
             file=sys.stderr,
         )
         return 1
@@ -352,8 +354,17 @@ def run_command(args: Any, fn: Any) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     elif text:
-        print(text)
+        print(terminal(text))
     return status
+
+
+def terminal(text: str) -> str:
+    """``text`` with every control character but newline and tab written as an escape:
+    what the daemon returns (a job's paths, an error) may come from any client, and raw
+    escape sequences would drive the reader's terminal."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 class ProgressFilter:

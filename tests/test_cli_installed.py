@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -439,6 +440,24 @@ def test_jobs_watch_cancel(daemon: dict) -> None:
     assert json.loads(watched.stdout.splitlines()[-1])["event"] == "cancelled"
     again = prunerd("cancel", job["id"], "--json", *daemon["connect"])
     assert again.returncode == 1 and json.loads(again.stderr)["error"]["code"] == "conflict"
+
+
+def test_jobs_prints_no_terminal_escapes_from_a_jobs_paths(
+    daemon: dict, work: Path, baseline: Path
+) -> None:
+    """A path any client can make (a prune's --out) printed raw by `prunerd jobs`: escape
+    sequences set the reader's window title and cleared the screen. Written as escapes;
+    and `prunerd jobs | head` ended in a BrokenPipeError traceback."""
+    hostile = work / "x\x1b]0;PWNED\x07\x1b[2J\x1b[31mRED.pt"
+    shutil.copy(baseline, hostile)
+    ok(prunerd("submit", "profile", "resnet20", "--checkpoint", str(hostile), *daemon["connect"]))
+    listed = ok(prunerd("jobs", *daemon["connect"])).stdout
+    assert "\x1b" not in listed and "x\\x1b]0;PWNED\\x07\\x1b[2J" in listed
+    piped = subprocess.run(
+        f"{PRUNERD} jobs {' '.join(daemon['connect'])} | true",  # a reader gone at once
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr
 
 
 def test_submit_prune_is_refused_an_existing_output(
