@@ -147,7 +147,7 @@ def evaluate(
     try:
         for x, y in distributed.split(batches):
             x, y = x.to(device), y.to(device)
-            logits = model(x)
+            logits = check_classes(main_logits(model(x), "eval"), y)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -243,7 +243,19 @@ def _steps_per_epoch(train: Iterable[Any]) -> int | None:
         return None
 
 
-def main_logits(out: Any) -> torch.Tensor:
+def check_classes(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logits`` (B, K), after checking that every label is below K (cross-entropy's own
+    error is "Target 9 is out of bounds")."""
+    top = int(labels.max()) if labels.numel() else -1
+    if top >= logits.shape[1]:
+        raise ValueError(
+            f"the model gives {logits.shape[1]} outputs per image, but the data has labels up "
+            f"to {top}: build it for the dataset's {top + 1} or more classes (num_classes)"
+        )
+    return logits
+
+
+def main_logits(out: Any, mode: str = "training") -> torch.Tensor:
     """The logits (B, K) of a model's output. A model that returns more in training mode
     (torchvision's GoogLeNet and Inception-v3: a named tuple of the logits and its
     auxiliary classifiers' logits) trains on its first, the main classifier's: the
@@ -255,7 +267,7 @@ def main_logits(out: Any) -> torch.Tensor:
             type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
         )
         raise ValueError(
-            f"the model returned {what} in training mode; prunerd trains a classifier that "
+            f"the model returned {what} in {mode} mode; prunerd trains a classifier that "
             "returns logits (B, classes), or a tuple whose first element they are"
         )
     return out
@@ -302,6 +314,8 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         current_lr = set_lr(run.step)
         logits = main_logits(_training_forward(model, x))
+        if seen == 0:  # once an epoch: a check costs a device sync
+            check_classes(logits, y)
         loss = loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

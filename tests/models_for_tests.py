@@ -807,3 +807,16 @@ class GhostNetLike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv_stem(x)))
         return self.fc(self.blocks(x).mean((2, 3)))
+
+
+class TupleOutput(InlineResidualNet):
+    """A model returning (logits, features) in eval mode too."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = super().forward(x)
+        return logits, logits.detach()
+
+
+def seven_classes(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """A model built for 7 classes whatever the data has (``num_classes`` ignored)."""
+    return InlineResidualNet(in_channels, 7)

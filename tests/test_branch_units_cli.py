@@ -109,3 +109,21 @@ def test_filter_pruning_refuses_what_it_cannot_thin_and_says_why(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "--method removal" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_model_returning_a_tuple_in_eval_mode_trains_and_evaluates(tmp_path: Path) -> None:
+    """Training took the first element of a tuple; the evaluation after it failed with
+    cross-entropy's "must be Tensor, not tuple", losing the run's result."""
+    model, out = "tests.models_for_tests:TupleOutput", tmp_path / "t.pt"
+    prunerd("train", model, "--data", "digits", "--epochs", "1", "--limit", "100",
+            "--out", str(out))  # fmt: skip
+    scores = json.loads(prunerd("eval", model, "--checkpoint", str(out), "--json"))
+    assert scores["n"] == 359 and 0 <= scores["accuracy"] <= 1  # digits' whole test split
+
+
+def test_a_model_with_fewer_outputs_than_classes_is_named(tmp_path: Path) -> None:
+    result = run(PRUNERD, "train", "tests.models_for_tests:seven_classes", "--data", "digits",
+                 "--epochs", "1", "--limit", "100", "--out", str(tmp_path / "s.pt"),
+                 cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "the model gives 7 outputs per image, but the data has labels up to " in result.stderr
