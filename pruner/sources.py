@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = bytearray(f.read())  # writable, so torch can wrap the array without a copy
+    try:
+        with opener(path, "rb") as f:
+            raw = bytearray(f.read())  # writable, so torch can wrap the array without a copy
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(
+            f"{str(path)!r} is a damaged gzip file ({e}); download or install it again"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{str(path)!r} is not an idx file (bad magic number)")
     if raw[2] != 0x08:

@@ -303,3 +303,25 @@ def test_a_callable_dataset_that_cannot_train_is_named(tmp_path: Path, monkeypat
         load_data("hostiledata:empty_train")
     with pytest.raises(ValueError, match="the train split is a one-pass iterator"):
         load_data("hostiledata:generator")
+
+
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST_DEFAULT_ROOT).is_dir(),
+    reason=f"{FASHION_MNIST_DEFAULT_ROOT} missing (apt-get install dataset-fashion-mnist)",
+)
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_a_damaged_fashion_mnist_file_is_named(damage: str, tmp_path: Path) -> None:
+    """A truncated .gz ended in "EOFError: Compressed file ended before the end-of-stream
+    marker" and a file that is no gzip in gzip.BadGzipFile, as tracebacks."""
+    from .cli_helpers import PRUNERD, run
+
+    for f in Path(FASHION_MNIST_DEFAULT_ROOT).iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    bad = next(tmp_path.glob("train-images*.gz"))
+    data = bad.read_bytes()
+    bad.unlink()
+    bad.write_bytes(data[:100_000] if damage == "truncated" else b"not gzip at all")
+    done = run(PRUNERD, "train", "resnet20", "--data", "fashion-mnist", "--data-root",
+               str(tmp_path), "--limit", "100", "--epochs", "1", "--out", str(tmp_path / "m.pt"))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{str(bad)!r} is a damaged gzip file" in done.stderr
