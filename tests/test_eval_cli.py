@@ -173,3 +173,16 @@ def test_a_pipe_given_as_the_checkpoint_is_refused_unread(tmp_path: Path) -> Non
         done = prunerd("eval", "resnet20", "--checkpoint", str(path), check=False)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert f"checkpoint {str(path)!r} is not a regular file" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch that sees no GPU")
+def test_asking_for_a_gpu_that_torch_does_not_see_is_said_in_words(tmp_path: Path) -> None:
+    """train and eval ended in "AssertionError: Torch not compiled with CUDA enabled";
+    profile and prune already said it in words."""
+    for cmd in (["train", "resnet20", "--data", "digits", "--epochs", "1",
+                 "--out", str(tmp_path / "m.pt")],
+                ["eval", "resnet20", "--pretrained", "fashion-mnist", "--limit", "10"]):  # fmt: skip
+        done = prunerd(*cmd, "--device", "cuda", check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "asked for a GPU but torch sees none; use --device cpu" in done.stderr
+    assert not (tmp_path / "m.pt").exists()

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     import torch
 
-    from profiler import read_checkpoint
+    from profiler import read_checkpoint, resolve_device
     from pruner.checkpoint_eval import evaluate_checkpoint
 
     stored = read_checkpoint(args.checkpoint).spec.name
@@ -64,6 +64,7 @@ def handler(args: argparse.Namespace) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
+    resolve_device(args.device)  # "cuda" on a torch without one: said now, in words
     result = evaluate_checkpoint(
         args.checkpoint,
         data=args.data or args.pretrained,

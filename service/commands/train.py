@@ -211,6 +211,9 @@ def _say_when_nothing_resumes(out: str) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     check_checkpoint(args.out, args.resume, args.overwrite)  # once, before any rank starts
+    from profiler import resolve_device
+
+    resolve_device(args.device)  # "cuda" on a torch without one: said now, in words
     if (code := relaunch(args)) is not None:
         return code
     from pruner import distributed  # torch: only once a command runs
