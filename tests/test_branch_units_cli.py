@@ -94,6 +94,7 @@ def test_filter_pruning_counts_the_layers_after_a_concatenation(tmp_path: Path) 
     [
         ("ShuffleNetLike", "filter pruning cannot follow the channels of ShuffleNetLike"),
         ("SqueezeNetLike", "no channel group of this model can be thinned"),
+        ("NoConv", "no channel group of this model can be thinned"),  # was a TypeError
     ],
 )
 def test_filter_pruning_refuses_what_it_cannot_thin_and_says_why(

@@ -33,6 +33,7 @@ from ..width import (
     WidthChoice,
     WidthLatency,
     channel_ranking,
+    check_thinnable,
     fit_widths,
     measure_width_latency,
     size_targets,
@@ -91,6 +92,8 @@ class WidthStep:
                 "nothing to prune to: give target_macs and/or target_params (ratios in (0, 1]) "
                 "or a latency budget below the model's latency"
             )
+        else:
+            check_thinnable(space, s.options.width.round_to)
         record, gates = _gate(s, space, targets)
         choice, targets, fits = _fit_measured(s, space, gates, targets)
         _warn_short(s, targets, choice)

@@ -4,7 +4,7 @@ the width-latency model, and the split of one budget between blocks and widths.
 Imports neither the pruning skeleton nor the depth package.
 """
 
-from .fit import WidthChoice, anneal, channel_ranking, fit_widths
+from .fit import WidthChoice, anneal, channel_ranking, check_thinnable, fit_widths
 from .gates import GateRecord, Gates, Target, size_targets, train_gates
 from .latency import WidthLatency, measure_width_latency, width_floor, width_yield
 from .space import ChannelGroup, ChannelSpace, CostLayer, thin
@@ -22,6 +22,7 @@ __all__ = [
     "WidthLatency",
     "anneal",
     "channel_ranking",
+    "check_thinnable",
     "fit_widths",
     "measure_width_latency",
     "size_targets",

@@ -61,6 +61,17 @@ def _strength_between(strength: Sequence[torch.Tensor], gi: int, k_from: int, k_
     return float(strength[gi][lo:hi].sum())
 
 
+def check_thinnable(space: ChannelSpace, round_to: int) -> None:
+    """``BudgetError`` when no channel group of ``space`` can lose a channel (no conv, or
+    no BatchNorm to gate one, or none wider than ``round_to``)."""
+    if all(len(space.allowed(gi, round_to)) == 1 for gi in range(len(space.groups))):
+        raise BudgetError(
+            "no channel group of this model can be thinned: filter pruning gates a conv's "
+            "filters by the BatchNorm after it, and no group has one or is wider than "
+            f"{round_to} channels (round_to). Remove blocks instead: --method removal (or dbp)"
+        )
+
+
 def fit_widths(
     space: ChannelSpace,
     strength: Sequence[torch.Tensor],
@@ -88,12 +99,7 @@ def fit_widths(
     # Each group from the smallest allowed width that holds its live channels.
     n = [float(next(k for k in a if k >= min(start[gi], a[-1]))) for gi, a in enumerate(allowed)]
     narrow = [float(a[0]) for a in allowed]
-    if all(len(a) == 1 for a in allowed):
-        raise BudgetError(
-            "no channel group of this model can be thinned: filter pruning gates a conv's "
-            "filters by the BatchNorm after it, and no group has one or is wider than "
-            f"{round_to} channels (round_to). Remove blocks instead: --method removal (or dbp)"
-        )
+    check_thinnable(space, round_to)
     for tg in targets:
         if tg.ratio_at(narrow) > tg.ratio + 1e-12:
             raise BudgetError(
