@@ -7,6 +7,7 @@ optionally a pruning plan as JSON text. No pickled modules anywhere.
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import warnings
@@ -150,20 +151,46 @@ def build_model(spec: ModelSpec) -> nn.Module:
             return load_export(path)  # inspected first: refused if it carries pickles or code
         except UnsafeExportError as e:
             raise ModelSpecError(f"model {spec.name!r} refused: {e}") from None
-    fn = _import_callable(spec.name)
-    try:
-        model = fn(in_channels=spec.in_channels, num_classes=spec.num_classes)
-    except TypeError:
-        # Callables that take neither argument (e.g. torchvision builders take num_classes only).
-        try:
-            model = fn(num_classes=spec.num_classes)
-        except TypeError:
-            model = fn()
+    model = _call_builder(_import_callable(spec.name), spec)
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
             f"model {spec.name!r}: the callable returned {type(model).__name__}, not nn.Module"
         )
     return model
+
+
+def _call_builder(fn: Any, spec: ModelSpec) -> Any:
+    """``fn`` called with what of ``in_channels=`` and ``num_classes=`` it names; one that
+    takes ``**kwargs`` (torchvision's builders, which pass them on) is tried with both, then
+    ``num_classes`` alone, then nothing."""
+    given = {"in_channels": spec.in_channels, "num_classes": spec.num_classes}
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): try as for **kwargs
+        params = None
+    if params is None or any(p.kind is p.VAR_KEYWORD for p in params):
+        for kwargs in (given, {"num_classes": spec.num_classes}, {}):
+            try:
+                return fn(**kwargs)
+            except TypeError as e:
+                last = e
+        raise ModelSpecError(f"model {spec.name!r} cannot be built: {last}") from last
+    names = {p.name for p in params}
+    needed = [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind is not p.VAR_POSITIONAL and p.name not in given
+    ]
+    if needed:
+        raise ModelSpecError(
+            f"model {spec.name!r} needs {', '.join(needed)}, which prunerd cannot give: it calls "
+            "a model callable with in_channels= and num_classes= where it takes them and "
+            "nothing else; wrap it in a function that sets the rest"
+        )
+    try:
+        return fn(**{k: v for k, v in given.items() if k in names})
+    except TypeError as e:  # raised inside it: the user's code, named with its message
+        raise ModelSpecError(f"model {spec.name!r} failed to build: {e}") from e
 
 
 def save_checkpoint(

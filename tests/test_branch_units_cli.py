@@ -128,3 +128,17 @@ def test_a_model_with_fewer_outputs_than_classes_is_named(tmp_path: Path) -> Non
                  cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "the model gives 7 outputs per image, but the data has labels up to " in result.stderr
+
+
+def test_a_builder_is_called_with_the_arguments_it_takes(tmp_path: Path) -> None:
+    """A builder needing an argument prunerd cannot give ended in three chained TypeErrors;
+    one taking in_channels but not num_classes was called with neither."""
+    env = {"PYTHONPATH": str(ROOT)}
+    done = run(PRUNERD, "profile", "tests.models_for_tests:needs_depth", "--in-channels", "1",
+               "--input-size", "8,8", *QUICK, cwd=ROOT, env=env)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "needs depth, which prunerd cannot give" in done.stderr
+    path = tmp_path / "p.json"
+    prunerd("profile", "tests.models_for_tests:in_channels_only", "--in-channels", "1",
+            "--input-size", "8,8", *QUICK, "--json", str(path))  # fmt: skip
+    assert json.loads(path.read_text())["input_shape"][1] == 1  # built for one channel

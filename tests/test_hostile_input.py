@@ -261,7 +261,8 @@ def test_a_pruned_checkpoints_plan_cannot_name_another_model(
         with d.client() as c:
             job = c.submit("profile", model="resnet20", checkpoint=str(ckpt))
             final = c.wait(job["id"], 120)
-            assert c.ping()["running"] == 0  # the daemon serves on; only the job failed
+            # the daemon serves on; only the job failed (its worker is reaped just after)
+            assert wait_for(lambda: c.ping()["running"] == 0, 30)
     finally:
         d.stop()
     assert final["status"] == "failed", final
