@@ -13,7 +13,7 @@ from profiler import ModelSpec, build_model, save_checkpoint
 from service.client import Client, RequestError
 
 from .cli_helpers import PRUNERD, ok, run
-from .service_helpers import DaemonProcess
+from .service_helpers import DaemonProcess, wait_for
 from .test_export_safety import plain_archive
 
 
@@ -86,6 +86,6 @@ def test_a_programs_own_input_is_held_to_the_bounds(tmp_path: Path, models: Path
         failed = _submit(d, program)  # as a user sees it: the job failed, said why
         assert failed.returncode == 1 and "takes 1x8x8 inputs" in failed.stdout + failed.stderr
         with d.client() as c:
-            assert c.ping()["running"] == 0  # and the daemon serves on
+            assert wait_for(lambda: c.ping()["running"] == 0, 30)  # and the daemon serves on
     finally:
         assert d.stop() == 0

@@ -288,7 +288,9 @@ def test_a_checkpoints_own_input_is_held_to_the_request_bounds(tmp_path: Path) -
                 c.submit("prune", model="resnet20", checkpoint=str(ckpt), budget_ratio=0.5),
             ]
             finals = [c.wait(job["id"], 120) for job in jobs]
-            assert c.ping()["running"] == 0  # the daemon serves on; only the jobs failed
+            assert wait_for(
+                lambda: c.ping()["running"] == 0, 30
+            )  # the daemon serves on; only the jobs failed
     finally:
         d.stop()
     for final in finals:

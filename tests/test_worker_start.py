@@ -103,6 +103,6 @@ def test_a_dead_forkserver_is_named_and_replaced(tmp_path: Path) -> None:
         ok(run(PRUNERD, "submit", "selftest", "--seconds", "0", "--steps", "1", "--wait",
                "--connect", d.info["rpc"], timeout=60))  # fmt: skip
         with d.client() as c:
-            assert c.ping()["running"] == 0
+            assert wait_for(lambda: c.ping()["running"] == 0, 30)
     finally:
         assert d.stop() == 0
