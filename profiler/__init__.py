@@ -14,7 +14,7 @@ _LAZY = {
     "BlockGraph": "blocks",
     "count_ops": "blocks",
     "discover": "blocks",
-    "ADAPTER_ACTIVATIONS": "rewire",
+    "ADAPTER_ACTIVATIONS": "records",
     "adapter_name": "rewire",
     "bypass": "rewire",
     "finish": "rewire",

@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 
 TIMERS = ("perf_counter", "cuda_events")
 REPLACEMENTS = ("identity", "shortcut", "adapter", "zero", "none")
+ADAPTER_ACTIVATIONS = ("relu", "relu6")  # what an adapter may end in, besides nothing ("")
 
 
 def _quantile(sorted_samples: tuple[float, ...], q: float) -> float:
@@ -154,6 +155,11 @@ class Block:
     def __post_init__(self) -> None:
         if self.replacement not in REPLACEMENTS:
             raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+        if self.adapter_activation not in ("", *ADAPTER_ACTIVATIONS):
+            raise ValueError(
+                f"block {self.name!r}: adapter activation {self.adapter_activation!r} is not "
+                f"one of {['', *ADAPTER_ACTIVATIONS]}"
+            )
         for name in ("nodes", "input_shape", "output_shape"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 

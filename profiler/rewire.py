@@ -32,8 +32,9 @@ from .models import module_device
 from .records import Block
 
 REWIRED = ("identity", "shortcut", "adapter")
-# What an adapter may end in (Block.adapter_activation), as graph calls and as modules.
-ADAPTER_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6}
+# What an adapter may end in (Block.adapter_activation, one of ADAPTER_ACTIVATIONS), as
+# graph calls and as modules.
+_ACTIVATION_CALLS = {"relu": F.relu, "relu6": F.relu6}
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
@@ -105,17 +106,12 @@ def _adapter_nodes(
 ) -> fx.Node:
     """Insert the call of adapter ``target`` on ``inp`` (and ``b``'s adapter activation)
     after ``out``, make ``out``'s readers read it; returns the node that now stands for it."""
-    if b.adapter_activation and b.adapter_activation not in ADAPTER_ACTIVATIONS:
-        raise ValueError(
-            f"block {b.name!r}: adapter activation {b.adapter_activation!r} is not one of "
-            f"{sorted(ADAPTER_ACTIVATIONS)}"
-        )
     with gm.graph.inserting_after(out):
         node = gm.graph.call_module(target, (inp,))
     end = node
     if b.adapter_activation:
         with gm.graph.inserting_after(node):
-            end = gm.graph.call_function(ADAPTER_ACTIVATIONS[b.adapter_activation], (node,))
+            end = gm.graph.call_function(_ACTIVATION_CALLS[b.adapter_activation], (node,))
     out.replace_all_uses_with(end)
     node.args = (inp,)  # replace_all_uses_with never touches it: it reads inp, not out
     return end

@@ -30,7 +30,7 @@ class RemovedBlock:
     adapter_activation: str = ""
 
     def __post_init__(self) -> None:
-        if self.adapter_activation and self.adapter_activation not in ADAPTER_ACTIVATIONS:
+        if self.adapter_activation not in ("", *ADAPTER_ACTIVATIONS):
             raise ValueError(
                 f"removed block {self.name!r}: adapter_activation {self.adapter_activation!r} "
                 f"is not one of {['', *ADAPTER_ACTIVATIONS]}"
