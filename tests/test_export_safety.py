@@ -213,17 +213,25 @@ def test_not_an_archive_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "MARKER").exists()
 
 
-def test_daemon_job_refuses_a_pickled_weight(plain: Path, tmp_path: Path) -> None:
-    """The attack as it reached the worker: a hostile .pt2 in a --model-dir, named by a client."""
+@pytest.mark.parametrize(("attack", "said"), [("pickled weight", "use_pickle"), ("twice", "twice")])
+def test_daemon_job_refuses_a_pickled_weight(
+    plain: Path, tmp_path: Path, attack: str, said: str
+) -> None:
+    """The attack as it reached the worker: a hostile .pt2 in a --model-dir, named by a client
+    (its weights config flagging a pickle, or that config written twice, the flagged copy
+    first: that one ran its payload in a worker)."""
     models, marker = tmp_path / "models", tmp_path / "MARKER"
     models.mkdir(mode=0o755)
-    rewrite(plain, models / "net.pt2", ATTACKS["pickled weight"][0](marker))
+    if attack == "twice":
+        _twice(plain, models / "net.pt2", marker)
+    else:
+        rewrite(plain, models / "net.pt2", ATTACKS[attack][0](marker))
     d = DaemonProcess(tmp_path / "state", "--model-dir", str(models)).start()
     try:
         with d.client() as c:
             job = c.submit("profile", model="net.pt2", in_channels=1, input_size=[8, 8])
             final = c.wait(job["id"], 120)
-        assert final["status"] == "failed" and "use_pickle" in final["error"]["message"]
+        assert final["status"] == "failed" and said in final["error"]["message"]
     finally:
         assert d.stop() == 0
     assert not marker.exists()
